@@ -1,0 +1,177 @@
+"""The content-addressed file store and its single-flight downloads.
+
+Files are immutable, so a verified file is kept forever under its sha256. A download writes to a temporary
+file in the store's own folder, hashes while writing, and is renamed into place only when hash and size
+match. Every client asking for a file that is being downloaded reads the same temporary file as it grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+from proxy.errors import UpstreamError, WheelfarmError
+from proxy.upstream import Upstream
+
+log = structlog.get_logger(__name__)
+
+_KEY = re.compile(r"^(url-)?[0-9a-f]{64}$")
+
+
+class DownloadState(enum.Enum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class FileSource:
+    """Where a file comes from and what it must hash to (None: upstream gave no sha256 to check)."""
+
+    key: str
+    url: str
+    sha256: str | None
+    size: int | None
+
+
+@dataclass(eq=False)
+class Download:
+    """One upstream download in progress; readers follow ``written`` and wait on ``changed``."""
+
+    source: FileSource
+    temp_path: Path
+    final_path: Path
+    length: int | None = None
+    written: int = 0
+    state: DownloadState = DownloadState.RUNNING
+    error: WheelfarmError | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def wait_for_more(self, seen: int) -> None:
+        """Return once more than ``seen`` bytes are written, or the download has ended."""
+        async with self.changed:
+            await self.changed.wait_for(
+                lambda: self.written > seen or self.state is not DownloadState.RUNNING
+            )
+
+    async def wait_done(self) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.state is not DownloadState.RUNNING)
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+
+class FileStore:
+    def __init__(self, root: Path, upstream: Upstream) -> None:
+        self._blobs = root / "blobs"
+        self._partial = root / "partial"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._partial.mkdir(parents=True, exist_ok=True)
+        self._upstream = upstream
+        self._downloads: dict[str, Download] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # referenced, so running downloads are not collected
+        self.upstream_downloads = 0
+
+    @staticmethod
+    def valid_key(key: str) -> bool:
+        return bool(_KEY.match(key))
+
+    def path_for(self, key: str) -> Path:
+        if not self.valid_key(key):
+            raise ValueError(f"not a file key: {key!r}")
+        return self._blobs / key[-64:-62] / key
+
+    async def cached(self, key: str) -> Path | None:
+        path = self.path_for(key)
+        return path if await asyncio.to_thread(path.is_file) else None
+
+    def download(self, source: FileSource) -> Download:
+        """Start the download of ``source``, or join the one already running."""
+        running = self._downloads.get(source.key)
+        if running is not None and running.state is DownloadState.RUNNING:
+            return running
+        fd, temp_name = tempfile.mkstemp(dir=self._partial, prefix=source.key[:16] + ".")
+        os.close(fd)
+        download = Download(source, Path(temp_name), self.path_for(source.key))
+        self._downloads[source.key] = download
+        task = asyncio.create_task(self._run(download))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return download
+
+    async def _run(self, download: Download) -> None:
+        source = download.source
+        self.upstream_downloads += 1
+        digest = hashlib.sha256()
+        try:
+            async with self._upstream.open_file(source.url) as upstream_file:
+                download.length = source.size if source.size is not None else upstream_file.length
+                download.started.set()
+                with download.temp_path.open("r+b") as sink:
+                    async for chunk in upstream_file.chunks:
+                        digest.update(chunk)
+                        await asyncio.to_thread(_write_all, sink, chunk)
+                        download.written += len(chunk)
+                        await download._notify()
+            self._verify(download, digest.hexdigest())
+            await asyncio.to_thread(_publish, download.temp_path, download.final_path)
+            download.state = DownloadState.DONE
+            log.info("file_cached", key=source.key, bytes=download.written)
+        except WheelfarmError as exc:
+            self._fail(download, exc)
+        except OSError as exc:
+            self._fail(download, WheelfarmError(f"cannot store {source.url.rsplit('/', 1)[-1]}: {exc}"))
+        except asyncio.CancelledError:
+            self._fail(download, UpstreamError("download cancelled (proxy shutting down)"))
+            raise
+        finally:
+            download.started.set()
+            if self._downloads.get(source.key) is download:
+                del self._downloads[source.key]
+            await download._notify()
+
+    def _verify(self, download: Download, sha256: str) -> None:
+        source = download.source
+        name = source.url.rsplit("/", 1)[-1]
+        if download.length is not None and download.written != download.length:
+            raise UpstreamError(
+                f"upstream sent {download.written} bytes of {name}, expected {download.length}; not cached"
+            )
+        if source.sha256 is not None and sha256 != source.sha256:
+            raise UpstreamError(
+                f"{name} from upstream has sha256 {sha256}, but the index says {source.sha256}; not cached"
+            )
+
+    def _fail(self, download: Download, error: WheelfarmError) -> None:
+        download.state = DownloadState.FAILED
+        download.error = error
+        log.warning("file_download_failed", key=download.source.key, error=error.message)
+        download.temp_path.unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _write_all(sink: BinaryIO, chunk: bytes) -> None:
+    sink.write(chunk)
+    # Readers use their own descriptors on the same file: flush so they see what we count as written.
+    sink.flush()
+
+
+def _publish(temp_path: Path, final_path: Path) -> None:
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(temp_path, final_path)  # atomic on one filesystem: readers see no file or the whole file

@@ -1,0 +1,156 @@
+"""All configuration in one frozen object.
+
+Layers, later ones winning: defaults, a TOML file, WHEELFARM_* environment variables, command-line flags.
+
+This is the only module that reads the environment. Every setting has one name in each layer:
+TOML ``[section] key``, environment ``WHEELFARM_SECTION_KEY``, flag ``--section-key`` (a few short aliases).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names it and where it came from."""
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "wheelfarm"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # [server]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # [upstream]
+    upstream_url: str = "https://pypi.org/simple/"
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 30.0
+    upstream_max_connections: int = 32
+    upstream_ca_bundle: Path | None = None
+    # [cache]
+    cache_dir: Path = dataclasses.field(default_factory=_default_cache_dir)
+    cache_page_ttl: float = 600.0
+    cache_root_ttl: float = 3600.0
+    cache_not_found_ttl: float = 60.0
+    cache_stale_if_error: float = 7 * 24 * 3600.0
+    # [logging]
+    logging_level: str = "info"
+    logging_format: str = "auto"
+
+    @property
+    def upstream_simple_url(self) -> str:
+        return self.upstream_url if self.upstream_url.endswith("/") else self.upstream_url + "/"
+
+
+# (section, key) -> attribute; the attribute's annotation gives the type.
+_FIELDS: dict[tuple[str, str], str] = {
+    ("server", "host"): "host",
+    ("server", "port"): "port",
+    ("upstream", "url"): "upstream_url",
+    ("upstream", "connect_timeout"): "upstream_connect_timeout",
+    ("upstream", "read_timeout"): "upstream_read_timeout",
+    ("upstream", "max_connections"): "upstream_max_connections",
+    ("upstream", "ca_bundle"): "upstream_ca_bundle",
+    ("cache", "dir"): "cache_dir",
+    ("cache", "page_ttl"): "cache_page_ttl",
+    ("cache", "root_ttl"): "cache_root_ttl",
+    ("cache", "not_found_ttl"): "cache_not_found_ttl",
+    ("cache", "stale_if_error"): "cache_stale_if_error",
+    ("logging", "level"): "logging_level",
+    ("logging", "format"): "logging_format",
+}
+_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(Settings)}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "logging_level": ("debug", "info", "warning", "error"),
+    "logging_format": ("auto", "json", "console"),
+}
+
+
+def env_name(section: str, key: str) -> str:
+    return f"WHEELFARM_{section}_{key}".upper()
+
+
+def flag_name(section: str, key: str) -> str:
+    return f"--{section}-{key}".replace("_", "-")
+
+
+def all_fields() -> list[tuple[str, str, str]]:
+    """(section, key, attribute) for every setting, in documentation order."""
+    return [(section, key, attr) for (section, key), attr in _FIELDS.items()]
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from the layers. ``overrides`` maps attribute -> flag value (None: flag not given)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_from_toml(config_file))
+    env = os.environ if environ is None else environ
+    for (section, key), attr in _FIELDS.items():
+        name = env_name(section, key)
+        if name in env:
+            values[attr] = _convert(attr, env[name], f"environment variable {name}")
+    for attr, value in (overrides or {}).items():
+        if value is not None:
+            values[attr] = _convert(attr, value, f"flag for {attr}")
+    return Settings(**values)
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for section, table in document.items():
+        if not isinstance(table, dict):
+            raise SettingsError(f"config file {path}: '{section}' must be a [table]")
+        for key, raw in table.items():
+            attr = _FIELDS.get((section, key))
+            if attr is None:
+                raise SettingsError(f"config file {path}: unknown setting [{section}] {key}")
+            values[attr] = _convert(attr, raw, f"[{section}] {key} in {path}")
+    return values
+
+
+def _convert(attr: str, raw: Any, origin: str) -> Any:
+    kind = _TYPES[attr]
+    try:
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            value: Any = int(raw)
+        elif kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+        elif kind in ("Path", "Path | None"):
+            value = Path(raw).expanduser() if str(raw) else None
+            if value is None and kind == "Path":
+                raise ValueError
+        else:
+            value = str(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{origin}: {raw!r} is not a valid {kind}") from None
+    if attr in _CHOICES and str(value).lower() not in _CHOICES[attr]:
+        raise SettingsError(f"{origin}: {raw!r} is not one of {', '.join(_CHOICES[attr])}")
+    if attr in _CHOICES:
+        value = str(value).lower()
+    if kind in ("int", "float") and value < 0:
+        raise SettingsError(f"{origin}: {raw!r} must not be negative")
+    return value

@@ -1,0 +1,160 @@
+"""Handlers for ``/files/<project>/<key>/<filename>`` (plus ``.metadata`` and ``.provenance``).
+
+A cached file is served by FileResponse: sendfile, ETag, If-None-Match and Range (RFC 9110 section 14).
+A file not yet cached is streamed from the shared download as it arrives; the last byte is held back until
+the hash is verified, and a failed download aborts the connection, so no client takes a bad file for a
+whole one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from proxy.errors import NotFound
+from proxy.files import Download, DownloadState, FileSource, FileStore
+from proxy.model import DistFile, file_key
+from proxy.names import NormalizedName
+from proxy.pages import PageCache
+from proxy.services import CACHE_OUTCOME, SERVICES
+from proxy.urls import METADATA_SUFFIX, PROVENANCE_SUFFIX
+from proxy.web_pages import project_name
+
+log = structlog.get_logger(__name__)
+
+CHUNK = 1 << 18
+IMMUTABLE = "max-age=31536000, immutable"  # RFC 8246: content-addressed files never change
+
+
+async def file(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    raw_project, key, filename = (request.match_info[k] for k in ("project", "key", "filename"))
+    project = project_name(raw_project)
+    if project != raw_project or not services.files.valid_key(key) or not _safe_filename(filename):
+        raise NotFound(f"no such file: {request.path}")
+    if filename.endswith(METADATA_SUFFIX):
+        source = await _metadata_source(services.pages, project, key, filename.removesuffix(METADATA_SUFFIX))
+        content_type = "text/plain; charset=utf-8"
+    elif filename.endswith(PROVENANCE_SUFFIX):
+        source = await _provenance_source(
+            services.pages, project, key, filename.removesuffix(PROVENANCE_SUFFIX)
+        )
+        content_type = "application/json"
+    else:
+        cached = await services.files.cached(key)
+        if cached is not None:  # content addressed: a cached blob needs no page lookup
+            request[CACHE_OUTCOME] = "hit"
+            return _cached_response(cached, "application/octet-stream")
+        dist = await _listed_file(services.pages, project, key, filename)
+        source = FileSource(key, dist.url, dist.sha256, dist.size)
+        content_type = "application/octet-stream"
+    return await serve(request, services.files, source, content_type)
+
+
+async def serve(
+    request: web.Request, store: FileStore, source: FileSource, content_type: str
+) -> web.StreamResponse:
+    cached = await store.cached(source.key)
+    if cached is not None:
+        request[CACHE_OUTCOME] = "hit"
+        return _cached_response(cached, content_type)
+    request[CACHE_OUTCOME] = "miss"
+    download = store.download(source)
+    await download.started.wait()
+    if download.state is DownloadState.FAILED and download.error is not None:
+        raise download.error
+    # A Range request on a file still downloading gets the whole file (RFC 9110 section 14.2 lets a server
+    # ignore Range); uv then reads what it needs, and the one shared download is not multiplied.
+    return await _stream(request, download, content_type)
+
+
+async def _stream(request: web.Request, download: Download, content_type: str) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": IMMUTABLE})
+    if download.length is not None:
+        response.content_length = download.length
+    if download.source.sha256 is not None:
+        response.headers["ETag"] = f'"{download.source.sha256}"'
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    path = download.temp_path
+    try:
+        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+    except FileNotFoundError:  # finished (renamed) or failed between our checks
+        await download.wait_done()
+        if download.state is not DownloadState.DONE:
+            return _abort(request, response, download)
+        fd = await asyncio.to_thread(os.open, download.final_path, os.O_RDONLY)
+    sent = 0
+    try:
+        while True:
+            state = download.state
+            if state is DownloadState.FAILED:
+                return _abort(request, response, download)
+            # Until the hash is checked, keep the last byte back: the body cannot look complete before then.
+            limit = download.written if state is DownloadState.DONE else download.written - 1
+            if sent < limit:
+                chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, limit - sent), sent)
+                if not chunk:
+                    return _abort(request, response, download)
+                await response.write(chunk)
+                sent += len(chunk)
+            elif state is DownloadState.DONE:
+                break
+            else:
+                await download.wait_for_more(sent + 1)
+    finally:
+        os.close(fd)
+    await response.write_eof()
+    return response
+
+
+def _abort(request: web.Request, response: web.StreamResponse, download: Download) -> web.StreamResponse:
+    reason = download.error.message if download.error else "download failed"
+    log.warning("client_aborted_bad_file", key=download.source.key, reason=reason)
+    if request.transport is not None:
+        request.transport.abort()  # no terminating chunk / short body: the client sees a failure
+    raise ConnectionResetError(reason)
+
+
+def _cached_response(path: Path, content_type: str) -> web.FileResponse:
+    return web.FileResponse(
+        path, chunk_size=CHUNK, headers={"Content-Type": content_type, "Cache-Control": IMMUTABLE}
+    )
+
+
+async def _listed_file(pages: PageCache, project: NormalizedName, key: str, filename: str) -> DistFile:
+    """The page entry for ``key``; one forced revalidation covers files uploaded since the page was cached."""
+    for max_age in (None, 0.0):
+        dist = (await pages.project(project, max_age=max_age)).page.file_by_key(key)
+        if dist is not None:
+            if dist.filename != filename:
+                raise NotFound(f"{project} has no file {filename!r} with key {key}")
+            return dist
+    raise NotFound(f"{project} lists no file {filename!r} upstream (key {key})")
+
+
+async def _metadata_source(pages: PageCache, project: NormalizedName, key: str, filename: str) -> FileSource:
+    dist = await _listed_file(pages, project, key, filename)
+    if not dist.has_metadata:
+        raise NotFound(f"upstream offers no metadata file (PEP 658) for {filename}")
+    url = dist.url + METADATA_SUFFIX
+    sha = dist.metadata_sha256
+    return FileSource(sha if sha else file_key(DistFile(filename, url)), url, sha, None)
+
+
+async def _provenance_source(
+    pages: PageCache, project: NormalizedName, key: str, filename: str
+) -> FileSource:
+    dist = await _listed_file(pages, project, key, filename)
+    if dist.provenance is None:
+        raise NotFound(f"upstream offers no provenance (PEP 740) for {filename}")
+    return FileSource(file_key(DistFile(filename, dist.provenance)), dist.provenance, None, None)
+
+
+def _safe_filename(filename: str) -> bool:
+    return bool(filename) and "/" not in filename and "\\" not in filename and not filename.startswith(".")

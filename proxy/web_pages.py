@@ -1,0 +1,91 @@
+"""Handlers for the simple API pages: ``/simple/`` and ``/simple/<project>/``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.errors import BadRequest, NotAcceptable
+from proxy.model import PageFormat
+from proxy.names import InvalidProjectName, NormalizedName, normalize
+from proxy.negotiate import SUPPORTED_MEDIA_TYPES, choose_format
+from proxy.pages import CacheOutcome
+from proxy.services import CACHE_OUTCOME, SERVICES
+
+# Pages depend on Accept (format); later also on User-Agent (the client's target).
+VARY = "Accept"
+
+
+def negotiated_format(request: web.Request) -> PageFormat:
+    fmt = choose_format(request.headers.get("Accept"), request.query.get("format"))
+    if fmt is None:
+        raise NotAcceptable(
+            "none of the formats in the Accept header (or ?format=) is served here; "
+            "ask for one of: " + ", ".join(SUPPORTED_MEDIA_TYPES)
+        )
+    return fmt
+
+
+def project_name(raw: str) -> NormalizedName:
+    try:
+        return normalize(raw)
+    except InvalidProjectName as exc:
+        raise BadRequest(str(exc)) from None
+
+
+async def root_page(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    fmt = negotiated_format(request)
+    result = await services.root.current()
+    request[CACHE_OUTCOME] = result.outcome.value
+    response = web.FileResponse(result.path_for(fmt), chunk_size=1 << 18)
+    response.content_type = fmt.content_type
+    _cache_headers(response, result.outcome, result.stale_reason, services.settings.cache_root_ttl)
+    return response
+
+
+async def project_page(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    raw = request.match_info["project"]
+    name = project_name(raw)
+    if name != raw or not request.path.endswith("/"):
+        # PEP 503: answer non-normalised names with a redirect to the normalised URL. The Location is relative
+        # (RFC 9110 section 10.2.2 allows it) so it stays right behind a reverse proxy that adds a prefix.
+        location = (f"../{name}/" if request.path.endswith("/") else f"{name}/") + _query(request)
+        raise web.HTTPMovedPermanently(location=location)
+    fmt = negotiated_format(request)
+    result = await services.pages.project(name)
+    request[CACHE_OUTCOME] = result.outcome.value
+    rendered = services.rendered.get(result, fmt)
+    if rendered.etag in _if_none_match(request):
+        response = web.Response(status=304)
+    else:
+        response = web.Response(body=rendered.body, content_type=fmt.content_type.split(";")[0])
+        if fmt.content_type.startswith("text/html"):
+            response.charset = "utf-8"
+    response.headers["ETag"] = rendered.etag
+    if result.page.last_serial is not None:
+        response.headers["X-PyPI-Last-Serial"] = str(result.page.last_serial)
+    _cache_headers(response, result.outcome, result.stale_reason, services.settings.cache_page_ttl)
+    return response
+
+
+def _cache_headers(
+    response: web.StreamResponse, outcome: CacheOutcome, stale_reason: str | None, ttl: float
+) -> None:
+    response.headers["Vary"] = VARY
+    response.headers["X-Wheelfarm-Cache"] = outcome.value
+    if outcome is CacheOutcome.STALE:
+        # Serving stale-if-error (RFC 5861): say so, and do not let downstream caches keep it.
+        response.headers["X-Wheelfarm-Stale-Reason"] = (stale_reason or "upstream unavailable")[:300]
+        response.headers["Cache-Control"] = "max-age=0, must-revalidate"
+    else:
+        response.headers["Cache-Control"] = f"max-age={int(ttl)}, public"
+
+
+def _if_none_match(request: web.Request) -> list[str]:
+    header = request.headers.get("If-None-Match", "")
+    return [tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()]
+
+
+def _query(request: web.Request) -> str:
+    return "?" + request.query_string if request.query_string else ""

@@ -1,0 +1,96 @@
+"""Build real sdists and wheels of the tiny projects under tests/projects/, at a version the test chooses.
+
+Each build copies the project to a temporary directory, writes the version (and optionally
+Requires-Python) into the copy, and runs the project's own PEP 517 backend (flit_core) through
+`build.ProjectBuilder` without isolation: flit_core is installed in the test environment, so no
+network and no virtual environment are needed. Nothing is cached between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import build
+from packaging.version import Version
+
+PROJECTS_DIR = Path(__file__).parent / "projects"
+
+# The projects keep these as single static lines (PEP 621 `version`; a module-level `__version__`).
+_PYPROJECT_VERSION = re.compile(r'^version = ".*"$', re.MULTILINE)
+_PYPROJECT_REQUIRES_PYTHON = re.compile(r"^requires-python = .*$", re.MULTILINE)
+_MODULE_VERSION = re.compile(r'^__version__ = ".*"$', re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class BuiltProject:
+    """One release of a test project: a PEP 625 sdist and a PEP 427 wheel."""
+
+    sdist: Path
+    wheel: Path
+
+
+# (project name, version) -> its built files; what the `built_dists` fixture returns.
+BuiltDists = dict[tuple[str, str], BuiltProject]
+
+
+def build_project(
+    project_dir: Path, version: str, out_dir: Path, *, requires_python: str | None = None
+) -> BuiltProject:
+    """Build an sdist and a wheel of `project_dir` at `version` into `out_dir`.
+
+    `project_dir` is a directory such as `PROJECTS_DIR / "tinypure"`. `requires_python`, when given,
+    becomes the PEP 621 `requires-python` field (and so the wheel's `Requires-Python` metadata).
+    Raises ValueError for a version that PEP 440 does not allow.
+    """
+    Version(version)  # packaging.version.InvalidVersion is a ValueError naming the bad input
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{project_dir.name}-{version}-") as tmp:
+        srcdir = Path(tmp) / project_dir.name
+        shutil.copytree(project_dir, srcdir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _set_version(srcdir, version, requires_python)
+        builder = build.ProjectBuilder(srcdir, python_executable=sys.executable)
+        sdist = Path(builder.build("sdist", out_dir))
+        wheel = Path(builder.build("wheel", out_dir))
+    return BuiltProject(sdist=sdist, wheel=wheel)
+
+
+def wheel_metadata(wheel: Path) -> bytes:
+    """The `*.dist-info/METADATA` file of a wheel: what PEP 658 serves as `<wheel>.metadata`."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = [
+            name
+            for name in archive.namelist()
+            if name.count("/") == 1 and name.endswith(".dist-info/METADATA")
+        ]
+        if len(names) != 1:
+            raise ValueError(f"{wheel.name}: expected one .dist-info/METADATA, found {names}")
+        return archive.read(names[0])
+
+
+def _set_version(srcdir: Path, version: str, requires_python: str | None) -> None:
+    pyproject = srcdir / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8")
+    text, count = _PYPROJECT_VERSION.subn(f"version = {_toml_string(version)}", text)
+    if count != 1:
+        raise ValueError(f"{pyproject}: expected one static `version = ...` line, found {count}")
+    if requires_python is not None:
+        line = f"requires-python = {_toml_string(requires_python)}"
+        text, count = _PYPROJECT_REQUIRES_PYTHON.subn(line, text)
+        if count == 0:
+            text = _PYPROJECT_VERSION.sub(lambda match: f"{match.group(0)}\n{line}", text)
+    pyproject.write_text(text, encoding="utf-8")
+    for init in sorted(srcdir.glob("*/__init__.py")):
+        module = init.read_text(encoding="utf-8")
+        init.write_text(_MODULE_VERSION.sub(f"__version__ = {_toml_string(version)}", module), "utf-8")
+
+
+def _toml_string(value: str) -> str:
+    # A JSON string of printable text is also a TOML basic string and a Python string literal.
+    return json.dumps(value)

@@ -1,0 +1,65 @@
+"""Test doubles, one copy each: the clock, and the proxy running in a thread against a fake upstream."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any, Self
+
+from servers import ServerThread
+
+from proxy.app import AccessLog, create_app
+from proxy.services import SERVICES, Services
+from proxy.settings import Settings
+
+
+class FakeClock:
+    """A clock that moves only when a test says so (thread-safe: the proxy reads it from its own loop)."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+
+class ProxyServer(ServerThread):
+    """wheelfarm's app (create_app, as `wheelfarm serve` builds it) on 127.0.0.1 in a thread."""
+
+    def __init__(self, settings: Settings, clock: FakeClock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._application = create_app(settings, clock=clock)
+        super().__init__(
+            self._application, name="wheelfarm-proxy", runner_options={"access_log_class": AccessLog}
+        )
+
+    @property
+    def simple_url(self) -> str:
+        return self.url + "/simple/"
+
+    @property
+    def services(self) -> Services:
+        return self._application[SERVICES]
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+
+def proxy_settings(cache_dir: Path, upstream: str, **changes: Any) -> Settings:
+    """Settings for a test proxy: short timeouts so fault tests stay fast."""
+    base = Settings(
+        cache_dir=cache_dir,
+        upstream_url=upstream,
+        upstream_connect_timeout=2.0,
+        upstream_read_timeout=2.0,
+        logging_format="json",
+    )
+    return dataclasses.replace(base, **changes)
