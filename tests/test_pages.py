@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 from conftest import PROVENANCE_FILE, YANK_REASON
@@ -19,7 +21,7 @@ def get(proxy: ProxyServer, path: str, accept: str | None = PIP_ACCEPT, **header
     return httpx.get(proxy.url + path, headers=headers, timeout=30)
 
 
-def files_by_name(page: httpx.Response) -> dict[str, dict[str, object]]:
+def files_by_name(page: httpx.Response) -> dict[str, dict[str, Any]]:
     return {entry["filename"]: entry for entry in page.json()["files"]}
 
 
