@@ -44,8 +44,8 @@ async def errors_and_context(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         exc.headers["X-Request-ID"] = request_id
         raise
-    except ConnectionResetError:
-        raise
+    except ConnectionError:
+        raise  # the client went away: nothing to answer
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = web.Response(
@@ -66,7 +66,7 @@ class AccessLog(AbstractAccessLogger):
             method=request.method,
             path=request.path_qs,
             status=response.status,
-            bytes=response.body_length,
+            bytes=_bytes_sent(response),
             duration_ms=round(time * 1000, 2),
             cache=request.get(CACHE_OUTCOME),
             user_agent=request.headers.get("User-Agent", "")[:120],
@@ -75,6 +75,13 @@ class AccessLog(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return True
+
+
+def _bytes_sent(response: web.StreamResponse) -> int:
+    # sendfile bypasses the payload writer's counter, so a FileResponse reports its Content-Length.
+    if isinstance(response, web.FileResponse) and response.content_length is not None:
+        return response.content_length
+    return response.body_length
 
 
 async def healthz(request: web.Request) -> web.Response:

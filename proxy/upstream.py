@@ -134,12 +134,13 @@ class HttpUpstream:
 
     @contextlib.asynccontextmanager
     async def open_file(self, url: str) -> AsyncIterator[UpstreamFile]:
-        with _translated_errors(f"file {url.rsplit('/', 1)[-1]!r}"):
+        what = f"file {url.rsplit('/', 1)[-1]!r}"
+        with _translated_errors(what):
             async with self._session.get(url) as response:
                 if response.status == 404:
                     raise UpstreamNotFound(f"upstream has no file at {url}")
                 _raise_for_status(response.status, f"file {url}")
-                yield UpstreamFile(length=response.content_length, chunks=_chunks(response))
+                yield UpstreamFile(length=response.content_length, chunks=_chunks(response, what))
 
     async def _page_from(self, response: aiohttp.ClientResponse, url: str) -> UpstreamPage:
         if response.status == 304:
@@ -157,8 +158,8 @@ class HttpUpstream:
         )
 
 
-async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    with _translated_errors("file body"):
+async def _chunks(response: aiohttp.ClientResponse, what: str) -> AsyncIterator[bytes]:
+    with _translated_errors(what):
         async for chunk in response.content.iter_chunked(1 << 18):
             yield chunk
 

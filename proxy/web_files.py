@@ -64,7 +64,8 @@ async def serve(
         return _cached_response(cached, content_type)
     request[CACHE_OUTCOME] = "miss"
     download = store.download(source)
-    await download.started.wait()
+    # No headers before the first byte: a download that fails at once becomes a clear error answer.
+    await download.wait_for_more(0)
     if download.state is DownloadState.FAILED and download.error is not None:
         raise download.error
     # A Range request on a file still downloading gets the whole file (RFC 9110 section 14.2 lets a server
@@ -73,7 +74,9 @@ async def serve(
 
 
 async def _stream(request: web.Request, download: Download, content_type: str) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": IMMUTABLE})
+    response = web.StreamResponse(
+        headers={"Content-Type": content_type, "Cache-Control": IMMUTABLE, "X-Wheelfarm-Cache": "miss"}
+    )
     if download.length is not None:
         response.content_length = download.length
     if download.source.sha256 is not None:
@@ -101,7 +104,10 @@ async def _stream(request: web.Request, download: Download, content_type: str) -
                 chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, limit - sent), sent)
                 if not chunk:
                     return _abort(request, response, download)
-                await response.write(chunk)
+                try:
+                    await response.write(chunk)
+                except ConnectionError:  # the client hung up; the shared download goes on for the others
+                    return response
                 sent += len(chunk)
             elif state is DownloadState.DONE:
                 break
@@ -114,17 +120,17 @@ async def _stream(request: web.Request, download: Download, content_type: str) -
 
 
 def _abort(request: web.Request, response: web.StreamResponse, download: Download) -> web.StreamResponse:
+    """Cut the connection mid-body: with Content-Length (or chunked framing) the client sees a failure."""
     reason = download.error.message if download.error else "download failed"
-    log.warning("client_aborted_bad_file", key=download.source.key, reason=reason)
+    log.warning("client_connection_aborted", key=download.source.key, reason=reason)
     if request.transport is not None:
-        request.transport.abort()  # no terminating chunk / short body: the client sees a failure
-    raise ConnectionResetError(reason)
+        request.transport.abort()
+    return response  # aiohttp's write_eof on the closed transport is a quiet ConnectionError
 
 
 def _cached_response(path: Path, content_type: str) -> web.FileResponse:
-    return web.FileResponse(
-        path, chunk_size=CHUNK, headers={"Content-Type": content_type, "Cache-Control": IMMUTABLE}
-    )
+    headers = {"Content-Type": content_type, "Cache-Control": IMMUTABLE, "X-Wheelfarm-Cache": "hit"}
+    return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
 
 
 async def _listed_file(pages: PageCache, project: NormalizedName, key: str, filename: str) -> DistFile:
