@@ -1,7 +1,8 @@
 """Project pages with freshness: TTL, ETag revalidation, stale-if-error, serials that never go backwards.
 
-One upstream request per project at a time, however many clients ask (single flight); the refresh runs as its
-own task so a client that hangs up does not cancel it for the others.
+Recently used pages stay parsed in memory, so a warm hit touches neither the disk nor a parser. One upstream
+request per project at a time, however many clients ask (single flight); the refresh runs as its own task so
+a client that hangs up does not cancel it for the others.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from proxy.model import ProjectPage
 from proxy.names import NormalizedName
 from proxy.parse import UpstreamPageError, parse_project_html, parse_project_json
 from proxy.settings import Settings
-from proxy.store import PageRecord, PageStore
+from proxy.store import PageMeta, PageStore
 from proxy.upstream import FetchStatus, Upstream, UpstreamPage
 
 log = structlog.get_logger(__name__)
 
-PARSED_PAGES_IN_MEMORY = 2048
+PAGES_IN_MEMORY = 2048
 # After upstream failed for a project, serve the stale page without asking again for this long, so a dead
 # upstream costs one timeout per project per interval rather than one per request.
 FAILURE_BACKOFF_SECONDS = 15.0
@@ -43,8 +44,7 @@ class PageResult:
     page: ProjectPage
     outcome: CacheOutcome
     fetched_at: float
-    # Changes whenever the page content changes: part of rendered-bytes cache keys and of ETags.
-    version: str
+    version: str  # changes whenever the content does: part of rendered-bytes cache keys
     stale_reason: str | None = None
 
 
@@ -54,6 +54,12 @@ class ProjectNotFound(NotFound):
         self.outcome = outcome
 
 
+@dataclass(frozen=True, slots=True)
+class _Known:
+    meta: PageMeta
+    page: ProjectPage | None  # None: upstream said 404
+
+
 class PageCache:
     def __init__(self, upstream: Upstream, store: PageStore, clock: Clock, settings: Settings) -> None:
         self._upstream = upstream
@@ -61,125 +67,130 @@ class PageCache:
         self._clock = clock
         self._settings = settings
         self._inflight: dict[NormalizedName, asyncio.Task[PageResult]] = {}
-        self._parsed: OrderedDict[NormalizedName, tuple[str, ProjectPage]] = OrderedDict()
+        self._known: OrderedDict[NormalizedName, _Known] = OrderedDict()
         self._failures: dict[NormalizedName, tuple[float, str]] = {}
 
     async def project(self, name: NormalizedName, *, max_age: float | None = None) -> PageResult:
         """The page for ``name``; ``max_age`` overrides the TTL (0 forces a revalidation)."""
-        record = await self._store.get(_key(name))
-        ttl = self._ttl(record) if max_age is None else max_age
-        if record is not None and self._clock.now() - record["fetched_at"] < ttl:
-            return self._result(name, record, CacheOutcome.HIT)
-        failure = self._failures.get(name)
-        if (
-            record is not None
-            and failure is not None
-            and self._clock.now() - failure[0] < FAILURE_BACKOFF_SECONDS
-            and self._clock.now() - record["fetched_at"] < self._stale_limit()
-        ):
-            return self._result(name, record, CacheOutcome.STALE, stale_reason=failure[1])
+        known = await self._lookup(name)
+        now = self._clock.now()
+        if known is not None:
+            ttl = self._ttl(known) if max_age is None else max_age
+            if now - known.meta["fetched_at"] < ttl:
+                return _result(name, known, CacheOutcome.HIT)
+            failure = self._failures.get(name)
+            if (
+                failure is not None
+                and now - failure[0] < FAILURE_BACKOFF_SECONDS
+                and self._may_serve_stale(known)
+            ):
+                return _result(name, known, CacheOutcome.STALE, failure[1])
         task = self._inflight.get(name)
         if task is None:
-            task = asyncio.create_task(self._refresh(name, record))
+            task = asyncio.create_task(self._refresh(name, known))
             self._inflight[name] = task
             task.add_done_callback(lambda _: self._inflight.pop(name, None))
         return await asyncio.shield(task)
 
     async def forget(self, name: NormalizedName) -> bool:
-        self._parsed.pop(name, None)
+        self._known.pop(name, None)
         return await self._store.delete(_key(name))
 
-    def _ttl(self, record: PageRecord | None) -> float:
-        if record is not None and not record["found"]:
-            return self._settings.cache_not_found_ttl
-        return self._settings.cache_page_ttl
+    def _ttl(self, known: _Known) -> float:
+        return self._settings.cache_page_ttl if known.meta["found"] else self._settings.cache_not_found_ttl
 
-    async def _refresh(self, name: NormalizedName, cached: PageRecord | None) -> PageResult:
-        etag = cached["etag"] if cached is not None and cached["found"] else None
+    def _may_serve_stale(self, known: _Known) -> bool:
+        return self._clock.now() - known.meta["fetched_at"] < self._settings.cache_stale_if_error
+
+    async def _lookup(self, name: NormalizedName) -> _Known | None:
+        known = self._known.get(name)
+        if known is not None:
+            self._known.move_to_end(name)
+            return known
+        meta = await self._store.get_meta(_key(name))
+        if meta is None:
+            return None
+        page = None
+        if meta["found"]:
+            body = await self._store.get_body(_key(name))
+            if body is None:
+                return None
+            try:
+                page = _parse(name, body, meta["url"], meta["content_type"], meta["serial"])
+            except UpstreamPageError:
+                return None  # written by an older version that read it differently: fetch again
+        return self._remember(name, _Known(meta, page))
+
+    def _remember(self, name: NormalizedName, known: _Known) -> _Known:
+        self._known[name] = known
+        self._known.move_to_end(name)
+        if len(self._known) > PAGES_IN_MEMORY:
+            self._known.popitem(last=False)
+        return known
+
+    async def _refresh(self, name: NormalizedName, cached: _Known | None) -> PageResult:
+        etag = cached.meta["etag"] if cached is not None and cached.meta["found"] else None
         try:
             answer = await self._upstream.fetch_project(name, etag)
-            if answer.status is FetchStatus.FOUND:
-                # Parse before storing: a page we cannot read must not replace one we can.
-                self._parse(name, answer.body, answer.url, answer.content_type, answer.serial)
+            # Parse before storing: a page we cannot read must not replace one we can.
+            page = _parse_answer(name, answer) if answer.status is FetchStatus.FOUND else None
         except (UpstreamError, UpstreamPageError) as exc:
             self._failures[name] = (self._clock.now(), str(exc))
-            if cached is not None and self._clock.now() - cached["fetched_at"] < self._stale_limit():
+            if cached is not None and self._may_serve_stale(cached):
                 log.warning("upstream_failed_serving_stale", project=name, error=str(exc))
-                return self._result(name, cached, CacheOutcome.STALE, stale_reason=str(exc))
+                return _result(name, cached, CacheOutcome.STALE, str(exc))
             if isinstance(exc, UpstreamPageError):
                 raise UpstreamError(str(exc)) from None
             raise
         self._failures.pop(name, None)
         now = self._clock.now()
-        if answer.status is FetchStatus.NOT_MODIFIED and cached is not None:
-            record = PageRecord(**{**cached, "fetched_at": now})
-            await self._store.put(_key(name), record)
-            return self._result(name, record, CacheOutcome.REVALIDATED)
-        if answer.status is FetchStatus.NOT_FOUND:
-            record = PageRecord(
-                found=False, url=answer.url, body=b"", content_type="", etag=None, serial=None, fetched_at=now
-            )
-            await self._store.put(_key(name), record)
-            return self._result(name, record, CacheOutcome.MISS)
-        if cached is not None and _older(answer, cached):
-            # A lagging mirror or CDN node: keep the newer page we have (X-PyPI-Last-Serial never goes back).
-            log.warning(
-                "upstream_serial_older",
-                project=name,
-                cached_serial=cached["serial"],
-                upstream_serial=answer.serial,
-            )
-            record = PageRecord(**{**cached, "fetched_at": now})
-            await self._store.put(_key(name), record)
-            return self._result(name, record, CacheOutcome.REVALIDATED)
-        record = PageRecord(
-            found=True,
+        if cached is not None and (answer.status is FetchStatus.NOT_MODIFIED or _older(answer, cached.meta)):
+            if answer.status is FetchStatus.FOUND:
+                # A lagging mirror or CDN node: keep the newer page (X-PyPI-Last-Serial never goes back).
+                log.warning(
+                    "upstream_serial_older",
+                    project=name,
+                    cached=cached.meta["serial"],
+                    upstream=answer.serial,
+                )
+            known = _Known(PageMeta(**{**cached.meta, "fetched_at": now}), cached.page)
+            await self._store.put(_key(name), known.meta)
+            return _result(name, self._remember(name, known), CacheOutcome.REVALIDATED)
+        meta = PageMeta(
+            found=page is not None,
             url=answer.url,
-            body=answer.body,
             content_type=answer.content_type,
             etag=answer.etag,
             serial=answer.serial,
             fetched_at=now,
+            version=hashlib.sha256(answer.body).hexdigest()[:24],
         )
-        await self._store.put(_key(name), record)
-        return self._result(name, record, CacheOutcome.MISS)
+        await self._store.put(_key(name), meta, answer.body if page is not None else None)
+        return _result(name, self._remember(name, _Known(meta, page)), CacheOutcome.MISS)
 
-    def _stale_limit(self) -> float:
-        return self._settings.cache_stale_if_error
 
-    def _result(
-        self, name: NormalizedName, record: PageRecord, outcome: CacheOutcome, stale_reason: str | None = None
-    ) -> PageResult:
-        if not record["found"]:
-            raise ProjectNotFound(name, outcome)
-        version, page = self._parse(
-            name, record["body"], record["url"], record["content_type"], record["serial"]
-        )
-        return PageResult(page, outcome, record["fetched_at"], version, stale_reason)
+def _result(name: str, known: _Known, outcome: CacheOutcome, stale_reason: str | None = None) -> PageResult:
+    if known.page is None:
+        raise ProjectNotFound(name, outcome)
+    return PageResult(known.page, outcome, known.meta["fetched_at"], known.meta["version"], stale_reason)
 
-    def _parse(
-        self, name: NormalizedName, body: bytes, url: str, content_type: str, serial: int | None
-    ) -> tuple[str, ProjectPage]:
-        version = hashlib.sha256(body).hexdigest()[:24]
-        memo = self._parsed.get(name)
-        if memo is not None and memo[0] == version:
-            self._parsed.move_to_end(name)
-            return memo
-        if "json" in content_type:
-            page = parse_project_json(body, url, name)
-            if page.last_serial is None and serial is not None:
-                page = ProjectPage(page.name, page.files, page.versions, serial)
-        else:
-            page = parse_project_html(body, url, name, serial)
-        self._parsed[name] = (version, page)
-        if len(self._parsed) > PARSED_PAGES_IN_MEMORY:
-            self._parsed.popitem(last=False)
-        return version, page
+
+def _parse_answer(name: NormalizedName, answer: UpstreamPage) -> ProjectPage:
+    return _parse(name, answer.body, answer.url, answer.content_type, answer.serial)
+
+
+def _parse(name: NormalizedName, body: bytes, url: str, content_type: str, serial: int | None) -> ProjectPage:
+    if "json" in content_type:
+        page = parse_project_json(body, url, name)
+        if page.last_serial is None and serial is not None:
+            page = ProjectPage(page.name, page.files, page.versions, serial)
+        return page
+    return parse_project_html(body, url, name, serial)
 
 
 def _key(name: NormalizedName) -> str:
     return f"project:{name}"
 
 
-def _older(answer: UpstreamPage, cached: PageRecord) -> bool:
+def _older(answer: UpstreamPage, cached: PageMeta) -> bool:
     return answer.serial is not None and cached["serial"] is not None and answer.serial < cached["serial"]

@@ -26,7 +26,7 @@ from proxy.model import PageFormat
 from proxy.pages import CacheOutcome
 from proxy.render import render_root_html, render_root_json
 from proxy.settings import Settings
-from proxy.store import PageRecord, PageStore
+from proxy.store import PageMeta, PageStore
 from proxy.upstream import FetchStatus, Upstream
 
 log = structlog.get_logger(__name__)
@@ -67,7 +67,7 @@ class RootList:
         return self._directory / "simple.html"
 
     async def current(self) -> RootResult:
-        record = await self._store.get(_RECORD_KEY)
+        record = await self._store.get_meta(_RECORD_KEY)
         if record is not None and self._clock.now() - record["fetched_at"] < self._settings.cache_root_ttl:
             return RootResult(self._json, self._html, CacheOutcome.HIT)
         if self._inflight is None:
@@ -75,7 +75,7 @@ class RootList:
             self._inflight.add_done_callback(lambda _: setattr(self, "_inflight", None))
         return await asyncio.shield(self._inflight)
 
-    async def _refresh(self, cached: PageRecord | None) -> RootResult:
+    async def _refresh(self, cached: PageMeta | None) -> RootResult:
         raw = self._directory / "upstream.partial"
         try:
             answer = await self._upstream.fetch_root(raw, cached["etag"] if cached else None)
@@ -93,14 +93,14 @@ class RootList:
                 raise
             raise UpstreamError(f"cannot read upstream's root project list: {exc}") from None
         outcome = CacheOutcome.MISS if answer.status is FetchStatus.FOUND else CacheOutcome.REVALIDATED
-        record = PageRecord(
+        record = PageMeta(
             found=True,
             url=answer.url,
-            body=b"",
             content_type=answer.content_type,
             etag=answer.etag if answer.status is FetchStatus.FOUND or cached is None else cached["etag"],
             serial=answer.serial,
             fetched_at=self._clock.now(),
+            version="",
         )
         await self._store.put(_RECORD_KEY, record)
         return RootResult(self._json, self._html, outcome)

@@ -1,4 +1,8 @@
-"""The page index on disk: diskcache (SQLite) behind async methods, so the event loop never blocks on it."""
+"""The page index on disk: diskcache (SQLite) behind async methods, so the event loop never blocks on it.
+
+A page is two entries: its small freshness record (rewritten on every revalidation) and its body (written
+only when upstream sends new content).
+"""
 
 from __future__ import annotations
 
@@ -9,33 +13,51 @@ from typing import Any, TypedDict, cast
 import diskcache
 
 
-class PageRecord(TypedDict):
-    """One cached upstream answer for a page (the wire shape stored on disk)."""
+class PageMeta(TypedDict):
+    """What we know about one cached upstream answer (the wire shape stored on disk)."""
 
     found: bool
     url: str
-    body: bytes
     content_type: str
     etag: str | None
     serial: int | None
     fetched_at: float
+    version: str  # digest of the body: changes exactly when the content does
 
 
 class PageStore:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        # A small SQLite-backed index; bodies over 32 KiB go to files next to it (diskcache's own layout).
+        # Values over diskcache's threshold (32 KiB) go to files beside the SQLite index.
         self._cache = diskcache.Cache(str(directory), size_limit=2**34, eviction_policy="least-recently-used")
 
-    async def get(self, key: str) -> PageRecord | None:
-        value: Any = await asyncio.to_thread(self._cache.get, key)
-        return cast(PageRecord, value) if isinstance(value, dict) else None
+    async def get_meta(self, key: str) -> PageMeta | None:
+        value: Any = await asyncio.to_thread(self._cache.get, "meta:" + key)
+        return cast(PageMeta, value) if isinstance(value, dict) else None
 
-    async def put(self, key: str, record: PageRecord) -> None:
-        await asyncio.to_thread(self._cache.set, key, record)
+    async def get_body(self, key: str) -> bytes | None:
+        value: Any = await asyncio.to_thread(self._cache.get, "body:" + key)
+        return value if isinstance(value, bytes) else None
+
+    async def put(self, key: str, meta: PageMeta, body: bytes | None = None) -> None:
+        """Store ``meta``; also ``body`` when given (None keeps the body stored before)."""
+        await asyncio.to_thread(self._put, key, meta, body)
+
+    def _put(self, key: str, meta: PageMeta, body: bytes | None) -> None:
+        with self._cache.transact():
+            if body is not None:
+                self._cache.set("body:" + key, body)
+            elif not meta["found"]:
+                self._cache.delete("body:" + key)
+            self._cache.set("meta:" + key, meta)
 
     async def delete(self, key: str) -> bool:
-        return bool(await asyncio.to_thread(self._cache.delete, key))
+        return bool(await asyncio.to_thread(self._delete, key))
+
+    def _delete(self, key: str) -> bool:
+        with self._cache.transact():
+            self._cache.delete("body:" + key)
+            return bool(self._cache.delete("meta:" + key))
 
     def close(self) -> None:
         self._cache.close()

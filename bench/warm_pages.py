@@ -1,0 +1,136 @@
+"""Warm-cache page latency and throughput of wheelfarm, and its memory while serving the root list.
+
+    .venv/bin/python bench/warm_pages.py [--duration 10] [--live-root]
+
+Starts a fake upstream (tests/fake_upstream.py) with a 600-file project, starts `wheelfarm serve` in front
+of it, warms the page, then drives it with wrk (Debian package `wrk`) at 1, 16 and 128 connections for JSON
+and HTML. With --live-root it also fetches the real upstream's root project list through a second proxy
+and reports that proxy's peak RSS (VmHWM) while it downloads, converts and serves the list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer  # noqa: E402
+
+JSON = "application/vnd.pypi.simple.v1+json"
+PIP_ACCEPT = f"{JSON}, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_proxy(upstream: str, cache_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [str(ROOT / ".venv/bin/wheelfarm"), "serve", "--port", str(port), "--cache-dir", str(cache_dir),
+         "--upstream", upstream, "--logging-level", "warning", "--upstream-read-timeout", "120"],
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("proxy did not start")
+
+
+def wrk(url: str, connections: int, seconds: int, accept: str) -> dict[str, float]:
+    output = subprocess.run(
+        ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+         "-H", f"Accept: {accept}", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50_ms": _latency(output, "50%"), "p99_ms": _latency(output, "99%")}
+
+
+def _latency(output: str, percentile: str) -> float:
+    value, unit = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def warm_pages(seconds: int) -> None:
+    index = FakeIndex()
+    for i in range(300):
+        version = f"1.{i}"
+        index.add_file("bigproject", FakeFile(f"bigproject-{version}.tar.gz", os.urandom(64),
+                                              requires_python=">=3.8"))
+        index.add_file("bigproject", FakeFile(f"bigproject-{version}-py3-none-any.whl", os.urandom(64),
+                                              metadata=b"Metadata-Version: 2.1\n"))
+    with FakeUpstreamServer(index) as upstream, tempfile.TemporaryDirectory() as cache:
+        process, url = start_proxy(upstream.simple_url, Path(cache))
+        try:
+            page = url + "/simple/bigproject/"
+            for accept in (PIP_ACCEPT, "text/html"):
+                httpx.get(page, headers={"Accept": accept}).raise_for_status()
+            print(f"warm project page, 600 files, {seconds} s per cell (wrk, 2 threads)")
+            print("| format | connections | requests/s | p50 ms | p99 ms |")
+            print("|---|---:|---:|---:|---:|")
+            for name, accept in (("JSON", PIP_ACCEPT), ("HTML", "text/html")):
+                for connections in (1, 16, 128):
+                    result = wrk(page, connections, seconds, accept)
+                    print(f"| {name} | {connections} | {result['rps']:.0f} | {result['p50_ms']:.2f} "
+                          f"| {result['p99_ms']:.2f} |")
+            print(f"proxy peak RSS: {peak_rss_mb(process.pid):.0f} MB")
+        finally:
+            process.terminate()
+            process.wait()
+
+
+def live_root() -> None:
+    with tempfile.TemporaryDirectory() as cache:
+        process, url = start_proxy("https://pypi.org/simple/", Path(cache))
+        try:
+            for label, accept in (("cold (download + convert)", JSON), ("warm JSON", JSON), ("warm HTML", "text/html")):
+                started = time.monotonic()
+                with httpx.stream("GET", url + "/simple/", headers={"Accept": accept}, timeout=600) as response:
+                    size = sum(len(chunk) for chunk in response.iter_raw())
+                print(f"root list {label}: {size / 1e6:.1f} MB in {time.monotonic() - started:.2f} s, "
+                      f"proxy peak RSS so far {peak_rss_mb(process.pid):.0f} MB")
+        finally:
+            process.terminate()
+            process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--live-root", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    warm_pages(args.duration)
+    if args.live_root:
+        live_root()
+
+
+if __name__ == "__main__":
+    main()
