@@ -84,6 +84,13 @@ def flag_name(section: str, key: str) -> str:
     return f"--{section}-{key}".replace("_", "-")
 
 
+def _flag_for(attr: str) -> str:
+    for (section, key), candidate in _FIELDS.items():
+        if candidate == attr:
+            return flag_name(section, key)
+    return attr
+
+
 def all_fields() -> list[tuple[str, str, str]]:
     """(section, key, attribute) for every setting, in documentation order."""
     return [(section, key, attr) for (section, key), attr in _FIELDS.items()]
@@ -105,7 +112,7 @@ def load_settings(
             values[attr] = _convert(attr, env[name], f"environment variable {name}")
     for attr, value in (overrides or {}).items():
         if value is not None:
-            values[attr] = _convert(attr, value, f"flag for {attr}")
+            values[attr] = _convert(attr, value, f"flag {_flag_for(attr)}")
     return Settings(**values)
 
 

@@ -1,0 +1,107 @@
+"""Safe sdist extraction: no absolute paths, no '..', no links or devices pointing anywhere, size caps.
+
+tarfile's "data" filter (PEP 706) already refuses most of this; we check first anyway, so the build log can
+say exactly which member was refused, and keep the filter as a second wall.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+
+class UnsafeArchive(ValueError):
+    """The sdist is malformed or tries to escape its folder; the message names the member."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractLimits:
+    max_members: int = 50_000
+    max_total_bytes: int = 2 << 30
+    max_member_bytes: int = 1 << 30
+
+
+def extract_sdist(archive: Path, destination: Path, limits: ExtractLimits = ExtractLimits()) -> Path:
+    """Extract ``archive`` into ``destination`` and return the project folder (the single top-level one)."""
+    name = archive.name.lower()
+    if name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")):
+        _extract_tar(archive, destination, limits)
+    elif name.endswith(".zip"):
+        _extract_zip(archive, destination, limits)
+    else:
+        raise UnsafeArchive(f"{archive.name}: not an sdist archive (.tar.gz or .zip)")
+    entries = [entry for entry in destination.iterdir() if entry.name not in ("pax_global_header",)]
+    if len(entries) != 1 or not entries[0].is_dir():
+        raise UnsafeArchive(f"{archive.name}: an sdist holds exactly one top-level folder")
+    project = entries[0]
+    if not (project / "pyproject.toml").is_file() and not (project / "setup.py").is_file():
+        raise UnsafeArchive(f"{archive.name}: no pyproject.toml or setup.py in {project.name}/")
+    return project
+
+
+def _check_name(archive: str, name: str) -> None:
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchive(f"{archive}: member {name!r} has an absolute path")
+    if ".." in path.parts:
+        raise UnsafeArchive(f"{archive}: member {name!r} climbs out with '..'")
+    if "\x00" in name:
+        raise UnsafeArchive(f"{archive}: member name contains NUL")
+
+
+def _extract_tar(archive: Path, destination: Path, limits: ExtractLimits) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            _check_counts(archive.name, len(members), [m.size for m in members if m.isfile()], limits)
+            for member in members:
+                _check_name(archive.name, member.name)
+                if (
+                    member.isdev()
+                    or member.isfifo()
+                    or not (member.isfile() or member.isdir() or member.issym() or member.islnk())
+                ):
+                    raise UnsafeArchive(f"{archive.name}: member {member.name!r} is a device or special file")
+                if member.issym() or member.islnk():
+                    _check_link(archive.name, member)
+            tar.extractall(destination, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UnsafeArchive(f"{archive.name}: cannot extract: {exc}") from None
+
+
+def _check_link(archive: str, member: tarfile.TarInfo) -> None:
+    target = member.linkname
+    if member.issym():
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), target))
+    else:
+        joined = posixpath.normpath(target)
+    if target.startswith("/") or joined.startswith("..") or joined == "..":
+        raise UnsafeArchive(f"{archive}: link {member.name!r} -> {target!r} points outside the sdist")
+
+
+def _extract_zip(archive: Path, destination: Path, limits: ExtractLimits) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            infos = zipped.infolist()
+            _check_counts(archive.name, len(infos), [info.file_size for info in infos], limits)
+            for info in infos:
+                _check_name(archive.name, info.filename)
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise UnsafeArchive(f"{archive.name}: member {info.filename!r} is a symbolic link")
+            zipped.extractall(destination)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UnsafeArchive(f"{archive.name}: cannot extract: {exc}") from None
+
+
+def _check_counts(archive: str, count: int, sizes: list[int], limits: ExtractLimits) -> None:
+    if count > limits.max_members:
+        raise UnsafeArchive(f"{archive}: {count} members, more than the limit of {limits.max_members}")
+    if sizes and max(sizes) > limits.max_member_bytes:
+        raise UnsafeArchive(f"{archive}: a member of {max(sizes)} bytes exceeds {limits.max_member_bytes}")
+    if sum(sizes) > limits.max_total_bytes:
+        raise UnsafeArchive(
+            f"{archive}: {sum(sizes)} bytes unpacked exceed the limit of {limits.max_total_bytes}"
+        )

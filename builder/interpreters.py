@@ -1,0 +1,55 @@
+"""Finding a real CPython of each version on the builder host: configured paths, pyenv, then PATH.
+
+pyenv's shims only resolve the global version, so its versions folder is searched directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def find_interpreter(
+    version: str, configured: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """A python executable for ``version`` ("3.12"), or None when the host has none."""
+    if configured and version in configured:
+        path = Path(configured[version])
+        return path if _executable(path) else None
+    env = os.environ if environ is None else environ
+    for root in _pyenv_roots(env):
+        found = _from_pyenv(root / "versions", version)
+        if found is not None:
+            return found
+    on_path = shutil.which(f"python{version}", path=env.get("PATH"))
+    return Path(on_path) if on_path else None
+
+
+def available_versions(configured: Mapping[str, str] | None = None) -> list[str]:
+    candidates = [f"3.{minor}" for minor in range(8, 15)]
+    return [v for v in candidates if find_interpreter(v, configured) is not None]
+
+
+def _pyenv_roots(env: Mapping[str, str]) -> list[Path]:
+    roots = [Path(env["PYENV_ROOT"])] if env.get("PYENV_ROOT") else []
+    roots.append(Path(env.get("HOME", "/root")) / ".pyenv")
+    return [root for root in roots if (root / "versions").is_dir()]
+
+
+def _from_pyenv(versions: Path, version: str) -> Path | None:
+    pattern = re.compile(rf"^{re.escape(version)}\.(\d+)$")  # final releases only, newest patch first
+    matches = sorted(
+        (int(m[1]), entry) for entry in versions.iterdir() if (m := pattern.match(entry.name)) is not None
+    )
+    for _, entry in reversed(matches):
+        path = entry / "bin" / f"python{version}"
+        if _executable(path):
+            return path
+    return None
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
