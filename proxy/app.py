@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
+from builder.artifacts import Artifacts
+from builder.jobs import Limits
+from builder.pool import Builder, BuildJob, LocalPool, PoolSettings
 from proxy.clock import Clock, SystemClock
-from proxy.errors import WheelfarmError
-from proxy.files import FileStore
+from proxy.errors import UpstreamError, WheelfarmError
+from proxy.files import DownloadState, FileSource, FileStore
 from proxy.pages import PageCache
 from proxy.rootlist import RootList
 from proxy.services import CACHE_OUTCOME, REQUEST_ID, SERVICES, Services
 from proxy.settings import Settings
 from proxy.store import PageStore
 from proxy.upstream import HttpUpstream, Upstream, make_session
+from proxy.web_builds import built, pending
 from proxy.web_files import file
 from proxy.web_pages import project_page, root_page
 
@@ -40,7 +46,7 @@ async def errors_and_context(request: web.Request, handler: Handler) -> web.Stre
         outcome = getattr(exc, "outcome", None)
         if outcome is not None:
             request[CACHE_OUTCOME] = outcome.value
-        response = web.Response(status=exc.status, text=exc.message + "\n")
+        response = web.Response(status=exc.status, reason=exc.reason, text=exc.message + "\n")
     except web.HTTPException as exc:
         exc.headers["X-Request-ID"] = request_id
         raise
@@ -89,9 +95,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def create_app(
-    settings: Settings, *, upstream: Upstream | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    upstream: Upstream | None = None,
+    clock: Clock | None = None,
+    builder: Builder | None = None,
 ) -> web.Application:
-    """The proxy. ``upstream`` defaults to HTTP against ``settings.upstream_url``; tests inject the clock."""
+    """The proxy. ``upstream`` defaults to HTTP against ``settings.upstream_url``; ``builder`` to the local
+    pool when ``[builder] enabled``; tests inject the clock."""
     app = web.Application(middlewares=[errors_and_context], client_max_size=1 << 20)
     the_clock = clock if clock is not None else SystemClock()
 
@@ -107,14 +118,20 @@ def create_app(
         cache_dir = settings.cache_dir
         store = PageStore(cache_dir / "pages")
         files = FileStore(cache_dir / "files", source)
+        pool = builder
+        if pool is None and settings.builder_enabled:
+            pool = await start_local_pool(settings, files)
         app[SERVICES] = Services(
             settings=settings,
             pages=PageCache(source, store, the_clock, settings),
             root=RootList(source, store, cache_dir / "root", the_clock, settings),
             files=files,
+            builder=pool,
         )
         log.info("proxy_ready", upstream=settings.upstream_simple_url, cache_dir=str(cache_dir))
         yield
+        if isinstance(pool, LocalPool):
+            await pool.close()
         await files.close()
         store.close()
         if session is not None:
@@ -122,11 +139,62 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/simple/", root_page)
-    app.router.add_get("/simple/{project}/", project_page)
-    app.router.add_get("/simple/{project}", project_page)
-    app.router.add_get("/files/{project}/{key}/{filename}", file)
+    # The same API under three scopes: /simple/ (target from the User-Agent), /t/<target>/simple/ (named),
+    # /plain/simple/ (no overlay). Page links are relative, so each scope's links stay in that scope.
+    for prefix in ("", "/t/{scope}", "/plain"):
+        app.router.add_get(prefix + "/simple/", root_page)
+        app.router.add_get(prefix + "/simple/{project}/", project_page)
+        app.router.add_get(prefix + "/simple/{project}", project_page)
+        app.router.add_get(prefix + "/files/{project}/{key}/{filename}", file)
+        app.router.add_get(prefix + "/build/{target}/{project}/{sdist}/{filename}", pending)
+        app.router.add_get(prefix + "/built/{sdist}/{target}/{filename}", built)
     return app
+
+
+async def start_local_pool(settings: Settings, files: FileStore) -> LocalPool:
+    """The embedded builder pool: worker processes on this host, sdists from our own file store."""
+    artifacts = Artifacts(settings.cache_dir / "built")
+    await asyncio.to_thread(artifacts.load)
+
+    async def fetch_sdist(job: BuildJob) -> Path:
+        source = FileSource(job.sdist_sha256, job.sdist_url, job.sdist_sha256, None)
+        cached = await files.cached(source.key)
+        if cached is not None:
+            return cached
+        download = files.download(source)
+        await download.wait_done()
+        if download.state is not DownloadState.DONE:
+            raise download.error or UpstreamError("sdist download failed")
+        return download.final_path
+
+    pool = LocalPool(pool_settings(settings), artifacts, fetch_sdist)
+    if pool.disabled_reason:
+        log.warning("builds_disabled", reason=pool.disabled_reason)
+    else:
+        log.info("builder_pool_ready", workers=settings.builder_workers, index=settings.plain_index_url)
+    return pool
+
+
+def pool_settings(settings: Settings) -> PoolSettings:
+    mib = 1 << 20
+    interpreters = dict(item.split("=", 1) for item in settings.builder_interpreters if "=" in item)
+    return PoolSettings(
+        work_root=settings.builder_work_dir or settings.cache_dir / "work",
+        index_url=settings.plain_index_url,
+        workers=max(1, settings.builder_workers),
+        limits=Limits(
+            timeout_seconds=settings.builder_timeout,
+            memory_bytes=settings.builder_memory_mb * mib,
+            processes=settings.builder_processes,
+            file_size_bytes=settings.builder_max_file_mb * mib,
+            output_bytes=settings.builder_max_output_mb * mib,
+        ),
+        sandbox=settings.builder_sandbox == "required",
+        interpreters=interpreters,
+        targets=settings.builder_targets,
+        allow=settings.builder_allow,
+        deny=settings.builder_deny,
+    )
 
 
 def run(settings: Settings) -> None:

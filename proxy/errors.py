@@ -7,6 +7,7 @@ class WheelfarmError(Exception):
     """Base: ``status`` is the HTTP status a client gets, the message is the body it reads."""
 
     status = 500
+    reason: str | None = None  # an HTTP reason phrase to send instead of the standard one
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -32,6 +32,9 @@ class DistFile:
     size: int | None = None
     upload_time: str | None = None
     provenance: str | None = None
+    # wheelfarm's own facts about a file (build log, provenance record, ...): JSON "_wheelfarm" (PEP 691
+    # reserves underscore keys for the index's private use), HTML data-wheelfarm-* attributes.
+    extras: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def sha256(self) -> str | None:

@@ -73,6 +73,8 @@ def _json_file(dist: DistFile) -> dict[str, Any]:
     if dist.upload_time is not None:
         entry["upload-time"] = dist.upload_time
     entry["provenance"] = dist.provenance
+    if dist.extras:
+        entry["_wheelfarm"] = dict(sorted(dist.extras.items()))
     return entry
 
 
@@ -118,6 +120,8 @@ def _html_anchor(dist: DistFile) -> str:
         attrs.append(f'data-dist-info-metadata="{escape(value)}"')
     if dist.provenance:
         attrs.append(f'data-provenance="{escape(dist.provenance)}"')  # PEP 740
+    for key, value in sorted(dist.extras.items()):
+        attrs.append(f'data-wheelfarm-{escape(key)}="{escape(value)}"')
     return f"<a {' '.join(attrs)}>{escape(dist.filename)}</a>"
 
 

@@ -46,6 +46,32 @@ class Settings:
     # [logging]
     logging_level: str = "info"
     logging_format: str = "auto"
+    # [builder]
+    builder_enabled: bool = True
+    builder_workers: int = 2
+    builder_hold_seconds: float = 12.0
+    builder_retry_after: int = 5
+    builder_sandbox: str = "required"
+    builder_timeout: float = 900.0
+    builder_memory_mb: int = 4096
+    builder_processes: int = 512
+    builder_max_file_mb: int = 1024
+    builder_max_output_mb: int = 4096
+    builder_work_dir: Path | None = None
+    builder_index_url: str = ""
+    builder_interpreters: tuple[str, ...] = ()
+    builder_targets: tuple[str, ...] = ("*",)
+    builder_allow: tuple[str, ...] = ("*",)
+    builder_deny: tuple[str, ...] = ()
+
+    @property
+    def plain_index_url(self) -> str:
+        """Where builders install build requirements from: this proxy without the overlay (no recursion)."""
+        if self.builder_index_url:
+            return self.builder_index_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/plain/simple/"
 
     @property
     def upstream_simple_url(self) -> str:
@@ -68,11 +94,28 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("cache", "stale_if_error"): "cache_stale_if_error",
     ("logging", "level"): "logging_level",
     ("logging", "format"): "logging_format",
+    ("builder", "enabled"): "builder_enabled",
+    ("builder", "workers"): "builder_workers",
+    ("builder", "hold_seconds"): "builder_hold_seconds",
+    ("builder", "retry_after"): "builder_retry_after",
+    ("builder", "sandbox"): "builder_sandbox",
+    ("builder", "timeout"): "builder_timeout",
+    ("builder", "memory_mb"): "builder_memory_mb",
+    ("builder", "processes"): "builder_processes",
+    ("builder", "max_file_mb"): "builder_max_file_mb",
+    ("builder", "max_output_mb"): "builder_max_output_mb",
+    ("builder", "work_dir"): "builder_work_dir",
+    ("builder", "index_url"): "builder_index_url",
+    ("builder", "interpreters"): "builder_interpreters",
+    ("builder", "targets"): "builder_targets",
+    ("builder", "allow"): "builder_allow",
+    ("builder", "deny"): "builder_deny",
 }
 _TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(Settings)}
 _CHOICES: dict[str, tuple[str, ...]] = {
     "logging_level": ("debug", "info", "warning", "error"),
     "logging_format": ("auto", "json", "console"),
+    "builder_sandbox": ("required", "off"),
 }
 
 
@@ -135,13 +178,31 @@ def _from_toml(path: Path) -> dict[str, Any]:
     return values
 
 
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError
+
+
 def _convert(attr: str, raw: Any, origin: str) -> Any:
     kind = _TYPES[attr]
     try:
-        if kind == "int":
+        if kind == "bool":
+            value: Any = _boolean(raw)
+        elif kind == "tuple[str, ...]":
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ValueError
+            value = tuple(i.strip() for i in items if i.strip())
+        elif kind == "int":
             if isinstance(raw, bool):
                 raise ValueError
-            value: Any = int(raw)
+            value = int(raw)
         elif kind == "float":
             if isinstance(raw, bool):
                 raise ValueError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from builder.tags import InvalidTarget, Target, target_from_user_agent
 from proxy.errors import BadRequest, NotAcceptable
 from proxy.model import PageFormat
 from proxy.names import InvalidProjectName, NormalizedName, normalize
@@ -11,8 +12,24 @@ from proxy.negotiate import SUPPORTED_MEDIA_TYPES, choose_format
 from proxy.pages import CacheOutcome
 from proxy.services import CACHE_OUTCOME, SERVICES
 
-# Pages depend on Accept (format); later also on User-Agent (the client's target).
-VARY = "Accept"
+
+def page_target(request: web.Request) -> tuple[Target | None, str]:
+    """The target whose overlay the page carries, and the Vary header that says what decided it.
+
+    ``/t/<target>/simple/`` names it; ``/plain/simple/`` has none (builders use it: no build links, so no
+    build ever waits on another); ``/simple/`` reads pip's or uv's User-Agent (RFC 9110 section 12.5.5).
+    """
+    scope = request.match_info.get("scope")
+    if scope is not None:
+        try:
+            return Target.parse(scope), "Accept"
+        except InvalidTarget as exc:
+            raise BadRequest(str(exc)) from None
+    if request.path.startswith("/plain/"):
+        return None, "Accept"
+    if request.app[SERVICES].builder is None:
+        return None, "Accept"
+    return target_from_user_agent(request.headers.get("User-Agent")), "Accept, User-Agent"
 
 
 def negotiated_format(request: web.Request) -> PageFormat:
@@ -39,7 +56,7 @@ async def root_page(request: web.Request) -> web.StreamResponse:
     request[CACHE_OUTCOME] = result.outcome.value
     response = web.FileResponse(result.path_for(fmt), chunk_size=1 << 18)
     response.content_type = fmt.content_type
-    _cache_headers(response, result.outcome, result.stale_reason, services.settings.cache_root_ttl)
+    _cache_headers(response, result.outcome, result.stale_reason, services.settings.cache_root_ttl, "Accept")
     return response
 
 
@@ -53,9 +70,10 @@ async def project_page(request: web.Request) -> web.StreamResponse:
         location = (f"../{name}/" if request.path.endswith("/") else f"{name}/") + _query(request)
         raise web.HTTPMovedPermanently(location=location)
     fmt = negotiated_format(request)
+    target, vary = page_target(request)
     result = await services.pages.project(name)
     request[CACHE_OUTCOME] = result.outcome.value
-    rendered = services.rendered.get(result, fmt)
+    rendered = services.rendered.get(result, fmt, target, services.builder)
     if rendered.etag in _if_none_match(request):
         response = web.Response(status=304)
     else:
@@ -65,14 +83,16 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     response.headers["ETag"] = rendered.etag
     if result.page.last_serial is not None:
         response.headers["X-PyPI-Last-Serial"] = str(result.page.last_serial)
-    _cache_headers(response, result.outcome, result.stale_reason, services.settings.cache_page_ttl)
+    _cache_headers(response, result.outcome, result.stale_reason, services.settings.cache_page_ttl, vary)
+    if target is not None:
+        response.headers["X-Wheelfarm-Target"] = target.id
     return response
 
 
 def _cache_headers(
-    response: web.StreamResponse, outcome: CacheOutcome, stale_reason: str | None, ttl: float
+    response: web.StreamResponse, outcome: CacheOutcome, stale_reason: str | None, ttl: float, vary: str
 ) -> None:
-    response.headers["Vary"] = VARY
+    response.headers["Vary"] = vary
     response.headers["X-Wheelfarm-Cache"] = outcome.value
     if outcome is CacheOutcome.STALE:
         # Serving stale-if-error (RFC 5861): say so, and do not let downstream caches keep it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 from pathlib import Path
 from typing import Any, Self
@@ -12,6 +13,12 @@ from servers import ServerThread
 from proxy.app import AccessLog, create_app
 from proxy.services import SERVICES, Services
 from proxy.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class FakeClock:
@@ -38,7 +45,10 @@ class ProxyServer(ServerThread):
         self.clock = clock
         self._application = create_app(settings, clock=clock)
         super().__init__(
-            self._application, name="wheelfarm-proxy", runner_options={"access_log_class": AccessLog}
+            self._application,
+            port=settings.port,
+            name="wheelfarm-proxy",
+            runner_options={"access_log_class": AccessLog},
         )
 
     @property
@@ -54,8 +64,9 @@ class ProxyServer(ServerThread):
 
 
 def proxy_settings(cache_dir: Path, upstream: str, **changes: Any) -> Settings:
-    """Settings for a test proxy: short timeouts so fault tests stay fast."""
+    """Settings for a test proxy: a free port (builders reach the proxy there), short timeouts."""
     base = Settings(
+        port=free_port(),
         cache_dir=cache_dir,
         upstream_url=upstream,
         upstream_connect_timeout=2.0,

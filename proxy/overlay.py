@@ -1,0 +1,127 @@
+"""The overlay: for one target, add built wheels and build-pending links to a (proxied) project page.
+
+A release needs the overlay when it has an sdist (with a sha256 to build from) and upstream has no wheel
+the target can install. Then the page lists, right after the sdist, either the wheel we built for
+(sdist sha256, target) with its real name, sha256, size and metadata, or, when no build of that key has
+failed and the builder may build it, a build-pending link. Both carry the sdist's yank state and
+requires-python, so upstream's yank flows into them (PEP 592).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from urllib.parse import quote
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_version,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import Version
+
+from builder.artifacts import BuildRecord
+from builder.tags import Target
+from proxy.model import DistFile, ProjectPage
+
+BUILT_FROM_PAGE = "../../built/"
+BUILD_FROM_PAGE = "../../build/"
+
+Offer = Callable[[Version, DistFile], DistFile | None]
+
+
+def releases_needing_wheels(page: ProjectPage, target: Target) -> Iterator[tuple[Version, DistFile]]:
+    """(version, sdist) for each release with a buildable sdist and no wheel the target supports."""
+    sdists: dict[Version, list[DistFile]] = defaultdict(list)
+    wheels: list[tuple[Version, DistFile]] = []
+    for dist in page.files:
+        if dist.filename.endswith(".whl"):
+            try:
+                _, version, _, tags = parse_wheel_filename(dist.filename)
+            except InvalidWheelFilename:
+                continue
+            if target.supports(frozenset(tags)):
+                wheels.append((version, dist))
+        else:
+            try:
+                _, version = parse_sdist_filename(dist.filename)
+            except InvalidSdistFilename:
+                continue
+            if dist.sha256 is not None:
+                sdists[version].append(dist)
+    for version, candidates in sorted(sdists.items()):
+        sdist = min(candidates, key=lambda d: (not d.filename.endswith(".tar.gz"), d.filename))
+        # A yanked wheel does not cover a release whose sdist is not yanked: clients skip the wheel.
+        if any(v == version and (not w.yanked or sdist.yanked) for v, w in wheels):
+            continue
+        if _python_may_match(sdist.requires_python, target):
+            yield version, sdist
+
+
+def apply_overlay(page: ProjectPage, target: Target, offer: Offer) -> ProjectPage:
+    additions: dict[str, DistFile] = {}
+    for version, sdist in releases_needing_wheels(page, target):
+        extra = offer(version, sdist)
+        if extra is not None:
+            additions[sdist.filename] = extra
+    if not additions:
+        return page
+    files: list[DistFile] = []
+    for dist in page.files:
+        files.append(dist)
+        if dist.filename in additions:
+            files.append(additions[dist.filename])
+    return dataclasses.replace(page, files=tuple(files))
+
+
+def built_file(record: BuildRecord, sdist: DistFile) -> DistFile:
+    folder = f"{BUILT_FROM_PAGE}{record.key.sdist_sha256}/{record.key.target}/"
+    return DistFile(
+        filename=record.wheel_filename,
+        url=folder + quote(record.wheel_filename, safe=""),
+        hashes={"sha256": record.wheel_sha256},
+        requires_python=sdist.requires_python,
+        yanked=sdist.yanked,
+        core_metadata={"sha256": record.metadata_sha256} if record.metadata_sha256 else False,
+        size=record.wheel_size,
+        extras={
+            "built-from": sdist.filename,
+            "build-log": folder + "build.log",
+            "provenance": folder + "provenance.json",
+        },
+    )
+
+
+def pending_filename(project: str, version: Version, target: Target) -> str:
+    """A wheel name the target accepts (pip and uv do not re-check tags after download: measured)."""
+    name = project.replace("-", "_")
+    return f"{name}-{canonicalize_version(version, strip_trailing_zero=False)}-{target.interpreter_tag}-" + (
+        f"{target.interpreter_tag}-{target.platform}.whl"
+    )
+
+
+def pending_file(project: str, version: Version, sdist: DistFile, target: Target) -> DistFile:
+    assert sdist.sha256 is not None
+    filename = pending_filename(project, version, target)
+    return DistFile(
+        filename=filename,
+        url=f"{BUILD_FROM_PAGE}{target.id}/{project}/{sdist.sha256}/{quote(filename, safe='')}",
+        requires_python=sdist.requires_python,
+        yanked=sdist.yanked,
+        extras={"built-from": sdist.filename, "pending": "true"},
+    )
+
+
+def _python_may_match(requires_python: str | None, target: Target) -> bool:
+    if not requires_python:
+        return True
+    try:
+        specifier = SpecifierSet(requires_python)
+    except InvalidSpecifier:
+        return True
+    major, minor = target.python
+    return any(specifier.contains(f"{major}.{minor}.{patch}", prereleases=True) for patch in (0, 99))
