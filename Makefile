@@ -14,9 +14,20 @@ $(BIN)/wheelfarm: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
+# Build backends the fake upstream serves to the builder in tests (the same pinned versions as the venv).
+WHEELHOUSE := tests/.wheelhouse
+$(WHEELHOUSE)/.done: constraints.txt
+	$(BIN)/pip download -q --no-deps --only-binary :all: -c constraints.txt -d $(WHEELHOUSE) flit_core setuptools
+	touch $@
+
 venv: $(BIN)/wheelfarm
 
-serve: venv
+# The builder's sandbox (a Debian package); the test suite runs real sandboxed builds.
+SYSTEM_TOOLS := /usr/bin/bwrap
+$(SYSTEM_TOOLS):
+	-apt-get update -qq && apt-get install -y -qq bubblewrap || echo "could not install bubblewrap: wheel builds stay off"
+
+serve: venv $(SYSTEM_TOOLS)
 	$(BIN)/wheelfarm serve $(ARGS)
 
 lint: venv
@@ -26,7 +37,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck $(WHEELHOUSE)/.done $(SYSTEM_TOOLS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:

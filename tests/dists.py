@@ -8,10 +8,12 @@ network and no virtual environment are needed. Nothing is cached between runs.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -59,6 +61,73 @@ def build_project(
         sdist = Path(builder.build("sdist", out_dir))
         wheel = Path(builder.build("wheel", out_dir))
     return BuiltProject(sdist=sdist, wheel=wheel)
+
+
+def build_sdist(project_dir: Path, version: str, out_dir: Path) -> Path:
+    """Only the sdist of `project_dir` at `version` (for projects whose wheel the proxy must build)."""
+    Version(version)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{project_dir.name}-{version}-") as tmp:
+        srcdir = Path(tmp) / project_dir.name
+        shutil.copytree(project_dir, srcdir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _set_version(srcdir, version, None)
+        return Path(build.ProjectBuilder(srcdir, python_executable=sys.executable).build("sdist", out_dir))
+
+
+def make_sdist(out_dir: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    """An sdist written by hand (no backend runs on the host): ``files`` maps paths inside the
+    ``name-version/`` folder to their text. PKG-INFO is added. For hostile and broken test sdists."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = f"{name}-{version}"
+    path = out_dir / f"{root}.tar.gz"
+    contents = {"PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", **files}
+    with tarfile.open(path, "w:gz") as tar:
+        for member, text in sorted(contents.items()):
+            data = text.encode()
+            info = tarfile.TarInfo(f"{root}/{member}")
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def in_tree_backend_sdist(out_dir: Path, name: str, version: str, build_wheel_body: str) -> Path:
+    """An sdist whose PEP 517 backend is its own ``backend.py`` (no requirements to install): its
+    ``build_wheel`` runs ``build_wheel_body`` (indented Python), then writes a real, minimal wheel."""
+    backend = _IN_TREE_BACKEND.format(name=name.replace("-", "_"), version=version, body=build_wheel_body)
+    pyproject = '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+    return make_sdist(out_dir, name, version, {"pyproject.toml": pyproject, "backend.py": backend})
+
+
+_IN_TREE_BACKEND = """\
+import base64, hashlib, os, zipfile
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+{body}
+    name, version = "{name}", "{version}"
+    filename = f"{{name}}-{{version}}-py3-none-any.whl"
+    info = f"{{name}}-{{version}}.dist-info"
+    files = {{
+        f"{{name}}.py": b"VALUE = 1\\n",
+        f"{{info}}/METADATA": f"Metadata-Version: 2.1\\nName: {{name}}\\nVersion: {{version}}\\n".encode(),
+        f"{{info}}/WHEEL": (
+            b"Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+        ),
+    }}
+    record = []
+    with zipfile.ZipFile(os.path.join(wheel_directory, filename), "w") as wheel:
+        for path, data in files.items():
+            wheel.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{{path}},sha256={{digest}},{{len(data)}}")
+        record.append(f"{{info}}/RECORD,,")
+        wheel.writestr(f"{{info}}/RECORD", "\\n".join(record) + "\\n")
+    return filename
+"""
 
 
 def wheel_metadata(wheel: Path) -> bytes:

@@ -1,0 +1,3 @@
+from tinynative._speed import add
+
+__all__ = ["add"]

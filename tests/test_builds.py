@@ -1,0 +1,218 @@
+"""Build-pending links and the builder pool, end to end: real sdists, real sandboxed builds, pip and uv."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from clients import Client, each_client, install
+from dists import PROJECTS_DIR, build_sdist, in_tree_backend_sdist, wheel_metadata
+from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
+from fakes import FakeClock, ProxyServer, proxy_settings
+
+WHEELHOUSE = Path(__file__).resolve().parent / ".wheelhouse"
+TARGET = "cp311-manylinux_2_36_x86_64"
+PIP_UA = (
+    'pip/26.3 {"cpu":"x86_64","distro":{"id":"bookworm","libc":{"lib":"glibc","version":"2.36"},'
+    '"name":"Debian GNU/Linux","version":"12"},"implementation":{"name":"CPython","version":"3.11.7"},'
+    '"python":"3.11.7","system":{"name":"Linux","release":"6.1.0"}}'
+)
+
+
+@pytest.fixture(scope="session")
+def sdists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("sdists")
+    return {
+        "tinypure": build_sdist(PROJECTS_DIR / "tinypure", "3.0", out),
+        "tinynative": build_sdist(PROJECTS_DIR / "tinynative", "1.0", out),
+        "brokenpkg": in_tree_backend_sdist(
+            out, "brokenpkg", "1.0", '    raise RuntimeError("no compiler for you")'
+        ),
+        "slowpkg": in_tree_backend_sdist(out, "slowpkg", "1.0", "    import time\n    time.sleep(3)"),
+    }
+
+
+@pytest.fixture
+def build_index(fake_index: FakeIndex, sdists: dict[str, Path]) -> FakeIndex:
+    """The shared test index plus sdist-only releases, and the build backends builds need (as wheels)."""
+    assert sorted(p.name for p in WHEELHOUSE.glob("*.whl")), "run `make test` (it downloads the backends)"
+    for wheel in sorted(WHEELHOUSE.glob("*.whl")):
+        project = wheel.name.split("-")[0]
+        fake_index.add_file(project, FakeFile.from_path(wheel, metadata=wheel_metadata(wheel)))
+    for project, sdist in sdists.items():
+        fake_index.add_file(project, FakeFile.from_path(sdist))
+    return fake_index
+
+
+def start_builder_proxy(
+    upstream: FakeUpstreamServer, clock: FakeClock, cache: Path, **changes: Any
+) -> ProxyServer:
+    settings = proxy_settings(
+        cache, upstream.simple_url, upstream_read_timeout=30.0, builder_timeout=120.0, **changes
+    )
+    return ProxyServer(settings, clock).start()
+
+
+@pytest.fixture
+def builder_proxy(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> Iterator[ProxyServer]:
+    proxy = start_builder_proxy(fake_upstream, clock, tmp_path / "cache")
+    yield proxy
+    proxy.stop()
+
+
+def page(proxy: ProxyServer, project: str, scope: str = f"/t/{TARGET}", **headers: str) -> dict[str, Any]:
+    response = httpx.get(f"{proxy.url}{scope}/simple/{project}/?format=json", headers=headers, timeout=30)
+    response.raise_for_status()
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def files(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["filename"]: entry for entry in data["files"]}
+
+
+def absolute(proxy: ProxyServer, project: str, url: str, scope: str = f"/t/{TARGET}") -> str:
+    return str(httpx.URL(f"{proxy.url}{scope}/simple/{project}/").join(url))
+
+
+def test_pending_links_only_where_a_release_lacks_a_wheel(builder_proxy: ProxyServer) -> None:
+    listed = files(page(builder_proxy, "tinypure"))
+    pending = [name for name, entry in listed.items() if entry.get("_wheelfarm", {}).get("pending")]
+    assert pending == ["tinypure-3.0-cp311-cp311-manylinux_2_36_x86_64.whl"]
+    entry = listed[pending[0]]
+    assert entry["url"].startswith(f"../../build/{TARGET}/tinypure/")
+    assert entry["yanked"] is False
+    assert entry["_wheelfarm"]["built-from"] == "tinypure-3.0.tar.gz"
+    # Order: the pending link sits right after its sdist.
+    names = list(listed)
+    assert names.index(pending[0]) == names.index("tinypure-3.0.tar.gz") + 1
+    # No overlay without a target, on the plain scope, or for a client we cannot build for.
+    assert not any("pending" in str(e) for e in page(builder_proxy, "tinypure", scope="")["files"])
+    assert not any("pending" in str(e) for e in page(builder_proxy, "tinypure", scope="/plain")["files"])
+    arm = page(builder_proxy, "tinypure", scope="/t/cp311-manylinux_2_36_aarch64")
+    assert not any("pending" in str(e) for e in arm["files"])
+    # pip's User-Agent names the same target.
+    response = httpx.get(f"{builder_proxy.url}/simple/tinypure/?format=json", headers={"User-Agent": PIP_UA})
+    assert response.headers["Vary"] == "Accept, User-Agent"
+    assert response.headers["X-Wheelfarm-Target"] == TARGET
+    assert pending[0] in files(response.json())
+
+
+def test_bad_target_in_url_is_a_400(builder_proxy: ProxyServer) -> None:
+    response = httpx.get(f"{builder_proxy.url}/t/cp311-windows/simple/tinypure/")
+    assert response.status_code == 400
+    assert "not a target" in response.text
+
+
+@each_client
+def test_client_installs_a_built_wheel_and_the_next_install_reuses_it(
+    builder_proxy: ProxyServer, client: Client, tmp_path: Path
+) -> None:
+    first = install(client, builder_proxy.simple_url, ["tinypure==3.0"], tmp_path / "first").check()
+    assert first.installed()["tinypure"] == "3.0"
+    assert first.run_python("import tinypure; print(tinypure.hello())").strip() == "tinypure 3.0"
+    assert "Building wheel for tinypure" not in first.output  # the proxy built it, not the client
+    builder = builder_proxy.services.builder
+    assert builder is not None
+    builds = dict(builder.generation)
+    built = files(page(builder_proxy, "tinypure"))["tinypure-3.0-py2.py3-none-any.whl"]
+    assert built["hashes"]["sha256"]
+    assert built["core-metadata"]["sha256"]
+    wheel = httpx.get(absolute(builder_proxy, "tinypure", built["url"]))
+    assert wheel.status_code == 200
+    provenance = httpx.get(absolute(builder_proxy, "tinypure", built["_wheelfarm"]["provenance"])).json()
+    assert provenance["sdist"]["filename"] == "tinypure-3.0.tar.gz"
+    assert provenance["wheel"]["sha256"] == built["hashes"]["sha256"]
+    assert provenance["sandbox"]["kind"] == "bubblewrap"
+    assert provenance["target"] == TARGET
+    log = httpx.get(absolute(builder_proxy, "tinypure", built["_wheelfarm"]["build-log"])).text
+    assert "running the backend hook wheel in the sandbox" in log
+    second = install(client, builder_proxy.simple_url, ["tinypure==3.0"], tmp_path / "second").check()
+    assert second.installed()["tinypure"] == "3.0"
+    assert dict(builder.generation) == builds  # no second build
+
+
+def test_native_extension_is_built_repaired_and_runs(builder_proxy: ProxyServer, tmp_path: Path) -> None:
+    result = install(Client.PIP, builder_proxy.simple_url, ["tinynative"], tmp_path / "pip").check()
+    assert result.run_python("import tinynative; print(tinynative.add(2, 40))").strip() == "42"
+    built = [name for name in files(page(builder_proxy, "tinynative")) if name.endswith(".whl")]
+    assert len(built) == 1
+    assert "-cp311-cp311-manylinux" in built[0]  # auditwheel gave it a manylinux tag
+    assert ".manylinux_2_" in built[0]
+    again = install(Client.UV, builder_proxy.simple_url, ["tinynative"], tmp_path / "uv").check()
+    assert again.run_python("import tinynative; print(tinynative.add(1, 1))").strip() == "2"
+
+
+def test_failed_build_is_reported_then_remembered(builder_proxy: ProxyServer, tmp_path: Path) -> None:
+    listed = files(page(builder_proxy, "brokenpkg"))
+    (pending,) = [e for e in listed.values() if e.get("_wheelfarm", {}).get("pending")]
+    response = httpx.get(absolute(builder_proxy, "brokenpkg", pending["url"]), timeout=60)
+    assert response.status_code == 422
+    assert "wheel build failed in build" in response.text
+    assert response.reason_phrase.startswith("wheel build failed in build")
+    log_url = response.text.split("build log: ")[1].strip()
+    log = httpx.get(log_url).text
+    assert "RuntimeError: no compiler for you" in log
+    assert "FAILED in build" in log
+    # Remembered: the page no longer offers the link; clients see the plain sdist page.
+    assert not any(e.get("_wheelfarm", {}).get("pending") for e in page(builder_proxy, "brokenpkg")["files"])
+    again = httpx.get(absolute(builder_proxy, "brokenpkg", pending["url"]), timeout=60)
+    assert again.status_code == 422
+    # pip gets the 4xx with the failure in the reason phrase.
+    result = install(Client.PIP, f"{builder_proxy.url}/t/{TARGET}/simple/", ["brokenpkg"], tmp_path / "pip")
+    assert result.returncode != 0
+    # A retry forgets the failure and offers the link again.
+    builder = builder_proxy.services.builder
+    assert builder is not None
+    (record,) = [r for r in builder.records() if r.project == "brokenpkg"]
+    assert builder.forget(record.key)
+    assert any(e.get("_wheelfarm", {}).get("pending") for e in page(builder_proxy, "brokenpkg")["files"])
+
+
+def test_a_long_build_answers_503_with_retry_after(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> None:
+    proxy = start_builder_proxy(fake_upstream, clock, tmp_path / "cache", builder_hold_seconds=0.5)
+    try:
+        (pending,) = [e for e in page(proxy, "slowpkg")["files"] if e.get("_wheelfarm", {}).get("pending")]
+        url = absolute(proxy, "slowpkg", pending["url"])
+        started = time.monotonic()
+        first = httpx.get(url, timeout=30)
+        assert first.status_code == 503
+        assert first.headers["Retry-After"] == str(proxy.settings.builder_retry_after)
+        assert "building slowpkg-1.0.tar.gz" in first.text
+        assert time.monotonic() - started < 3  # held for hold_seconds, not for the whole build
+        assert httpx.get(proxy.url + "/healthz").status_code == 200  # the proxy keeps serving meanwhile
+        for _ in range(60):
+            response = httpx.get(url, timeout=30)
+            if response.status_code == 200:
+                break
+            time.sleep(0.5)
+        assert response.status_code == 200
+        assert (
+            response.headers["Content-Disposition"] == 'attachment; filename="slowpkg-1.0-py3-none-any.whl"'
+        )
+        assert zipfile.is_zipfile(io.BytesIO(response.content))
+    finally:
+        proxy.stop()
+
+
+def test_policy_deny_list_means_no_links(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> None:
+    proxy = start_builder_proxy(fake_upstream, clock, tmp_path / "cache", builder_deny=("tiny*",))
+    try:
+        assert not any(e.get("_wheelfarm", {}).get("pending") for e in page(proxy, "tinypure")["files"])
+        assert any(e.get("_wheelfarm", {}).get("pending") for e in page(proxy, "slowpkg")["files"])
+        denied = httpx.get(f"{proxy.url}/t/{TARGET}/build/{TARGET}/tinypure/{'a' * 64}/x.whl")
+        assert denied.status_code == 404
+    finally:
+        proxy.stop()
