@@ -9,6 +9,7 @@ from pathlib import Path
 
 import structlog
 
+from builder import cli as builder_cli
 from proxy import __version__
 from proxy.logs import configure_logging
 from proxy.settings import SettingsError, all_fields, flag_name, load_settings
@@ -35,11 +36,16 @@ def _parser() -> argparse.ArgumentParser:
         if attr in _ALIASES:
             names.insert(0, _ALIASES[attr])
         serve.add_argument(*names, dest=attr, default=None, metavar=key.upper(), help=f"[{section}] {key}")
+    builder = commands.add_parser("builder", help="the wheel builder on its own")
+    builder_cli.add_arguments(builder)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "builder":
+        configure_logging("info", "auto")
+        return builder_cli.run(args)
     overrides = {attr: getattr(args, attr) for _, _, attr in all_fields()}
     try:
         settings = load_settings(args.config, overrides=overrides)

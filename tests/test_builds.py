@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -216,3 +219,24 @@ def test_policy_deny_list_means_no_links(
         assert denied.status_code == 404
     finally:
         proxy.stop()
+
+
+def test_builder_cli_builds_alone_and_reproducibly(
+    builder_proxy: ProxyServer, sdists: dict[str, Path], tmp_path: Path
+) -> None:
+    """`wheelfarm builder build` runs a build outside the proxy; the same sdist gives the same bytes."""
+    wheels = []
+    for run in ("first", "second"):
+        out = tmp_path / run
+        completed = subprocess.run(
+            [str(Path(sys.executable).parent / "wheelfarm"), "builder", "build", str(sdists["tinypure"]),
+             "--index-url", f"{builder_proxy.url}/plain/simple/", "--out", str(out)],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert completed.returncode == 0, completed.stderr + completed.stdout
+        summary = json.loads(completed.stdout.strip().splitlines()[-1])
+        assert summary["ok"] is True
+        wheels.append((out / summary["wheel"]).read_bytes())
+        assert (out / f"{summary['wheel']}.provenance.json").is_file()
+        assert (out / "tinypure-3.0.tar.gz.build.log").is_file()
+    assert wheels[0] == wheels[1]  # SOURCE_DATE_EPOCH and the fixed build path make it reproducible

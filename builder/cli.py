@@ -1,0 +1,93 @@
+"""``wheelfarm builder build SDIST``: one build on its own, outside the proxy (debugging, trying a target).
+
+It runs exactly what a pool worker runs, in this process, and leaves the wheel, its metadata, the build
+log and the provenance record in the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import orjson
+from packaging.utils import InvalidSdistFilename, parse_sdist_filename
+
+from builder.interpreters import find_interpreter
+from builder.jobs import BuildRequest, Limits
+from builder.runner import run_build
+from builder.tags import InvalidTarget, Target
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="builder_command", required=True)
+    build = actions.add_parser("build", help="build one sdist into a wheel, in the sandbox")
+    build.add_argument("sdist", type=Path, help="the sdist file (.tar.gz or .zip)")
+    build.add_argument(
+        "--index-url", required=True, help="index for build requirements (e.g. a proxy's /plain/simple/)"
+    )
+    build.add_argument(
+        "--target", help="target id, e.g. cp312-manylinux_2_36_x86_64 (default: this host, Python 3.11)"
+    )
+    build.add_argument("--python", help="interpreter to build with (default: found for the target's version)")
+    build.add_argument(
+        "--out", type=Path, default=Path("wheelhouse"), help="output folder (default: ./wheelhouse)"
+    )
+    build.add_argument("--timeout", type=float, default=900.0, help="seconds per build phase")
+    build.add_argument(
+        "--no-sandbox", action="store_true", help="build without bubblewrap (trusted sdists only)"
+    )
+
+
+def host_target(python: tuple[int, int]) -> Target:
+    libc, version = platform.libc_ver()
+    major, minor = (int(part) for part in version.split(".")[:2]) if version else (0, 0)
+    family = "manylinux" if libc == "glibc" else "musllinux"
+    return Target(python, f"{family}_{major}_{minor}_{platform.machine().lower()}")
+
+
+def run(args: argparse.Namespace) -> int:
+    sdist: Path = args.sdist.resolve()
+    try:
+        name, version = parse_sdist_filename(sdist.name)
+        target = Target.parse(args.target) if args.target else host_target(sys.version_info[:2])
+    except (InvalidSdistFilename, InvalidTarget) as exc:
+        print(f"wheelfarm builder: {exc}", file=sys.stderr)
+        return 2
+    interpreter = Path(args.python) if args.python else find_interpreter(target.python_version)
+    if interpreter is None:
+        print(f"wheelfarm builder: no Python {target.python_version} found (use --python)", file=sys.stderr)
+        return 2
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    request = BuildRequest(
+        project=str(name),
+        version=str(version),
+        sdist_filename=sdist.name,
+        sdist_sha256=hashlib.sha256(sdist.read_bytes()).hexdigest(),
+        sdist_url=sdist.as_uri(),
+        sdist_path=str(sdist),
+        target=target.id,
+        interpreter=str(interpreter),
+        index_url=args.index_url,
+        work_root=str(out / ".work"),
+        limits=Limits(timeout_seconds=args.timeout),
+        sandbox=not args.no_sandbox,
+    )
+    result = run_build(request)
+    shutil.copyfile(result.log_path, out / f"{sdist.name}.build.log")
+    if result.ok:
+        for path in (result.wheel_path, result.metadata_path):
+            shutil.copyfile(path, out / Path(path).name)
+        (out / f"{result.wheel_filename}.provenance.json").write_bytes(
+            orjson.dumps(result.provenance, option=orjson.OPT_INDENT_2)
+        )
+    shutil.rmtree(out / ".work", ignore_errors=True)
+    summary = {"ok": result.ok, "wheel": result.wheel_filename, "sha256": result.wheel_sha256}
+    if not result.ok:
+        summary = {"ok": False, "phase": result.phase, "error": result.error}
+    print(orjson.dumps(summary).decode())
+    return 0 if result.ok else 1
