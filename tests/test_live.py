@@ -102,3 +102,21 @@ def _release_of(filename: str) -> str:
     """`requests-2.32.0` for `requests-2.32.0.tar.gz` and `requests-2.32.0-py3-none-any.whl`."""
     stem = filename.removesuffix(".tar.gz").removesuffix(".whl")
     return "-".join(stem.split("-")[:2])
+
+
+def test_sdist_only_release_is_built_by_the_proxy(live_proxy: ProxyServer, tmp_path: Path) -> None:
+    """docopt 0.6.2 is published as an sdist only: pip gets a wheel the proxy built from it."""
+    result = install(
+        Client.PIP, live_proxy.simple_url, ["docopt==0.6.2", "--only-binary", ":all:"], tmp_path, timeout=600
+    ).check()  # --only-binary: the client itself could not have built it
+    assert result.installed()["docopt"] == "0.6.2"
+    result.run_python("import docopt; assert docopt.docopt('usage: prog [--x]', argv=['--x'])['--x']")
+    page = httpx.get(f"{live_proxy.url}/t/cp311-manylinux_2_36_x86_64/simple/docopt/?format=json").json()
+    built = [
+        f
+        for f in page["files"]
+        if f["filename"].startswith("docopt-0.6.2-") and f["filename"].endswith(".whl")
+    ]
+    assert len(built) == 1
+    assert "pending" not in built[0]["_wheelfarm"]
+    assert built[0]["_wheelfarm"]["built-from"] == "docopt-0.6.2.tar.gz"
