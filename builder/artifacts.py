@@ -41,6 +41,7 @@ class BuildRecord:
     error: str = ""
     phase: str = ""
     builder: str = ""  # the builder's version: a failure is not final for a newer builder
+    orphaned_since: float | None = None  # when upstream stopped listing the sdist (None: it still does)
 
     @property
     def duration(self) -> float:
@@ -135,6 +136,18 @@ class Artifacts:
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
+        self._records[key] = record
+        return record
+
+    def set_orphaned(self, key: BuildKey, since: float | None) -> BuildRecord | None:
+        record = self._records.get(key)
+        if record is None or record.orphaned_since == since:
+            return record
+        record = dataclasses.replace(record, orphaned_since=since)
+        target = self.folder(key) / "record.json"
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(record.to_json())
+        partial.replace(target)
         self._records[key] = record
         return record
 

@@ -75,6 +75,11 @@ class Builder(Protocol):
 
     def forget(self, key: BuildKey) -> bool: ...
 
+    async def upstream_changed(self, project: str, sdists: frozenset[str], now: float) -> None:
+        """Upstream now lists these sdist sha256s for ``project``: builds of others become orphans
+        (kept for the retention time, then deleted); builds of listed ones stop being orphans."""
+        ...
+
     def artifact(self, key: BuildKey, filename: str) -> Path | None:
         """A file the build of ``key`` left (wheel, .metadata, build.log, provenance.json), if present."""
         ...
@@ -99,6 +104,7 @@ class PoolSettings:
     targets: tuple[str, ...] = ("*",)
     allow: tuple[str, ...] = ("*",)
     deny: tuple[str, ...] = ()
+    orphan_retention: float = 7 * 24 * 3600.0
 
 
 class LocalPool:
@@ -167,6 +173,34 @@ class LocalPool:
         self._running[job.key] = RunningBuild(job, task, time.time())
         task.add_done_callback(lambda _: self._running.pop(job.key, None))
         return task
+
+    async def upstream_changed(self, project: str, sdists: frozenset[str], now: float) -> None:
+        changed = False
+        for record in self._artifacts.all():
+            if record.project != project:
+                continue
+            listed = record.key.sdist_sha256 in sdists
+            if listed and record.orphaned_since is not None:
+                await asyncio.to_thread(self._artifacts.set_orphaned, record.key, None)
+                changed = True
+            elif not listed and record.orphaned_since is None:
+                await asyncio.to_thread(self._artifacts.set_orphaned, record.key, now)
+                log.info(
+                    "build_orphaned", project=project, sdist=record.sdist_filename, target=record.key.target
+                )
+                changed = True
+        await self.sweep(now)
+        if changed:
+            self._bump(project)
+
+    async def sweep(self, now: float) -> None:
+        """Delete orphaned builds older than the retention time."""
+        for record in self._artifacts.all():
+            since = record.orphaned_since
+            if since is not None and now - since >= self._settings.orphan_retention:
+                await asyncio.to_thread(self._artifacts.forget, record.key)
+                log.info("orphan_deleted", project=record.project, sdist=record.sdist_filename)
+                self._bump(record.project)
 
     def forget(self, key: BuildKey) -> bool:
         record = self._artifacts.get(key)

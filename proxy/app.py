@@ -19,6 +19,8 @@ from builder.pool import Builder, BuildJob, LocalPool, PoolSettings
 from proxy.clock import Clock, SystemClock
 from proxy.errors import UpstreamError, WheelfarmError
 from proxy.files import DownloadState, FileSource, FileStore
+from proxy.model import ProjectPage
+from proxy.names import NormalizedName
 from proxy.pages import PageCache
 from proxy.rootlist import RootList
 from proxy.services import CACHE_OUTCOME, REQUEST_ID, SERVICES, Services
@@ -121,9 +123,18 @@ def create_app(
         pool = builder
         if pool is None and settings.builder_enabled:
             pool = await start_local_pool(settings, files)
+        on_change = None
+        if pool is not None:
+            the_pool = pool
+
+            async def on_change(name: NormalizedName, page: ProjectPage | None) -> None:
+                # Built wheels follow their sdist: one gone from upstream orphans its builds.
+                sdists = frozenset(d.sha256 for d in page.files if d.sha256) if page else frozenset()
+                await the_pool.upstream_changed(name, sdists, the_clock.now())
+
         app[SERVICES] = Services(
             settings=settings,
-            pages=PageCache(source, store, the_clock, settings),
+            pages=PageCache(source, store, the_clock, settings, on_change),
             root=RootList(source, store, cache_dir / "root", the_clock, settings),
             files=files,
             builder=pool,
@@ -194,6 +205,7 @@ def pool_settings(settings: Settings) -> PoolSettings:
         targets=settings.builder_targets,
         allow=settings.builder_allow,
         deny=settings.builder_deny,
+        orphan_retention=settings.builder_orphan_retention,
     )
 
 

@@ -11,6 +11,7 @@ import asyncio
 import enum
 import hashlib
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -60,8 +61,20 @@ class _Known:
     page: ProjectPage | None  # None: upstream said 404
 
 
+PageListener = Callable[[NormalizedName, ProjectPage | None], Awaitable[None]]
+
+
 class PageCache:
-    def __init__(self, upstream: Upstream, store: PageStore, clock: Clock, settings: Settings) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        store: PageStore,
+        clock: Clock,
+        settings: Settings,
+        on_change: PageListener | None = None,
+    ) -> None:
+        """``on_change`` hears of every new upstream content of a page (None: the project is gone)."""
+        self._on_change = on_change
         self._upstream = upstream
         self._store = store
         self._clock = clock
@@ -166,7 +179,10 @@ class PageCache:
             version=hashlib.sha256(answer.body).hexdigest()[:24],
         )
         await self._store.put(_key(name), meta, answer.body if page is not None else None)
-        return _result(name, self._remember(name, _Known(meta, page)), CacheOutcome.MISS)
+        known = self._remember(name, _Known(meta, page))
+        if self._on_change is not None and (cached is None or cached.meta["version"] != meta["version"]):
+            await self._on_change(name, page)
+        return _result(name, known, CacheOutcome.MISS)
 
 
 def _result(name: str, known: _Known, outcome: CacheOutcome, stale_reason: str | None = None) -> PageResult:

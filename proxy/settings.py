@@ -63,6 +63,7 @@ class Settings:
     builder_targets: tuple[str, ...] = ("*",)
     builder_allow: tuple[str, ...] = ("*",)
     builder_deny: tuple[str, ...] = ()
+    builder_orphan_retention: float = 7 * 24 * 3600.0
 
     @property
     def plain_index_url(self) -> str:
@@ -110,6 +111,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("builder", "targets"): "builder_targets",
     ("builder", "allow"): "builder_allow",
     ("builder", "deny"): "builder_deny",
+    ("builder", "orphan_retention"): "builder_orphan_retention",
 }
 _TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(Settings)}
 _CHOICES: dict[str, tuple[str, ...]] = {

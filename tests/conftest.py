@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dists import PROJECTS_DIR, BuiltDists, build_project, wheel_metadata
+from buildkit import WHEELHOUSE, start_builder_proxy
+from dists import PROJECTS_DIR, BuiltDists, build_project, build_sdist, in_tree_backend_sdist, wheel_metadata
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer, proxy_settings
 
@@ -68,3 +69,39 @@ def proxy(fake_upstream: FakeUpstreamServer, clock: FakeClock, tmp_path: Path) -
     settings = proxy_settings(tmp_path / "cache", fake_upstream.simple_url)
     with ProxyServer(settings, clock) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def sdists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """sdist-only releases the proxy must build: pure, native, failing and slow."""
+    out = tmp_path_factory.mktemp("sdists")
+    return {
+        "tinypure": build_sdist(PROJECTS_DIR / "tinypure", "3.0", out),
+        "tinynative": build_sdist(PROJECTS_DIR / "tinynative", "1.0", out),
+        "brokenpkg": in_tree_backend_sdist(
+            out, "brokenpkg", "1.0", '    raise RuntimeError("no compiler for you")'
+        ),
+        "slowpkg": in_tree_backend_sdist(out, "slowpkg", "1.0", "    import time\n    time.sleep(3)"),
+    }
+
+
+@pytest.fixture
+def build_index(fake_index: FakeIndex, sdists: dict[str, Path]) -> FakeIndex:
+    """The shared test index plus sdist-only releases, and the build backends builds need (as wheels)."""
+    assert sorted(p.name for p in WHEELHOUSE.glob("*.whl")), "run `make test` (it downloads the backends)"
+    for wheel in sorted(WHEELHOUSE.glob("*.whl")):
+        project = wheel.name.split("-")[0]
+        fake_index.add_file(project, FakeFile.from_path(wheel, metadata=wheel_metadata(wheel)))
+    for project, sdist in sdists.items():
+        fake_index.add_file(project, FakeFile.from_path(sdist))
+    return fake_index
+
+
+@pytest.fixture
+def builder_proxy(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> Iterator[ProxyServer]:
+    """wheelfarm with its builder pool, in front of build_index."""
+    proxy = start_builder_proxy(fake_upstream, clock, tmp_path / "cache")
+    yield proxy
+    proxy.stop()

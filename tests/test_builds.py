@@ -8,82 +8,13 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
+from buildkit import PIP_UA, TARGET, absolute, files, page, start_builder_proxy
 from clients import Client, each_client, install
-from dists import PROJECTS_DIR, build_sdist, in_tree_backend_sdist, wheel_metadata
-from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
-from fakes import FakeClock, ProxyServer, proxy_settings
-
-WHEELHOUSE = Path(__file__).resolve().parent / ".wheelhouse"
-TARGET = "cp311-manylinux_2_36_x86_64"
-PIP_UA = (
-    'pip/26.3 {"cpu":"x86_64","distro":{"id":"bookworm","libc":{"lib":"glibc","version":"2.36"},'
-    '"name":"Debian GNU/Linux","version":"12"},"implementation":{"name":"CPython","version":"3.11.7"},'
-    '"python":"3.11.7","system":{"name":"Linux","release":"6.1.0"}}'
-)
-
-
-@pytest.fixture(scope="session")
-def sdists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("sdists")
-    return {
-        "tinypure": build_sdist(PROJECTS_DIR / "tinypure", "3.0", out),
-        "tinynative": build_sdist(PROJECTS_DIR / "tinynative", "1.0", out),
-        "brokenpkg": in_tree_backend_sdist(
-            out, "brokenpkg", "1.0", '    raise RuntimeError("no compiler for you")'
-        ),
-        "slowpkg": in_tree_backend_sdist(out, "slowpkg", "1.0", "    import time\n    time.sleep(3)"),
-    }
-
-
-@pytest.fixture
-def build_index(fake_index: FakeIndex, sdists: dict[str, Path]) -> FakeIndex:
-    """The shared test index plus sdist-only releases, and the build backends builds need (as wheels)."""
-    assert sorted(p.name for p in WHEELHOUSE.glob("*.whl")), "run `make test` (it downloads the backends)"
-    for wheel in sorted(WHEELHOUSE.glob("*.whl")):
-        project = wheel.name.split("-")[0]
-        fake_index.add_file(project, FakeFile.from_path(wheel, metadata=wheel_metadata(wheel)))
-    for project, sdist in sdists.items():
-        fake_index.add_file(project, FakeFile.from_path(sdist))
-    return fake_index
-
-
-def start_builder_proxy(
-    upstream: FakeUpstreamServer, clock: FakeClock, cache: Path, **changes: Any
-) -> ProxyServer:
-    settings = proxy_settings(
-        cache, upstream.simple_url, upstream_read_timeout=30.0, builder_timeout=120.0, **changes
-    )
-    return ProxyServer(settings, clock).start()
-
-
-@pytest.fixture
-def builder_proxy(
-    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, clock: FakeClock, tmp_path: Path
-) -> Iterator[ProxyServer]:
-    proxy = start_builder_proxy(fake_upstream, clock, tmp_path / "cache")
-    yield proxy
-    proxy.stop()
-
-
-def page(proxy: ProxyServer, project: str, scope: str = f"/t/{TARGET}", **headers: str) -> dict[str, Any]:
-    response = httpx.get(f"{proxy.url}{scope}/simple/{project}/?format=json", headers=headers, timeout=30)
-    response.raise_for_status()
-    data: dict[str, Any] = response.json()
-    return data
-
-
-def files(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {entry["filename"]: entry for entry in data["files"]}
-
-
-def absolute(proxy: ProxyServer, project: str, url: str, scope: str = f"/t/{TARGET}") -> str:
-    return str(httpx.URL(f"{proxy.url}{scope}/simple/{project}/").join(url))
+from fake_upstream import FakeIndex, FakeUpstreamServer
+from fakes import FakeClock, ProxyServer
 
 
 def test_pending_links_only_where_a_release_lacks_a_wheel(builder_proxy: ProxyServer) -> None:

@@ -1,0 +1,46 @@
+"""Helpers for tests of builds: the target they use, a proxy with builders, pages as JSON, absolute links."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fake_upstream import FakeUpstreamServer
+from fakes import FakeClock, ProxyServer, proxy_settings
+
+WHEELHOUSE = Path(__file__).resolve().parent / ".wheelhouse"  # build backends, downloaded by `make test`
+TARGET = "cp311-manylinux_2_36_x86_64"
+PIP_UA = (
+    'pip/26.3 {"cpu":"x86_64","distro":{"id":"bookworm","libc":{"lib":"glibc","version":"2.36"},'
+    '"name":"Debian GNU/Linux","version":"12"},"implementation":{"name":"CPython","version":"3.11.7"},'
+    '"python":"3.11.7","system":{"name":"Linux","release":"6.1.0"}}'
+)
+
+
+def start_builder_proxy(
+    upstream: FakeUpstreamServer, clock: FakeClock, cache: Path, **changes: Any
+) -> ProxyServer:
+    settings = proxy_settings(
+        cache, upstream.simple_url, upstream_read_timeout=30.0, builder_timeout=120.0, **changes
+    )
+    return ProxyServer(settings, clock).start()
+
+
+def page(proxy: ProxyServer, project: str, scope: str = f"/t/{TARGET}", **headers: str) -> dict[str, Any]:
+    response = httpx.get(f"{proxy.url}{scope}/simple/{project}/?format=json", headers=headers, timeout=30)
+    response.raise_for_status()
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def files(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["filename"]: entry for entry in data["files"]}
+
+
+def pending_links(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return [entry for entry in data["files"] if entry.get("_wheelfarm", {}).get("pending")]
+
+
+def absolute(proxy: ProxyServer, project: str, url: str, scope: str = f"/t/{TARGET}") -> str:
+    return str(httpx.URL(f"{proxy.url}{scope}/simple/{project}/").join(url))
