@@ -80,6 +80,10 @@ class Builder(Protocol):
         (kept for the retention time, then deleted); builds of listed ones stop being orphans."""
         ...
 
+    async def sweep(self, now: float) -> None:
+        """Delete orphaned builds older than the retention time."""
+        ...
+
     def artifact(self, key: BuildKey, filename: str) -> Path | None:
         """A file the build of ``key`` left (wheel, .metadata, build.log, provenance.json), if present."""
         ...

@@ -140,7 +140,10 @@ def create_app(
             builder=pool,
         )
         log.info("proxy_ready", upstream=settings.upstream_simple_url, cache_dir=str(cache_dir))
+        sweeper = asyncio.create_task(_sweep_orphans(pool, the_clock)) if pool is not None else None
         yield
+        if sweeper is not None:
+            sweeper.cancel()
         if isinstance(pool, LocalPool):
             await pool.close()
         await files.close()
@@ -160,6 +163,19 @@ def create_app(
         app.router.add_get(prefix + "/build/{target}/{project}/{sdist}/{filename}", pending)
         app.router.add_get(prefix + "/built/{sdist}/{target}/{filename}", built)
     return app
+
+
+SWEEP_INTERVAL_SECONDS = 600.0
+
+
+async def _sweep_orphans(pool: Builder, clock: Clock) -> None:
+    """Orphans also expire for projects nobody asks about any more."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        try:
+            await pool.sweep(clock.now())
+        except OSError as exc:
+            log.warning("orphan_sweep_failed", error=str(exc))
 
 
 async def start_local_pool(settings: Settings, files: FileStore) -> LocalPool:
