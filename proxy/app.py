@@ -118,8 +118,9 @@ def create_app(
                 session, settings.upstream_simple_url, page_timeout=settings.upstream_read_timeout
             )
         cache_dir = settings.cache_dir
-        store = PageStore(cache_dir / "pages")
-        files = FileStore(cache_dir / "files", source)
+        store = PageStore(cache_dir / "pages", max_bytes=settings.cache_max_page_mb << 20)
+        files = FileStore(cache_dir / "files", source, the_clock, max_bytes=settings.cache_max_file_mb << 20)
+        await files.load()
         pool = builder
         if pool is None and settings.builder_enabled:
             pool = await start_local_pool(settings, files)

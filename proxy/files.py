@@ -19,6 +19,8 @@ from typing import BinaryIO
 
 import structlog
 
+from proxy.blobindex import BlobIndex
+from proxy.clock import Clock
 from proxy.errors import UpstreamError, WheelfarmError
 from proxy.upstream import Upstream
 
@@ -74,12 +76,19 @@ class Download:
 
 
 class FileStore:
-    def __init__(self, root: Path, upstream: Upstream) -> None:
+    def __init__(self, root: Path, upstream: Upstream, clock: Clock, max_bytes: int = 0) -> None:
+        """``max_bytes`` > 0 bounds the store: least recently used files are evicted past it."""
         self._blobs = root / "blobs"
         self._partial = root / "partial"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._partial.mkdir(parents=True, exist_ok=True)
+        for leftover in self._partial.iterdir():  # downloads a previous process did not finish
+            leftover.unlink(missing_ok=True)
         self._upstream = upstream
+        self._clock = clock
+        self.max_bytes = max_bytes
+        self.index = BlobIndex(clock)
+        self.evictions = 0
         self._downloads: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # referenced, so running downloads are not collected
         self.upstream_downloads = 0
@@ -93,9 +102,37 @@ class FileStore:
             raise ValueError(f"not a file key: {key!r}")
         return self._blobs / key[-64:-62] / key
 
+    async def load(self) -> None:
+        await asyncio.to_thread(self.index.load, self._blobs)
+
     async def cached(self, key: str) -> Path | None:
         path = self.path_for(key)
+        if key in self.index:
+            self.index.touched(key)
+            return path
         return path if await asyncio.to_thread(path.is_file) else None
+
+    async def evict(self, keys: list[str]) -> int:
+        """Remove these files (skipping any in use now); the number removed."""
+        removed = 0
+        for key in keys:
+            if self.index.in_use(key) or key in self._downloads:
+                continue
+            path = self.path_for(key)
+            await asyncio.to_thread(path.unlink, True)
+            self.index.removed(key)
+            removed += 1
+            log.info("file_evicted", key=key)
+        self.evictions += removed
+        return removed
+
+    async def enforce_limit(self) -> int:
+        if self.max_bytes <= 0 or self.index.total_bytes <= self.max_bytes:
+            return 0
+        return await self.evict(self.index.over_limit(self.max_bytes))
+
+    async def evict_unused_since(self, seconds: float) -> int:
+        return await self.evict(self.index.unused_since(self._clock.now() - seconds))
 
     def download(self, source: FileSource) -> Download:
         """Start the download of ``source``, or join the one already running."""
@@ -127,8 +164,10 @@ class FileStore:
                         await download._notify()
             self._verify(download, digest.hexdigest())
             await asyncio.to_thread(_publish, download.temp_path, download.final_path)
+            self.index.added(source.key, download.written)
             download.state = DownloadState.DONE
             log.info("file_cached", key=source.key, bytes=download.written)
+            await self.enforce_limit()
         except WheelfarmError as exc:
             self._fail(download, exc)
         except OSError as exc:

@@ -43,6 +43,8 @@ class Settings:
     cache_root_ttl: float = 3600.0
     cache_not_found_ttl: float = 60.0
     cache_stale_if_error: float = 7 * 24 * 3600.0
+    cache_max_file_mb: int = 0
+    cache_max_page_mb: int = 1024
     # [logging]
     logging_level: str = "info"
     logging_format: str = "auto"
@@ -93,6 +95,8 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("cache", "root_ttl"): "cache_root_ttl",
     ("cache", "not_found_ttl"): "cache_not_found_ttl",
     ("cache", "stale_if_error"): "cache_stale_if_error",
+    ("cache", "max_file_mb"): "cache_max_file_mb",
+    ("cache", "max_page_mb"): "cache_max_page_mb",
     ("logging", "level"): "logging_level",
     ("logging", "format"): "logging_format",
     ("builder", "enabled"): "builder_enabled",

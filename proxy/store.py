@@ -26,10 +26,23 @@ class PageMeta(TypedDict):
 
 
 class PageStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_bytes: int = 1 << 30) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        # Values over diskcache's threshold (32 KiB) go to files beside the SQLite index.
-        self._cache = diskcache.Cache(str(directory), size_limit=2**34, eviction_policy="least-recently-used")
+        # Values over diskcache's threshold (32 KiB) go to files beside the SQLite index; past max_bytes
+        # diskcache culls the least recently read entries.
+        self._cache = diskcache.Cache(
+            str(directory), size_limit=max_bytes, eviction_policy="least-recently-used", cull_limit=16
+        )
+
+    async def stats(self) -> tuple[int, int]:
+        """(pages cached, bytes on disk)."""
+        return await asyncio.to_thread(self._stats)
+
+    def _stats(self) -> tuple[int, int]:
+        pages = sum(
+            1 for key in self._cache.iterkeys() if isinstance(key, str) and key.startswith("meta:project:")
+        )
+        return pages, int(self._cache.volume())
 
     async def get_meta(self, key: str) -> PageMeta | None:
         value: Any = await asyncio.to_thread(self._cache.get, "meta:" + key)

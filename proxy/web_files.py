@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_request import BaseRequest
 
 from proxy.errors import NotFound
 from proxy.files import Download, DownloadState, FileSource, FileStore
@@ -48,7 +53,7 @@ async def file(request: web.Request) -> web.StreamResponse:
         cached = await services.files.cached(key)
         if cached is not None:  # content addressed: a cached blob needs no page lookup
             request[CACHE_OUTCOME] = "hit"
-            return _cached_response(cached, "application/octet-stream")
+            return _cached_response(services.files, key, cached, "application/octet-stream")
         dist = await _listed_file(services.pages, project, key, filename)
         source = FileSource(key, dist.url, dist.sha256, dist.size)
         content_type = "application/octet-stream"
@@ -61,7 +66,7 @@ async def serve(
     cached = await store.cached(source.key)
     if cached is not None:
         request[CACHE_OUTCOME] = "hit"
-        return _cached_response(cached, content_type)
+        return _cached_response(store, source.key, cached, content_type)
     request[CACHE_OUTCOME] = "miss"
     download = store.download(source)
     # No headers before the first byte: a download that fails at once becomes a clear error answer.
@@ -70,7 +75,8 @@ async def serve(
         raise download.error
     # A Range request on a file still downloading gets the whole file (RFC 9110 section 14.2 lets a server
     # ignore Range); uv then reads what it needs, and the one shared download is not multiplied.
-    return await _stream(request, download, content_type)
+    with store.index.lease(source.key):
+        return await _stream(request, download, content_type)
 
 
 async def _stream(request: web.Request, download: Download, content_type: str) -> web.StreamResponse:
@@ -128,9 +134,21 @@ def _abort(request: web.Request, response: web.StreamResponse, download: Downloa
     return response  # aiohttp's write_eof on the closed transport is a quiet ConnectionError
 
 
-def _cached_response(path: Path, content_type: str) -> web.FileResponse:
+class LeasedFileResponse(web.FileResponse):
+    """A FileResponse whose file cannot be evicted while it is being sent (prepare sends it all)."""
+
+    def __init__(self, path: Path, lease: Callable[[], AbstractContextManager[None]], **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._lease = lease
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        with self._lease():
+            return await super().prepare(request)
+
+
+def _cached_response(store: FileStore, key: str, path: Path, content_type: str) -> web.FileResponse:
     headers = {"Content-Type": content_type, "Cache-Control": IMMUTABLE, "X-Wheelfarm-Cache": "hit"}
-    return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
+    return LeasedFileResponse(path, lambda: store.index.lease(key), chunk_size=CHUNK, headers=headers)
 
 
 async def _listed_file(pages: PageCache, project: NormalizedName, key: str, filename: str) -> DistFile:

@@ -1,0 +1,59 @@
+"""Prometheus metrics (prometheus-client), one registry per application so tests do not share counters.
+
+The admin summary reads its hit/miss/stale counts from the same counters, so the two always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_BUILD_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "wheelfarm_requests", "HTTP requests answered", ["route", "status"], registry=self.registry
+        )
+        self.cache = Counter(
+            "wheelfarm_cache_outcomes",
+            "Cache outcomes of answered requests",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.bytes_served = Counter("wheelfarm_bytes_served", "Bytes sent to clients", registry=self.registry)
+        self.upstream_seconds = Histogram(
+            "wheelfarm_upstream_request_seconds",
+            "Upstream page fetches, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.builds = Counter("wheelfarm_builds", "Finished builds", ["state"], registry=self.registry)
+        self.build_seconds = Histogram(
+            "wheelfarm_build_duration_seconds", "Build durations (queue included)", buckets=_BUILD_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "wheelfarm_build_queue_depth", "Builds waiting for a worker", registry=self.registry
+        )
+        self.running = Gauge("wheelfarm_builds_running", "Builds in a worker now", registry=self.registry)
+
+    def watch_builds(self, queued: Callable[[], int], running: Callable[[], int]) -> None:
+        self.queue_depth.set_function(queued)
+        self.running.set_function(running)
+
+    def cache_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for metric in self.cache.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["outcome"]] = int(sample.value)
+        return dict(sorted(counts.items()))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
