@@ -122,6 +122,7 @@ class LocalPool:
         self._generation: dict[str, int] = {}
         self._interpreters: dict[str, Path | None] = {}
         self.disabled_reason = self._why_disabled()
+        self.on_finished: Callable[[BuildRecord], None] | None = None
         settings.work_root.mkdir(parents=True, exist_ok=True)
 
     def _why_disabled(self) -> str | None:
@@ -168,6 +169,12 @@ class LocalPool:
 
     def records(self) -> Sequence[BuildRecord]:
         return self._artifacts.all()
+
+    def queued_count(self) -> int:
+        return sum(1 for running in self._running.values() if running.started_at is None)
+
+    def running_count(self) -> int:
+        return sum(1 for running in self._running.values() if running.started_at is not None)
 
     def start(self, job: BuildJob) -> asyncio.Task[BuildRecord]:
         running = self._running.get(job.key)
@@ -249,6 +256,8 @@ class LocalPool:
         )
         await asyncio.to_thread(_remove_work(result))
         self._bump(job.project)
+        if self.on_finished is not None:
+            self.on_finished(record)
         log.info(
             "build_finished",
             project=job.project,

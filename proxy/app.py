@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,9 +17,12 @@ from aiohttp.web_request import BaseRequest
 from builder.artifacts import Artifacts
 from builder.jobs import Limits
 from builder.pool import Builder, BuildJob, LocalPool, PoolSettings
+from proxy.admin import create_admin_app
 from proxy.clock import Clock, SystemClock
 from proxy.errors import UpstreamError, WheelfarmError
 from proxy.files import DownloadState, FileSource, FileStore
+from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from proxy.metrics import Metrics, TimedUpstream
 from proxy.model import ProjectPage
 from proxy.names import NormalizedName
 from proxy.pages import PageCache
@@ -68,6 +72,16 @@ class AccessLog(AbstractAccessLogger):
     """One structured line per request, written after the body is sent (so the byte count is real)."""
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        services = request.config_dict.get(SERVICES) if isinstance(request, web.Request) else None
+        if services is not None and isinstance(request, web.Request):
+            route = request.match_info.route.resource
+            services.metrics.requests.labels(
+                route.canonical if route else "unmatched", str(response.status)
+            ).inc()
+            services.metrics.bytes_served.inc(_bytes_sent(response))
+            outcome = request.get(CACHE_OUTCOME)
+            if outcome:
+                services.metrics.cache.labels(outcome).inc()
         log.info(
             "request",
             request_id=request.get(REQUEST_ID),
@@ -96,6 +110,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "time": time.time()})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVICES].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
 def create_app(
     settings: Settings,
     *,
@@ -117,6 +136,7 @@ def create_app(
             source = HttpUpstream(
                 session, settings.upstream_simple_url, page_timeout=settings.upstream_read_timeout
             )
+        source = TimedUpstream(source, app_metrics)
         cache_dir = settings.cache_dir
         store = PageStore(cache_dir / "pages", max_bytes=settings.cache_max_page_mb << 20)
         files = FileStore(cache_dir / "files", source, the_clock, max_bytes=settings.cache_max_file_mb << 20)
@@ -124,6 +144,9 @@ def create_app(
         pool = builder
         if pool is None and settings.builder_enabled:
             pool = await start_local_pool(settings, files)
+        if isinstance(pool, LocalPool):
+            pool.on_finished = app_metrics.build_finished
+            app_metrics.watch_builds(pool.queued_count, pool.running_count)
         on_change = None
         if pool is not None:
             the_pool = pool
@@ -138,6 +161,7 @@ def create_app(
             pages=PageCache(source, store, the_clock, settings, on_change),
             root=RootList(source, store, cache_dir / "root", the_clock, settings),
             files=files,
+            metrics=app_metrics,
             builder=pool,
         )
         log.info("proxy_ready", upstream=settings.upstream_simple_url, cache_dir=str(cache_dir))
@@ -152,8 +176,12 @@ def create_app(
         if session is not None:
             await session.close()
 
+    app_metrics = Metrics()
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    if settings.admin_enabled and not settings.admin_listen:
+        app.add_subapp("/admin/", create_admin_app(app, []))
     # The same API under three scopes: /simple/ (target from the User-Agent), /t/<target>/simple/ (named),
     # /plain/simple/ (no overlay). Page links are relative, so each scope's links stay in that scope.
     for prefix in ("", "/t/{scope}", "/plain"):
@@ -227,11 +255,29 @@ def pool_settings(settings: Settings) -> PoolSettings:
 
 
 def run(settings: Settings) -> None:
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log_class=AccessLog,
-        print=None,
-        handler_cancellation=False,
-    )
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    """The proxy's listener and, with ``[admin] listen``, the admin listener; until SIGINT or SIGTERM."""
+    app = create_app(settings)
+    runners = [web.AppRunner(app, access_log_class=AccessLog, handler_cancellation=False)]
+    addresses = [(settings.host, settings.port)]
+    if settings.admin_enabled and settings.admin_listen:
+        admin_host, _, admin_port = settings.admin_listen.rpartition(":")
+        admin = create_admin_app(app, [errors_and_context])
+        runners.append(web.AppRunner(admin, access_log_class=AccessLog, handler_cancellation=False))
+        addresses.append((admin_host.strip("[]") or "127.0.0.1", int(admin_port)))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        for runner, (host, port) in zip(runners, addresses, strict=True):
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+            log.info("listening", host=host, port=port, admin=runner.app is not app)
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()

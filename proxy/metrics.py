@@ -5,10 +5,17 @@ The admin summary reads its hit/miss/stale counts from the same counters, so the
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from builder.artifacts import BuildRecord
+from proxy.names import NormalizedName
+from proxy.upstream import Upstream, UpstreamFile, UpstreamPage
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BUILD_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
@@ -47,6 +54,10 @@ class Metrics:
         self.queue_depth.set_function(queued)
         self.running.set_function(running)
 
+    def build_finished(self, record: BuildRecord) -> None:
+        self.builds.labels(record.state.value).inc()
+        self.build_seconds.observe(record.duration)
+
     def cache_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for metric in self.cache.collect():
@@ -57,3 +68,27 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class TimedUpstream:
+    """A layer over an Upstream that times page fetches into the metrics (outcome: status or error)."""
+
+    def __init__(self, upstream: Upstream, metrics: Metrics) -> None:
+        self._upstream = upstream
+        self._metrics = metrics
+
+    async def fetch_project(self, name: NormalizedName, etag: str | None) -> UpstreamPage:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            page = await self._upstream.fetch_project(name, etag)
+            outcome = page.status.value
+            return page
+        finally:
+            self._metrics.upstream_seconds.labels(outcome).observe(time.perf_counter() - started)
+
+    async def fetch_root(self, destination: Path, etag: str | None) -> UpstreamPage:
+        return await self._upstream.fetch_root(destination, etag)
+
+    def open_file(self, url: str) -> contextlib.AbstractAsyncContextManager[UpstreamFile]:
+        return self._upstream.open_file(url)

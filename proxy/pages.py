@@ -105,6 +105,10 @@ class PageCache:
             task.add_done_callback(lambda _: self._inflight.pop(name, None))
         return await asyncio.shield(task)
 
+    async def store_stats(self) -> tuple[int, int]:
+        """(pages cached, bytes on disk)."""
+        return await self._store.stats()
+
     async def forget(self, name: NormalizedName) -> bool:
         self._known.pop(name, None)
         return await self._store.delete(_key(name))

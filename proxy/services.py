@@ -13,6 +13,7 @@ from builder.jobs import BuildKey, BuildState
 from builder.pool import Builder
 from builder.tags import Target
 from proxy.files import FileStore
+from proxy.metrics import Metrics
 from proxy.model import DistFile, PageFormat, ProjectPage
 from proxy.overlay import apply_overlay, built_file, pending_file
 from proxy.pages import PageCache, PageResult
@@ -78,6 +79,7 @@ class Services:
     pages: PageCache
     root: RootList
     files: FileStore
+    metrics: Metrics
     builder: Builder | None = None
     rendered: RenderedPages = field(default_factory=RenderedPages)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -66,6 +67,10 @@ class Settings:
     builder_allow: tuple[str, ...] = ("*",)
     builder_deny: tuple[str, ...] = ()
     builder_orphan_retention: float = 7 * 24 * 3600.0
+    # [admin]
+    admin_enabled: bool = False
+    admin_token: str = ""
+    admin_listen: str = ""
 
     @property
     def plain_index_url(self) -> str:
@@ -116,6 +121,9 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("builder", "allow"): "builder_allow",
     ("builder", "deny"): "builder_deny",
     ("builder", "orphan_retention"): "builder_orphan_retention",
+    ("admin", "enabled"): "admin_enabled",
+    ("admin", "token"): "admin_token",
+    ("admin", "listen"): "admin_listen",
 }
 _TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(Settings)}
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -221,6 +229,8 @@ def _convert(attr: str, raw: Any, origin: str) -> Any:
             value = str(raw)
     except (TypeError, ValueError):
         raise SettingsError(f"{origin}: {raw!r} is not a valid {kind}") from None
+    if attr == "admin_listen" and value and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}", value):
+        raise SettingsError(f"{origin}: {raw!r} is not host:port")
     if attr in _CHOICES and str(value).lower() not in _CHOICES[attr]:
         raise SettingsError(f"{origin}: {raw!r} is not one of {', '.join(_CHOICES[attr])}")
     if attr in _CHOICES:
