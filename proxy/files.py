@@ -116,7 +116,7 @@ class FileStore:
         """Remove these files (skipping any in use now); the number removed."""
         removed = 0
         for key in keys:
-            if self.index.in_use(key) or key in self._downloads:
+            if key not in self.index or self.index.in_use(key) or key in self._downloads:
                 continue
             path = self.path_for(key)
             await asyncio.to_thread(path.unlink, True)
