@@ -151,6 +151,17 @@ class Artifacts:
         self._records[key] = record
         return record
 
+    def prune(self, max_records: int) -> list[BuildRecord]:
+        """Drop records past ``max_records``: orphans first, then the oldest finished."""
+        excess = len(self._records) - max_records
+        if max_records <= 0 or excess <= 0:
+            return []
+        order = sorted(self._records.values(), key=lambda r: (r.orphaned_since is None, r.finished_at))
+        dropped = order[:excess]
+        for record in dropped:
+            self.forget(record.key)
+        return dropped
+
     def forget(self, key: BuildKey) -> bool:
         """Drop a record (a retry of a failed build, or deleting a built wheel)."""
         record = self._records.pop(key, None)

@@ -109,6 +109,7 @@ class PoolSettings:
     allow: tuple[str, ...] = ("*",)
     deny: tuple[str, ...] = ()
     orphan_retention: float = 7 * 24 * 3600.0
+    max_builds: int = 10_000
 
 
 class LocalPool:
@@ -255,6 +256,8 @@ class LocalPool:
             builder=BUILDER_VERSION,
         )
         await asyncio.to_thread(_remove_work(result))
+        for dropped in await asyncio.to_thread(self._artifacts.prune, self._settings.max_builds):
+            self._bump(dropped.project)
         self._bump(job.project)
         if self.on_finished is not None:
             self.on_finished(record)

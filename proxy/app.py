@@ -251,6 +251,7 @@ def pool_settings(settings: Settings) -> PoolSettings:
         allow=settings.builder_allow,
         deny=settings.builder_deny,
         orphan_retention=settings.builder_orphan_retention,
+        max_builds=settings.builder_max_builds,
     )
 
 

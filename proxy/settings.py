@@ -67,6 +67,7 @@ class Settings:
     builder_allow: tuple[str, ...] = ("*",)
     builder_deny: tuple[str, ...] = ()
     builder_orphan_retention: float = 7 * 24 * 3600.0
+    builder_max_builds: int = 10_000
     # [admin]
     admin_enabled: bool = False
     admin_token: str = ""
@@ -121,6 +122,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("builder", "allow"): "builder_allow",
     ("builder", "deny"): "builder_deny",
     ("builder", "orphan_retention"): "builder_orphan_retention",
+    ("builder", "max_builds"): "builder_max_builds",
     ("admin", "enabled"): "admin_enabled",
     ("admin", "token"): "admin_token",
     ("admin", "listen"): "admin_listen",
