@@ -1,7 +1,11 @@
 """Safe sdist extraction: no absolute paths, no '..', no links or devices pointing anywhere, size caps.
 
-tarfile's "data" filter (PEP 706) already refuses most of this; we check first anyway, so the build log can
-say exactly which member was refused, and keep the filter as a second wall.
+Links are allowed only in the one shape that cannot escape whatever else the archive holds: a symbolic
+link to a relative path with no '..' whose target does not pass through another link, and no member may
+be reached through a link; a hard link must name a regular file member. We check every member before
+writing anything, so the build log says exactly which member was refused, and keep tarfile's "data" filter
+(PEP 706) as a second wall; it is not enough alone: before Python 3.11.13 its check can be outrun by link
+chains longer than PATH_MAX (CVE-2025-4517).
 """
 
 from __future__ import annotations
@@ -57,29 +61,42 @@ def _extract_tar(archive: Path, destination: Path, limits: ExtractLimits) -> Non
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
             _check_counts(archive.name, len(members), [m.size for m in members if m.isfile()], limits)
+            links = {posixpath.normpath(m.name) for m in members if m.issym()}
+            files: set[str] = set()
             for member in members:
                 _check_name(archive.name, member.name)
-                if (
-                    member.isdev()
-                    or member.isfifo()
-                    or not (member.isfile() or member.isdir() or member.issym() or member.islnk())
-                ):
+                _check_not_through_link(archive.name, member.name, links)
+                if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
                     raise UnsafeArchive(f"{archive.name}: member {member.name!r} is a device or special file")
-                if member.issym() or member.islnk():
-                    _check_link(archive.name, member)
+                if member.issym():
+                    _check_symlink(archive.name, member, links)
+                elif member.islnk() and posixpath.normpath(member.linkname) not in files:
+                    link = f"{member.name!r} -> {member.linkname!r}"
+                    raise UnsafeArchive(f"{archive.name}: hard link {link} names no file before it")
+                elif member.isfile():
+                    files.add(posixpath.normpath(member.name))
             tar.extractall(destination, filter="data")
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise UnsafeArchive(f"{archive.name}: cannot extract: {exc}") from None
 
 
-def _check_link(archive: str, member: tarfile.TarInfo) -> None:
+def _check_symlink(archive: str, member: tarfile.TarInfo, links: set[str]) -> None:
     target = member.linkname
-    if member.issym():
-        joined = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), target))
-    else:
-        joined = posixpath.normpath(target)
-    if target.startswith("/") or joined.startswith("..") or joined == "..":
+    if not target or target.startswith("/") or "\\" in target or ".." in PurePosixPath(target).parts:
         raise UnsafeArchive(f"{archive}: link {member.name!r} -> {target!r} points outside the sdist")
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), target))
+    _check_not_through_link(archive, joined, links, what=f"link {member.name!r} -> {target!r}")
+    if joined in links:
+        raise UnsafeArchive(f"{archive}: link {member.name!r} -> {target!r} points at another link")
+
+
+def _check_not_through_link(archive: str, name: str, links: set[str], what: str = "") -> None:
+    parts = PurePosixPath(posixpath.normpath(name)).parts
+    for depth in range(1, len(parts)):
+        prefix = posixpath.join(*parts[:depth])
+        if prefix in links:
+            described = what or f"member {name!r}"
+            raise UnsafeArchive(f"{archive}: {described} goes through the link {prefix!r}")
 
 
 def _extract_zip(archive: Path, destination: Path, limits: ExtractLimits) -> None:

@@ -28,9 +28,9 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from builder import frontend
-from builder.extract import UnsafeArchive, extract_sdist
+from builder.extract import ExtractLimits, UnsafeArchive, extract_sdist
 from builder.jobs import BuildRequest, BuildResult
-from builder.sandbox import BUILD_ROOT, RunOutcome, run_limited, sandbox_command
+from builder.sandbox import BUILD_ROOT, FRONTEND_ROOT, RunOutcome, run_limited, sandbox_command
 from builder.tags import Target
 
 # PEP 517: a project without [build-system] is built by setuptools' legacy backend.
@@ -87,15 +87,19 @@ def _run(build: _Build) -> BuildResult:
     sdist = _fetch(build)
     epoch = _source_date_epoch(sdist)
     try:
-        project_dir = extract_sdist(sdist, build.work / "src")
+        limits = ExtractLimits(
+            max_total_bytes=request.limits.output_bytes, max_member_bytes=request.limits.file_size_bytes
+        )
+        project_dir = extract_sdist(sdist, build.work / "src", limits)
     except UnsafeArchive as exc:
         raise BuildFailed("extract", str(exc)) from None
     build.note(f"extracted to {project_dir.relative_to(build.work)}; SOURCE_DATE_EPOCH={epoch}")
     system = _build_system(project_dir)
     frontend_dir = _frontend_dir(Path(request.work_root))
     env = _environment(build, system["requires"])
+    frontend_seen = FRONTEND_ROOT if request.sandbox else str(frontend_dir)
     hook_request = {
-        "hooks_path": str(frontend_dir / "lib"),
+        "hooks_path": f"{frontend_seen}/lib",
         "source_dir": f"{build.root}/src/{project_dir.name}",
         "backend": system["build-backend"],
         "backend_path": system.get("backend-path"),
@@ -291,7 +295,8 @@ def _hook(
     result_file = build.work / "hook-result.json"
     result_file.unlink(missing_ok=True)
     python = f"{build.root}/env/bin/python"
-    command = [python, str(frontend_dir / "frontend.py"), hook, f"{build.root}/hook-request.json"]
+    frontend_seen = FRONTEND_ROOT if request.sandbox else str(frontend_dir)
+    command = [python, f"{frontend_seen}/frontend.py", hook, f"{build.root}/hook-request.json"]
     command.append(f"{build.root}/hook-result.json")
     environment = {
         "PATH": f"{build.root}/env/bin:/usr/bin:/bin",
@@ -309,9 +314,11 @@ def _hook(
         command = sandbox_command(
             command,
             work=build.work,
-            read_only=[interpreter_home, frontend_dir],
+            read_only=[interpreter_home],
+            mounts={frontend_dir: FRONTEND_ROOT},
             environment=environment,
             cwd=cwd,
+            limits=request.limits,
         )
         outcome = run_limited(command, log=build.log, limits=request.limits, watch=build.work)
     else:
@@ -356,7 +363,12 @@ def _repair(build: _Build, wheel: Path, epoch: int) -> str:
     if build.request.sandbox:
         read_only = sorted({Path(sys.prefix), Path(sys.base_prefix)})
         command = sandbox_command(
-            command, work=build.work, read_only=read_only, environment=environment, cwd=BUILD_ROOT
+            command,
+            work=build.work,
+            read_only=read_only,
+            environment=environment,
+            cwd=BUILD_ROOT,
+            limits=build.request.limits,
         )
         outcome = run_limited(command, log=build.log, limits=build.request.limits, watch=build.work)
     else:

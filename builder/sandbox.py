@@ -1,10 +1,11 @@
 """The bubblewrap sandbox and resource limits for the parts of a build that run the sdist's code.
 
-Inside: a read-only /usr, the target interpreter read-only, the work folder at the fixed path /build (the
-only writable place besides a private /tmp), no network (a fresh network namespace has only a downed
-loopback), no view of the proxy's cache, config or the host's home folders, a clean environment. Limits:
-wall-clock time (the whole process group is killed), address space, processes (a pids cgroup when we are
-root, RLIMIT_NPROC otherwise), size of any one file, and size of the whole work folder (watched).
+Inside: a read-only root with a read-only /usr and target interpreter, the work folder at the fixed path
+/build (the only writable place besides a private, size-limited /tmp and /dev/shm), no network (a fresh
+network namespace with nothing but its own loopback), no view of the proxy's cache, config or the host's
+home folders, a clean environment. Limits: wall-clock time (the whole process group is killed), address
+space, processes (a pids cgroup when we are root, RLIMIT_NPROC otherwise), size of any one file, and size of
+the whole work folder (watched while it runs and checked once more when it ends).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import BinaryIO
 from builder.jobs import Limits
 
 BUILD_ROOT = "/build"  # fixed build path: part of reproducible builds
+FRONTEND_ROOT = "/wheelfarm"  # our PEP 517 front end, read-only; its host path stays private
 _CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 
 
@@ -55,7 +57,11 @@ def sandbox_command(
     read_only: Sequence[Path],
     environment: Mapping[str, str],
     cwd: str,
+    limits: Limits,
+    mounts: Mapping[Path, str] | None = None,
 ) -> list[str]:
+    """``read_only`` folders appear at their own paths (venvs point at their interpreter by path);
+    ``mounts`` maps more read-only host folders to the paths the sandbox sees them at."""
     bwrap = bwrap_path()
     if bwrap is None:
         raise SandboxUnavailable("bubblewrap (bwrap) is not installed")
@@ -79,10 +85,15 @@ def sandbox_command(
     ):
         if os.path.exists(etc):
             args += ["--ro-bind", etc, etc]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # Memory-backed scratch space counts against the same size budget as the work folder.
+    scratch = str(limits.output_bytes)
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", scratch, "--tmpfs", "/tmp"]
+    args += ["--size", scratch, "--tmpfs", "/dev/shm"]
     for path in read_only:
         args += ["--ro-bind", str(path), str(path)]
-    args += ["--bind", str(work), BUILD_ROOT, "--chdir", cwd, "--clearenv"]
+    for host_path, seen_as in sorted((mounts or {}).items()):
+        args += ["--ro-bind", str(host_path), seen_as]
+    args += ["--bind", str(work), BUILD_ROOT, "--remount-ro", "/", "--chdir", cwd, "--clearenv"]
     for key, value in sorted(environment.items()):
         args += ["--setenv", key, value]
     return [*args, "--", *command]
@@ -127,6 +138,9 @@ def run_limited(
         watcher.join()
         _kill_group(process)  # leftovers of a build that exited early but left children behind
         _remove_cgroup(cgroup)
+    # A last look: a build can write a lot between two looks of the watcher and end before the next one.
+    if folder_size(watch) > limits.output_bytes:
+        exceeded.set()
     return RunOutcome(process.returncode, timed_out=timed_out, output_exceeded=exceeded.is_set())
 
 
@@ -215,14 +229,12 @@ def _watch_size(
 
 
 def folder_size(folder: Path) -> int:
+    """Bytes on disk under ``folder``. fwalk works with directory descriptors, so folders nested deeper
+    than PATH_MAX are counted too (a path-based walk would have to skip them)."""
     total = 0
-    stack = [str(folder)]
-    while stack:
-        with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
-            for entry in entries:
+    with contextlib.suppress(OSError):
+        for _, _, names, dir_fd in os.fwalk(folder, follow_symlinks=False):
+            for name in names:
                 with contextlib.suppress(OSError):
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+                    total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_blocks * 512
     return total
