@@ -123,6 +123,9 @@ class LocalPool:
         self._generation: dict[str, int] = {}
         self._interpreters: dict[str, Path | None] = {}
         self.disabled_reason = self._why_disabled()
+        # Read once: platform.libc_ver() reads the interpreter binary, too slow for every page render.
+        self._host_arch = platform.machine().lower()
+        self._host_family = "manylinux" if platform.libc_ver()[0] == "glibc" else "musllinux"
         self.on_finished: Callable[[BuildRecord], None] | None = None
         settings.work_root.mkdir(parents=True, exist_ok=True)
 
@@ -148,9 +151,8 @@ class LocalPool:
             return False
         if not any(fnmatch.fnmatchcase(target.id, pattern) for pattern in self._settings.targets):
             return False
-        host_arch = platform.machine().lower()
-        family = "musllinux" if platform.libc_ver()[0] != "glibc" else "manylinux"
-        if not target.platform.startswith(family + "_") or not target.platform.endswith("_" + host_arch):
+        family, arch = self._host_family, self._host_arch
+        if not target.platform.startswith(family + "_") or not target.platform.endswith("_" + arch):
             return False  # another architecture or libc: we could not build a wheel that runs there
         return self.interpreter(target) is not None
 
