@@ -23,11 +23,16 @@ $(WHEELHOUSE)/.done: constraints.txt
 venv: $(BIN)/wheelfarm
 
 # The builder's sandbox (a Debian package); the test suite runs real sandboxed builds.
-SYSTEM_TOOLS := /usr/bin/bwrap
-$(SYSTEM_TOOLS):
+BWRAP := /usr/bin/bwrap
+CHROMIUM := /usr/bin/chromium
+$(BWRAP):
 	-apt-get update -qq && apt-get install -y -qq bubblewrap || echo "could not install bubblewrap: wheel builds stay off"
 
-serve: venv $(SYSTEM_TOOLS)
+# Headless Chromium for the admin page's browser test.
+$(CHROMIUM):
+	-apt-get update -qq && apt-get install -y -qq chromium || echo "could not install chromium: tests/test_admin_page.py fails"
+
+serve: venv $(BWRAP)
 	$(BIN)/wheelfarm serve $(ARGS)
 
 lint: venv
@@ -37,7 +42,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: lint typecheck $(WHEELHOUSE)/.done $(SYSTEM_TOOLS)
+test: lint typecheck $(WHEELHOUSE)/.done $(BWRAP) $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:

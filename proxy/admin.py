@@ -27,6 +27,7 @@ from proxy.errors import BadRequest, NotFound, WheelfarmError
 from proxy.model import file_key
 from proxy.names import InvalidProjectName, normalize
 from proxy.services import SERVICES, Services
+from proxy.web_builds import serve_built
 
 MAIN_APP = web.AppKey("main_app", web.Application)
 PAGE = Path(__file__).with_name("admin.html")
@@ -280,7 +281,10 @@ async def _start_one(
 ) -> dict[str, Any]:
     name = normalize(requirement.name)
     entry: dict[str, Any] = {"requirement": str(requirement)}
-    page = (await services.pages.project(name)).page
+    try:
+        page = (await services.pages.project(name)).page
+    except NotFound:
+        return {**entry, "state": "no such project upstream"}
     candidates: dict[Version, Any] = {}
     for dist in page.files:
         if dist.filename.endswith(".whl") or dist.sha256 is None or dist.yanked:
@@ -315,6 +319,10 @@ async def evict(request: web.Request) -> web.Response:
     return reply({"evicted_files": removed})
 
 
+async def built_file(request: web.Request) -> web.StreamResponse:
+    return serve_built(request, services_of(request))
+
+
 async def page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(
         PAGE, headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
@@ -343,7 +351,7 @@ def _key_view(key: BuildKey) -> dict[str, str]:
     return {"sdist_sha256": key.sdist_sha256, "target": key.target}
 
 
-def create_admin_app(main: web.Application, middlewares: list[Any]) -> web.Application:
+def create_admin_app(main: web.Application, middlewares: list[Any], *, standalone: bool) -> web.Application:
     admin = web.Application(middlewares=[*middlewares, require_token], client_max_size=1 << 20)
     admin[MAIN_APP] = main
     admin.router.add_get("/", page)
@@ -355,4 +363,7 @@ def create_admin_app(main: web.Application, middlewares: list[Any]) -> web.Appli
     admin.router.add_post("/api/builds/{sdist}/{target}/retry", retry_build)
     admin.router.add_post("/api/build-ahead", build_ahead)
     admin.router.add_post("/api/evict", evict)
+    if standalone:
+        # The API links logs and wheels as /built/...: on a listener of its own, admin serves them too.
+        admin.router.add_get("/built/{sdist}/{target}/{filename}", built_file)
     return admin

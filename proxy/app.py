@@ -181,7 +181,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     if settings.admin_enabled and not settings.admin_listen:
-        app.add_subapp("/admin/", create_admin_app(app, []))
+        app.add_subapp("/admin/", create_admin_app(app, [], standalone=False))
     # The same API under three scopes: /simple/ (target from the User-Agent), /t/<target>/simple/ (named),
     # /plain/simple/ (no overlay). Page links are relative, so each scope's links stay in that scope.
     for prefix in ("", "/t/{scope}", "/plain"):
@@ -266,7 +266,7 @@ async def _serve(settings: Settings) -> None:
     addresses = [(settings.host, settings.port)]
     if settings.admin_enabled and settings.admin_listen:
         admin_host, _, admin_port = settings.admin_listen.rpartition(":")
-        admin = create_admin_app(app, [errors_and_context])
+        admin = create_admin_app(app, [errors_and_context], standalone=True)
         runners.append(web.AppRunner(admin, access_log_class=AccessLog, handler_cancellation=False))
         addresses.append((admin_host.strip("[]") or "127.0.0.1", int(admin_port)))
     stop = asyncio.Event()

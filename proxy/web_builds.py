@@ -115,7 +115,11 @@ def _answer(request: web.Request, services: Services, record: BuildRecord) -> we
 
 
 async def built(request: web.Request) -> web.StreamResponse:
-    services = request.app[SERVICES]
+    return serve_built(request, request.app[SERVICES])
+
+
+def serve_built(request: web.Request, services: Services) -> web.StreamResponse:
+    """A build's wheel, metadata, log or provenance (also served by the admin listener, for its links)."""
     builder = _builder(services)
     sha, target, filename = (request.match_info[k] for k in ("sdist", "target", "filename"))
     if not _SHA256.match(sha) or not _BUILT_FILES.match(filename):

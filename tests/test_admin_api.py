@@ -182,12 +182,20 @@ def test_purge_page_and_project(admin_proxy: ProxyServer, fake_index: FakeIndex)
 def test_build_ahead_retry_and_delete(admin_proxy: ProxyServer) -> None:
     started = httpx.post(
         api(admin_proxy, "build-ahead"),
-        json={"target": TARGET, "requirements_txt": "tinypure==3.0  # pinned\nbrokenpkg\n-r other.txt\n"},
+        json={
+            "target": TARGET,
+            "requirements": ["no-such-project==1.0"],
+            "requirements_txt": "tinypure==3.0  # pinned\nbrokenpkg\n-r other.txt\n",
+        },
         headers=AUTH,
     )
     assert started.status_code == 202
     states = {b["requirement"]: b["state"] for b in started.json()["builds"]}
-    assert states == {"tinypure==3.0": "started", "brokenpkg": "started"}
+    assert states == {
+        "no-such-project==1.0": "no such project upstream",
+        "tinypure==3.0": "started",
+        "brokenpkg": "started",
+    }
     for _ in range(120):
         counts = get_json(admin_proxy, "builds")["builds"]
         if counts["done"] + counts["failed"] == 2:
