@@ -61,6 +61,12 @@ class Target:
         return f"{self.python[0]}.{self.python[1]}"
 
     @property
+    def arch(self) -> str:
+        match = _TARGET.match(self.id)
+        assert match is not None
+        return match["arch"]
+
+    @property
     def interpreter_tag(self) -> str:
         return f"cp{self.python[0]}{self.python[1]}"
 

@@ -15,14 +15,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import InvalidSdistFilename, parse_sdist_filename
-from packaging.version import Version
+from packaging.requirements import Requirement
 
 from builder.artifacts import BuildRecord
 from builder.jobs import BuildKey
 from builder.pool import Builder, BuildJob
 from builder.tags import InvalidTarget, Target
+from proxy.buildahead import BadRequirement, applies_to, choose_sdist, parse_requirements
 from proxy.errors import BadRequest, NotFound, WheelfarmError
 from proxy.model import file_key
 from proxy.names import InvalidProjectName, normalize
@@ -261,15 +260,10 @@ async def build_ahead(request: web.Request) -> web.Response:
         lines = [*lines, *body["requirements_txt"].splitlines()]
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
         raise BadRequest("'requirements' must be a list of strings like 'name==1.0'")
-    requirements = []
-    for line in lines:
-        text = line.split("#", 1)[0].strip()
-        if not text or text.startswith("-"):
-            continue
-        try:
-            requirements.append(Requirement(text))
-        except InvalidRequirement as exc:
-            raise BadRequest(f"'requirements': {text!r} is not a requirement: {exc}") from None
+    try:
+        requirements = parse_requirements(lines)
+    except BadRequirement as exc:
+        raise BadRequest(f"'requirements': {exc}") from None
     if not requirements:
         raise BadRequest("'requirements' names nothing to build")
     started = [await _start_one(services, builder, requirement, target) for requirement in requirements]
@@ -281,24 +275,17 @@ async def _start_one(
 ) -> dict[str, Any]:
     name = normalize(requirement.name)
     entry: dict[str, Any] = {"requirement": str(requirement)}
+    if not applies_to(requirement, target):
+        return {**entry, "state": f"its environment marker excludes {target}"}
     try:
         page = (await services.pages.project(name)).page
     except NotFound:
         return {**entry, "state": "no such project upstream"}
-    candidates: dict[Version, Any] = {}
-    for dist in page.files:
-        if dist.filename.endswith(".whl") or dist.sha256 is None or dist.yanked:
-            continue
-        try:
-            _, version = parse_sdist_filename(dist.filename)
-        except InvalidSdistFilename:
-            continue
-        if requirement.specifier.contains(version, prereleases=bool(requirement.specifier) or None):
-            candidates.setdefault(version, dist)
-    if not candidates:
-        return {**entry, "state": "no sdist matches"}
-    version = max(candidates)
-    sdist = candidates[version]
+    chosen = choose_sdist(page, requirement, target)
+    if isinstance(chosen, str):
+        return {**entry, "state": chosen}
+    version, sdist = chosen
+    assert sdist.sha256 is not None
     job = BuildJob(name, str(version), sdist.filename, sdist.sha256, sdist.url, target)
     if not builder.allows(name):
         return {**entry, "state": "not allowed by the builder's policy"}

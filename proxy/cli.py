@@ -10,7 +10,7 @@ from pathlib import Path
 import structlog
 
 from builder import cli as builder_cli
-from proxy import __version__
+from proxy import __version__, admin_cli
 from proxy.logs import configure_logging
 from proxy.settings import SettingsError, all_fields, flag_name, load_settings
 
@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument(*names, dest=attr, default=None, metavar=key.upper(), help=f"[{section}] {key}")
     builder = commands.add_parser("builder", help="the wheel builder on its own")
     builder_cli.add_arguments(builder)
+    admin_cli.add_commands(commands)
     return parser
 
 
@@ -46,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "builder":
         configure_logging("info", "auto")
         return builder_cli.run(args)
+    if args.command in admin_cli.COMMANDS:
+        return admin_cli.run(args)
     overrides = {attr: getattr(args, attr) for _, _, attr in all_fields()}
     try:
         settings = load_settings(args.config, overrides=overrides)
