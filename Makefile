@@ -47,3 +47,19 @@ test: lint typecheck $(WHEELHOUSE)/.done $(BWRAP) $(CHROMIUM)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# Benchmarks (README.md, "Benchmarks"): wheelfarm against proxpi, devpi-server and nginx on
+# loopback, in a venv of their own. `make bench ARGS=--quick` is a smoke run; ARGS=--profile adds py-spy.
+BENCH_VENV := bench/.venv
+$(BENCH_VENV)/.done: bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q -r bench/requirements.txt
+	touch $@
+
+BENCH_TOOLS := /usr/sbin/nginx /usr/bin/wrk /usr/bin/curl
+$(BENCH_TOOLS):
+	apt-get update -qq && apt-get install -y -qq nginx-light wrk curl
+
+.PHONY: bench
+bench: venv $(WHEELHOUSE)/.done $(BWRAP) $(BENCH_TOOLS) $(BENCH_VENV)/.done
+	$(BENCH_VENV)/bin/python bench/run.py $(ARGS)

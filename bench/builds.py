@@ -46,18 +46,29 @@ def main() -> None:
         sdist = build_sdist(PROJECTS_DIR / "tinynative", "1.0", scratch / "dist")
         index = FakeIndex()
         for wheel in sorted(WHEELHOUSE.glob("*.whl")):
-            index.add_file(wheel.name.split("-")[0], FakeFile.from_path(wheel, metadata=wheel_metadata(wheel)))
+            index.add_file(
+                wheel.name.split("-")[0], FakeFile.from_path(wheel, metadata=wheel_metadata(wheel))
+            )
         index.add_file("tinynative", FakeFile.from_path(sdist))
         with FakeUpstreamServer(index) as upstream:
             rows = []
             for client in (Client.PIP, Client.UV):
                 cold, warm = [], []
                 for attempt in range(args.repeat):
-                    process, url = start_proxy(upstream.simple_url, scratch / f"cache-{client.value}-{attempt}")
+                    process, url = start_proxy(
+                        upstream.simple_url, scratch / f"cache-{client.value}-{attempt}"
+                    )
                     try:
                         for label, sink in (("cold", cold), ("warm", warm)):
                             work = scratch / f"{client.value}-{attempt}-{label}"
-                            sink.append(timed(lambda: install(client, url + "/simple/", ["tinynative"], work).check()))
+                            index_url = url + "/simple/"
+                            sink.append(
+                                timed(
+                                    lambda c=client, i=index_url, w=work: install(
+                                        c, i, ["tinynative"], w
+                                    ).check()
+                                )
+                            )
                     finally:
                         process.terminate()
                         process.wait()
@@ -84,7 +95,9 @@ def main() -> None:
                                       "--index-url", plain, "-w", str(scratch / f"pw-{attempt}"), str(sdist)],
                     }  # fmt: skip
                     for label, command in commands.items():
-                        seconds = timed(lambda c=command: subprocess.run(c, env=env, check=True, capture_output=True))
+                        seconds = timed(
+                            lambda c=command: subprocess.run(c, env=env, check=True, capture_output=True)
+                        )
                         if attempt:
                             results[label].append(seconds)
             finally:

@@ -41,8 +41,20 @@ def free_port() -> int:
 def start_proxy(upstream: str, cache_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/wheelfarm"), "serve", "--port", str(port), "--cache-dir", str(cache_dir),
-         "--upstream", upstream, "--logging-level", "warning", "--upstream-read-timeout", "120"],
+        [
+            str(ROOT / ".venv/bin/wheelfarm"),
+            "serve",
+            "--port",
+            str(port),
+            "--cache-dir",
+            str(cache_dir),
+            "--upstream",
+            upstream,
+            "--logging-level",
+            "warning",
+            "--upstream-read-timeout",
+            "120",
+        ],
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
@@ -57,9 +69,22 @@ def start_proxy(upstream: str, cache_dir: Path) -> tuple[subprocess.Popen[bytes]
 
 def wrk(url: str, connections: int, seconds: int, accept: str) -> dict[str, float]:
     output = subprocess.run(
-        ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-         "-H", f"Accept: {accept}", url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t",
+            str(min(connections, 2)),
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-H",
+            f"Accept: {accept}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     return {"rps": rps, "p50_ms": _latency(output, "50%"), "p99_ms": _latency(output, "99%")}
@@ -81,10 +106,15 @@ def warm_pages(seconds: int) -> None:
     index = FakeIndex()
     for i in range(300):
         version = f"1.{i}"
-        index.add_file("bigproject", FakeFile(f"bigproject-{version}.tar.gz", os.urandom(64),
-                                              requires_python=">=3.8"))
-        index.add_file("bigproject", FakeFile(f"bigproject-{version}-py3-none-any.whl", os.urandom(64),
-                                              metadata=b"Metadata-Version: 2.1\n"))
+        index.add_file(
+            "bigproject", FakeFile(f"bigproject-{version}.tar.gz", os.urandom(64), requires_python=">=3.8")
+        )
+        index.add_file(
+            "bigproject",
+            FakeFile(
+                f"bigproject-{version}-py3-none-any.whl", os.urandom(64), metadata=b"Metadata-Version: 2.1\n"
+            ),
+        )
     with FakeUpstreamServer(index) as upstream, tempfile.TemporaryDirectory() as cache:
         process, url = start_proxy(upstream.simple_url, Path(cache))
         try:
@@ -97,8 +127,10 @@ def warm_pages(seconds: int) -> None:
             for name, accept in (("JSON", PIP_ACCEPT), ("HTML", "text/html")):
                 for connections in (1, 16, 128):
                     result = wrk(page, connections, seconds, accept)
-                    print(f"| {name} | {connections} | {result['rps']:.0f} | {result['p50_ms']:.2f} "
-                          f"| {result['p99_ms']:.2f} |")
+                    print(
+                        f"| {name} | {connections} | {result['rps']:.0f} | {result['p50_ms']:.2f} "
+                        f"| {result['p99_ms']:.2f} |"
+                    )
             print(f"proxy peak RSS: {peak_rss_mb(process.pid):.0f} MB")
         finally:
             process.terminate()
@@ -109,12 +141,20 @@ def live_root() -> None:
     with tempfile.TemporaryDirectory() as cache:
         process, url = start_proxy("https://pypi.org/simple/", Path(cache))
         try:
-            for label, accept in (("cold (download + convert)", JSON), ("warm JSON", JSON), ("warm HTML", "text/html")):
+            for label, accept in (
+                ("cold (download + convert)", JSON),
+                ("warm JSON", JSON),
+                ("warm HTML", "text/html"),
+            ):
                 started = time.monotonic()
-                with httpx.stream("GET", url + "/simple/", headers={"Accept": accept}, timeout=600) as response:
+                with httpx.stream(
+                    "GET", url + "/simple/", headers={"Accept": accept}, timeout=600
+                ) as response:
                     size = sum(len(chunk) for chunk in response.iter_raw())
-                print(f"root list {label}: {size / 1e6:.1f} MB in {time.monotonic() - started:.2f} s, "
-                      f"proxy peak RSS so far {peak_rss_mb(process.pid):.0f} MB")
+                print(
+                    f"root list {label}: {size / 1e6:.1f} MB in {time.monotonic() - started:.2f} s, "
+                    f"proxy peak RSS so far {peak_rss_mb(process.pid):.0f} MB"
+                )
         finally:
             process.terminate()
             process.wait()
