@@ -10,6 +10,7 @@ gives None when it cannot tell.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,6 +112,7 @@ def _platforms(platform: str) -> Iterator[str]:
     yield f"linux_{arch}"
 
 
+@functools.lru_cache(maxsize=1024)  # clients repeat their User-Agent on every request
 def target_from_user_agent(user_agent: str | None) -> Target | None:
     """The target pip or uv describes in its User-Agent, or None (another client, or facts missing)."""
     if not user_agent:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -36,13 +37,16 @@ from proxy.web_files import file
 from proxy.web_pages import project_page, root_page
 
 log = structlog.get_logger("wheelfarm")
+# Request ids: this process's random prefix and a counter (cheaper than a uuid4 per request).
+_ID_PREFIX = os.urandom(4).hex()
+_REQUEST_NUMBERS = itertools.count(1)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
 async def errors_and_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind the request id for every log line, and turn domain errors into plain-text HTTP answers."""
-    request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
+    request_id = request.headers.get("X-Request-ID", "")[:64] or f"{_ID_PREFIX}-{next(_REQUEST_NUMBERS):x}"
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -75,13 +79,12 @@ class AccessLog(AbstractAccessLogger):
         services = request.config_dict.get(SERVICES) if isinstance(request, web.Request) else None
         if services is not None and isinstance(request, web.Request):
             route = request.match_info.route.resource
-            services.metrics.requests.labels(
-                route.canonical if route else "unmatched", str(response.status)
-            ).inc()
-            services.metrics.bytes_served.inc(_bytes_sent(response))
-            outcome = request.get(CACHE_OUTCOME)
-            if outcome:
-                services.metrics.cache.labels(outcome).inc()
+            services.metrics.count_request(
+                route.canonical if route else "unmatched",
+                response.status,
+                _bytes_sent(response),
+                request.get(CACHE_OUTCOME),
+            )
         log.info(
             "request",
             request_id=request.get(REQUEST_ID),

@@ -9,6 +9,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -49,6 +50,22 @@ class Metrics:
             "wheelfarm_build_queue_depth", "Builds waiting for a worker", registry=self.registry
         )
         self.running = Gauge("wheelfarm_builds_running", "Builds in a worker now", registry=self.registry)
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._cache_children: dict[str, Any] = {}
+
+    def count_request(self, route: str, status: int, sent: int, outcome: str | None) -> None:
+        # labels() looks the child up under a lock each time; keep the children we have seen.
+        key = (route, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(route, str(status))
+        child.inc()
+        self.bytes_served.inc(sent)
+        if outcome:
+            cache_child = self._cache_children.get(outcome)
+            if cache_child is None:
+                cache_child = self._cache_children[outcome] = self.cache.labels(outcome)
+            cache_child.inc()
 
     def watch_builds(self, queued: Callable[[], int], running: Callable[[], int]) -> None:
         self.queue_depth.set_function(queued)

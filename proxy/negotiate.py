@@ -5,6 +5,7 @@ Pure and total: any Accept header, however strange, yields a format or None (406
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from proxy.model import PageFormat
@@ -38,6 +39,7 @@ class _Range:
     quality: float
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of distinct Accept headers arrive over and over
 def choose_format(accept: str | None, format_param: str | None = None) -> PageFormat | None:
     """The format to answer with, or None when nothing acceptable is on offer (HTTP 406)."""
     if format_param:

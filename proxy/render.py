@@ -5,6 +5,7 @@ Every value placed in HTML goes through ``html.escape`` (attribute and text cont
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,11 +23,19 @@ class Rendered:
     body: bytes
     content_type: str
     etag: str
+    gzipped: bytes  # the same body gzip-compressed once: pip and uv send Accept-Encoding: gzip
+
+    @property
+    def gzip_etag(self) -> str:
+        # RFC 9110 section 8.8.3: another content coding is another representation, with its own validator.
+        return self.etag[:-1] + '-gzip"'
 
 
 def render_project(page: ProjectPage, fmt: PageFormat) -> Rendered:
     body = render_project_json(page) if fmt.is_json else render_project_html(page)
-    return Rendered(body=body, content_type=fmt.content_type, etag=strong_etag(body))
+    # mtime=0: the same page always compresses to the same bytes.
+    gzipped = gzip.compress(body, compresslevel=6, mtime=0)
+    return Rendered(body=body, content_type=fmt.content_type, etag=strong_etag(body), gzipped=gzipped)
 
 
 def strong_etag(body: bytes) -> str:

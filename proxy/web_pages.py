@@ -74,16 +74,27 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     result = await services.pages.project(name)
     request[CACHE_OUTCOME] = result.outcome.value
     rendered = services.rendered.get(result, fmt, target, services.builder)
-    if rendered.etag in _if_none_match(request):
+    compressed = _accepts_gzip(request)
+    etag = rendered.gzip_etag if compressed else rendered.etag
+    if etag in _if_none_match(request):
         response = web.Response(status=304)
     else:
-        response = web.Response(body=rendered.body, content_type=fmt.content_type.split(";")[0])
+        body = rendered.gzipped if compressed else rendered.body
+        response = web.Response(body=body, content_type=fmt.content_type.split(";")[0])
+        if compressed:
+            response.headers["Content-Encoding"] = "gzip"
         if fmt.content_type.startswith("text/html"):
             response.charset = "utf-8"
-    response.headers["ETag"] = rendered.etag
+    response.headers["ETag"] = etag
     if result.page.last_serial is not None:
         response.headers["X-PyPI-Last-Serial"] = str(result.page.last_serial)
-    _cache_headers(response, result.outcome, result.stale_reason, services.settings.cache_page_ttl, vary)
+    _cache_headers(
+        response,
+        result.outcome,
+        result.stale_reason,
+        services.settings.cache_page_ttl,
+        vary + ", Accept-Encoding",
+    )
     if target is not None:
         response.headers["X-Wheelfarm-Target"] = target.id
     return response
@@ -100,6 +111,15 @@ def _cache_headers(
         response.headers["Cache-Control"] = "max-age=0, must-revalidate"
     else:
         response.headers["Cache-Control"] = f"max-age={int(ttl)}, public"
+
+
+def _accepts_gzip(request: web.Request) -> bool:
+    """RFC 9110 section 12.5.3, simply: gzip listed and not refused with q=0."""
+    for coding in request.headers.get("Accept-Encoding", "").lower().split(","):
+        name, _, params = coding.partition(";")
+        if name.strip() in ("gzip", "x-gzip"):
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 def _if_none_match(request: web.Request) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 import httpx
@@ -29,7 +30,7 @@ def test_json_page_forwards_every_upstream_field(proxy: ProxyServer, fake_index:
     response = get(proxy, "/simple/tinypure/")
     assert response.status_code == 200
     assert response.headers["Content-Type"] == JSON
-    assert response.headers["Vary"] == "Accept, User-Agent"  # the overlay depends on the client
+    assert response.headers["Vary"] == "Accept, User-Agent, Accept-Encoding"  # overlay depends on client
     assert response.headers["X-Wheelfarm-Cache"] == "miss"
     page = response.json()
     assert page["meta"]["api-version"] == "1.1"
@@ -258,3 +259,18 @@ def test_root_list_failure_without_cache(
         response = get(proxy, "/simple/")
         assert response.status_code == 502
         assert "HTTP 500" in response.text
+
+
+def test_pages_come_gzip_compressed_to_clients_that_accept_it(proxy: ProxyServer) -> None:
+    url = proxy.url + "/simple/tinypure/?format=json"
+    plain = httpx.get(url, headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+    with httpx.stream("GET", url, headers={"Accept-Encoding": "gzip"}) as packed:
+        raw = b"".join(packed.iter_raw())
+    assert packed.headers["Content-Encoding"] == "gzip"
+    assert len(raw) < len(plain.content)
+    assert gzip.decompress(raw) == plain.content
+    etag = packed.headers["ETag"]
+    assert etag != plain.headers["ETag"]  # another representation, another validator
+    again = httpx.get(url, headers={"Accept-Encoding": "gzip", "If-None-Match": etag})
+    assert again.status_code == 304
