@@ -322,3 +322,42 @@ def test_admin_on_its_own_listener(fake_upstream: FakeUpstreamServer, tmp_path: 
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_eviction_while_clients_download_never_breaks_a_download(
+    fake_upstream: FakeUpstreamServer, fake_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A 1 MiB store: while a slow 700 KiB download streams to two clients, other files push the store past
+    its limit again and again; the streaming file is never evicted, every client gets whole, right bytes,
+    and what stays on disk is intact and within the limit."""
+    slow = os.urandom(700 * 1024)
+    fake_index.add_file("slowfile", FakeFile("slowfile-1.0.tar.gz", slow))
+    others = {f"pkg-{n}": os.urandom(300 * 1024) for n in range(6)}
+    for project, content in others.items():
+        fake_index.add_file(project, FakeFile(f"{project.replace('-', '_')}-1.0.tar.gz", content))
+    settings = proxy_settings(tmp_path / "c", fake_upstream.simple_url, cache_max_file_mb=1)
+    with ProxyServer(settings, clock) as proxy:
+        fake_index.file_chunk = 32 * 1024
+        fake_index.file_delay = 0.05  # about 1 s for the slow file, 0.5 s for each other one
+        results: list[bytes] = []
+        readers = [
+            threading.Thread(
+                target=lambda: results.append(fetch_file(proxy, "slowfile", "slowfile-1.0.tar.gz").content)
+            )
+            for _ in range(2)
+        ]
+        for reader in readers:
+            reader.start()
+        time.sleep(0.2)
+        for project, content in others.items():
+            clock.advance(1)
+            assert fetch_file(proxy, project, f"{project.replace('-', '_')}-1.0.tar.gz").content == content
+        for reader in readers:
+            reader.join(30)
+        assert results == [slow, slow]
+        store = proxy.services.files
+        assert store.evictions >= 1
+        assert store.index.total_bytes <= 1024 * 1024
+        for path in (settings.cache_dir / "files" / "blobs").rglob("*"):
+            if path.is_file():
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
