@@ -11,6 +11,7 @@ from fakes import FakeClock, ProxyServer, proxy_settings
 
 WHEELHOUSE = Path(__file__).resolve().parent / ".wheelhouse"  # build backends, downloaded by `make test`
 TARGET = "cp311-manylinux_2_36_x86_64"
+ADMIN_TOKEN = "s3cret-t0ken"
 PIP_UA = (
     'pip/26.3 {"cpu":"x86_64","distro":{"id":"bookworm","libc":{"lib":"glibc","version":"2.36"},'
     '"name":"Debian GNU/Linux","version":"12"},"implementation":{"name":"CPython","version":"3.11.7"},'

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from buildkit import WHEELHOUSE, start_builder_proxy
+from buildkit import ADMIN_TOKEN, WHEELHOUSE, start_builder_proxy
 from dists import PROJECTS_DIR, BuiltDists, build_project, build_sdist, in_tree_backend_sdist, wheel_metadata
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer, proxy_settings
@@ -103,5 +103,17 @@ def builder_proxy(
 ) -> Iterator[ProxyServer]:
     """wheelfarm with its builder pool, in front of build_index."""
     proxy = start_builder_proxy(fake_upstream, clock, tmp_path / "cache")
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def admin_proxy(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> Iterator[ProxyServer]:
+    """builder_proxy with the admin app enabled (token buildkit.ADMIN_TOKEN)."""
+    proxy = start_builder_proxy(
+        fake_upstream, clock, tmp_path / "cache", admin_enabled=True, admin_token=ADMIN_TOKEN
+    )
     yield proxy
     proxy.stop()

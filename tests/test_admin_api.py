@@ -9,29 +9,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from buildkit import TARGET, absolute, page, pending_links, start_builder_proxy
+from buildkit import ADMIN_TOKEN, TARGET, absolute, page, pending_links
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer, free_port, proxy_settings
 
-TOKEN = "s3cret-t0ken"
+TOKEN = ADMIN_TOKEN
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def admin_proxy(
-    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, clock: FakeClock, tmp_path: Path
-) -> Iterator[ProxyServer]:
-    proxy = start_builder_proxy(
-        fake_upstream, clock, tmp_path / "cache", admin_enabled=True, admin_token=TOKEN
-    )
-    yield proxy
-    proxy.stop()
 
 
 def api(proxy: ProxyServer, path: str) -> str:

@@ -10,20 +10,19 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
-import pytest
-from buildkit import TARGET, absolute, files, page, pending_links, start_builder_proxy
+from buildkit import ADMIN_TOKEN, TARGET, absolute, files, page, pending_links
 from dists import in_tree_backend_sdist, make_sdist
-from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
+from fake_upstream import FakeFile, FakeIndex
 from fakes import FakeClock, ProxyServer, free_port
 
 WHEELFARM: Final = Path(sys.executable).parent / "wheelfarm"
-TOKEN: Final = "t0ken"
+TOKEN: Final = ADMIN_TOKEN
 BUILT: Final = "tinypure-3.0-py2.py3-none-any.whl"
 
 NOTHING_TO_BUILD = "no sdist matches: no matching release lacks a wheel for the target"
@@ -38,17 +37,6 @@ class Ran:
     @property
     def output(self) -> str:
         return self.stdout + self.stderr
-
-
-@pytest.fixture
-def admin_proxy(
-    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, clock: FakeClock, tmp_path: Path
-) -> Iterator[ProxyServer]:
-    proxy = start_builder_proxy(
-        fake_upstream, clock, tmp_path / "cache", admin_enabled=True, admin_token=TOKEN
-    )
-    yield proxy
-    proxy.stop()
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

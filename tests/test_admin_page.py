@@ -17,12 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-from buildkit import absolute, page, pending_links, start_builder_proxy
-from fake_upstream import FakeIndex, FakeUpstreamServer
-from fakes import FakeClock, ProxyServer
+from buildkit import ADMIN_TOKEN, absolute, page, pending_links
+from fakes import ProxyServer
 
 CHROMIUM = Path("/usr/bin/chromium")
-TOKEN = "s3cret"
+TOKEN = ADMIN_TOKEN
 WIDTH, HEIGHT = 1280, 1024
 # The cards' numbers, each an element with data-stat="<path into /admin/api/summary>".
 STATS = [
@@ -36,23 +35,15 @@ COUNTS = [path for path in STATS if not path.endswith(("bytes", "ratio"))]
 
 
 @pytest.fixture
-def admin_proxy(
-    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, clock: FakeClock, tmp_path: Path
-) -> Iterator[ProxyServer]:
-    """A proxy with builders and the admin page, after one successful and one failed build."""
-    proxy = start_builder_proxy(
-        fake_upstream, clock, tmp_path / "cache", admin_enabled=True, admin_token=TOKEN
-    )
-    try:
-        for project, sdist, status in (("tinypure", "tinypure-3.0.tar.gz", 200), ("brokenpkg", None, 422)):
-            links = pending_links(page(proxy, project))
-            (link,) = [e for e in links if sdist is None or e["_wheelfarm"]["built-from"] == sdist]
-            response = httpx.get(absolute(proxy, project, link["url"]), timeout=120)
-            assert response.status_code == status, response.text
-        page(proxy, "tinypure")  # a cache hit, so the hit ratio is neither 0 nor 1
-        yield proxy
-    finally:
-        proxy.stop()
+def built_admin_proxy(admin_proxy: ProxyServer) -> ProxyServer:
+    """The admin proxy after one successful and one failed build."""
+    for project, sdist, status in (("tinypure", "tinypure-3.0.tar.gz", 200), ("brokenpkg", None, 422)):
+        links = pending_links(page(admin_proxy, project))
+        (link,) = [e for e in links if sdist is None or e["_wheelfarm"]["built-from"] == sdist]
+        response = httpx.get(absolute(admin_proxy, project, link["url"]), timeout=120)
+        assert response.status_code == status, response.text
+    page(admin_proxy, "tinypure")  # a cache hit, so the hit ratio is neither 0 nor 1
+    return admin_proxy
 
 
 def chromium(url: str, profile: Path, *mode: str) -> subprocess.CompletedProcess[bytes]:
@@ -158,7 +149,8 @@ def js_string(value: Any) -> str:
     return str(value)
 
 
-def test_admin_page_renders_the_api_in_chromium(admin_proxy: ProxyServer, tmp_path: Path) -> None:
+def test_admin_page_renders_the_api_in_chromium(built_admin_proxy: ProxyServer, tmp_path: Path) -> None:
+    admin_proxy = built_admin_proxy
     summary = httpx.get(f"{admin_proxy.url}/admin/api/summary").json()
     builds = httpx.get(f"{admin_proxy.url}/admin/api/builds").json()
     finished = {record["project"]: record for record in builds["finished"]}
@@ -289,7 +281,8 @@ def unfilter(raw: bytes, height: int, stride: int, bpp: int) -> list[bytes]:
     return rows
 
 
-def test_admin_page_screenshot_is_painted(admin_proxy: ProxyServer, tmp_path: Path) -> None:
+def test_admin_page_screenshot_is_painted(built_admin_proxy: ProxyServer, tmp_path: Path) -> None:
+    admin_proxy = built_admin_proxy
     shot = tmp_path / "admin.png"
     chromium(
         f"{admin_proxy.url}/admin/",
