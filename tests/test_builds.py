@@ -35,7 +35,7 @@ def test_pending_links_only_where_a_release_lacks_a_wheel(builder_proxy: ProxySe
     assert not any("pending" in str(e) for e in arm["files"])
     # pip's User-Agent names the same target.
     response = httpx.get(f"{builder_proxy.url}/simple/tinypure/?format=json", headers={"User-Agent": PIP_UA})
-    assert response.headers["Vary"] == "Accept, User-Agent"
+    assert response.headers["Vary"] == "Accept, User-Agent, Accept-Encoding"
     assert response.headers["X-Wheelfarm-Target"] == TARGET
     assert pending[0] in files(response.json())
 
