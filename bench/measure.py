@@ -44,12 +44,12 @@ def pip_user_agent() -> str:
 def wrk(url: str, connections: int, seconds: float, headers: dict[str, str], pid: int) -> dict[str, Any]:
     """One wrk run; with the CPU the server (process `pid` and its children) used, in % of one core."""
     cpu, started = cpu_seconds(pid), time.monotonic()
-    result = _wrk(url, connections, seconds, headers)
+    result = run_wrk(url, connections, seconds, headers)
     result["server_cpu_pct"] = 100 * (cpu_seconds(pid) - cpu) / (time.monotonic() - started)
     return result
 
 
-def _wrk(url: str, connections: int, seconds: float, headers: dict[str, str]) -> dict[str, Any]:
+def run_wrk(url: str, connections: int, seconds: float, headers: dict[str, str]) -> dict[str, Any]:
     command = [
         "wrk",
         "-t",

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,15 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer  # noqa: E402
+from launch import free_port  # noqa: E402
+from measure import run_wrk  # noqa: E402
 
 JSON = "application/vnd.pypi.simple.v1+json"
 PIP_ACCEPT = f"{JSON}, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_proxy(upstream: str, cache_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -65,34 +59,6 @@ def start_proxy(upstream: str, cache_dir: Path) -> tuple[subprocess.Popen[bytes]
         except httpx.HTTPError:
             time.sleep(0.1)
     raise RuntimeError("proxy did not start")
-
-
-def wrk(url: str, connections: int, seconds: int, accept: str) -> dict[str, float]:
-    output = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            str(min(connections, 2)),
-            "-c",
-            str(connections),
-            "-d",
-            f"{seconds}s",
-            "--latency",
-            "-H",
-            f"Accept: {accept}",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "p50_ms": _latency(output, "50%"), "p99_ms": _latency(output, "99%")}
-
-
-def _latency(output: str, percentile: str) -> float:
-    value, unit = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -126,7 +92,7 @@ def warm_pages(seconds: int) -> None:
             print("|---|---:|---:|---:|---:|")
             for name, accept in (("JSON", PIP_ACCEPT), ("HTML", "text/html")):
                 for connections in (1, 16, 128):
-                    result = wrk(page, connections, seconds, accept)
+                    result = run_wrk(page, connections, seconds, {"Accept": accept})
                     print(
                         f"| {name} | {connections} | {result['rps']:.0f} | {result['p50_ms']:.2f} "
                         f"| {result['p99_ms']:.2f} |"

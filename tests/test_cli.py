@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -19,18 +18,11 @@ import httpx
 import pytest
 from clients import TOOLS_BIN, Client, install
 from fake_upstream import FakeIndex, FakeUpstreamServer
+from fakes import free_port
 
 WHEELFARM: Final = TOOLS_BIN / "wheelfarm"
 REQUEST_LOG_KEYS: Final = {"method", "path", "status", "bytes", "duration_ms", "cache", "request_id"}
 START_TIMEOUT: Final = 30.0
-
-
-def free_port() -> int:
-    # Another process may take it before the server binds it; rare enough on 127.0.0.1 for a test.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def server_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
