@@ -1,4 +1,4 @@
-"""Shared fixtures: real dists of the tiny test projects, and a fake upstream index serving them."""
+"""Shared fixtures: real dists of the tiny test projects, a fake upstream index serving them, proxies."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from buildkit import ADMIN_TOKEN, WHEELHOUSE, start_builder_proxy
 from dists import PROJECTS_DIR, BuiltDists, build_project, build_sdist, in_tree_backend_sdist, wheel_metadata
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer, proxy_settings
+from hostile import Farm, running_farm
 
 # (project, version, requires-python) of every release the session builds.
 RELEASES: list[tuple[str, str, str | None]] = [
@@ -117,3 +118,12 @@ def admin_proxy(
     )
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    """The proxy of the test_hostile_* modules (tests/hostile.py), started once for all three: each test
+    publishes sdists under names of its own and leaves its build's work folder removed, so none needs a
+    fresh one."""
+    with running_farm(tmp_path_factory.mktemp("hostile")) as started:
+        yield started
