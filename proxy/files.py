@@ -110,6 +110,10 @@ class FileStore:
         if key in self.index:
             self.index.touched(key)
             return path
+        if key in self._downloads:
+            # Not there yet (the index learns of a file when its download ends): no disk check, which would
+            # cost every client joining a download a thread hop just when they all arrive at once.
+            return None
         return path if await asyncio.to_thread(path.is_file) else None
 
     async def evict(self, keys: list[str]) -> int:

@@ -9,7 +9,6 @@ whole one.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -32,6 +31,7 @@ from proxy.web_pages import project_name
 log = structlog.get_logger(__name__)
 
 CHUNK = 1 << 18
+SENDFILE_SLICE = 1 << 20
 IMMUTABLE = "max-age=31536000, immutable"  # RFC 8246: content-addressed files never change
 
 
@@ -56,7 +56,7 @@ async def file(request: web.Request) -> web.StreamResponse:
             return _cached_response(services.files, key, cached, "application/octet-stream")
         dist = await _listed_file(services.pages, project, key, filename)
         source = FileSource(key, dist.url, dist.sha256, dist.size)
-        content_type = "application/octet-stream"
+        return await _serve_missing(request, services.files, source, "application/octet-stream")
     return await serve(request, services.files, source, content_type)
 
 
@@ -67,6 +67,13 @@ async def serve(
     if cached is not None:
         request[CACHE_OUTCOME] = "hit"
         return _cached_response(store, source.key, cached, content_type)
+    return await _serve_missing(request, store, source, content_type)
+
+
+async def _serve_missing(
+    request: web.Request, store: FileStore, source: FileSource, content_type: str
+) -> web.StreamResponse:
+    """Join (or start) the download of a file found missing, and stream it as it arrives."""
     request[CACHE_OUTCOME] = "miss"
     download = store.download(source)
     # No headers before the first byte: a download that fails at once becomes a clear error answer.
@@ -79,8 +86,15 @@ async def serve(
         return await _stream(request, download, content_type)
 
 
+class GrowingFileResponse(web.StreamResponse):
+    """A response whose body is sent with sendfile from a file still being written; counts what it sent
+    (sendfile bypasses the payload writer's own count)."""
+
+    bytes_sent = 0
+
+
 async def _stream(request: web.Request, download: Download, content_type: str) -> web.StreamResponse:
-    response = web.StreamResponse(
+    response = GrowingFileResponse(
         headers={"Content-Type": content_type, "Cache-Control": IMMUTABLE, "X-Wheelfarm-Cache": "miss"}
     )
     if download.length is not None:
@@ -90,37 +104,39 @@ async def _stream(request: web.Request, download: Download, content_type: str) -
     await response.prepare(request)
     if request.method == "HEAD":
         return response
-    path = download.temp_path
     try:
-        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        # Opened in the loop, as FileStore.download creates it: a local open(2) takes microseconds, and a
+        # thread hop per client would queue fifty clients behind the downloader's writes at the first byte.
+        reader = download.temp_path.open("rb")
     except FileNotFoundError:  # finished (renamed) or failed between our checks
         await download.wait_done()
         if download.state is not DownloadState.DONE:
             return _abort(request, response, download)
-        fd = await asyncio.to_thread(os.open, download.final_path, os.O_RDONLY)
-    sent = 0
-    try:
+        reader = download.final_path.open("rb")
+    loop = asyncio.get_running_loop()
+    with reader:
         while True:
             state = download.state
             if state is DownloadState.FAILED:
                 return _abort(request, response, download)
             # Until the hash is checked, keep the last byte back: the body cannot look complete before then.
             limit = download.written if state is DownloadState.DONE else download.written - 1
+            sent = response.bytes_sent
             if sent < limit:
-                chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, limit - sent), sent)
-                if not chunk:
-                    return _abort(request, response, download)
+                # sendfile: zero-copy from the page cache, no thread hop. A lagging client catches up in
+                # slices, so one client's backlog never holds the loop while others wait for a first byte.
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    return response  # the client hung up; the shared download goes on for the others
                 try:
-                    await response.write(chunk)
-                except ConnectionError:  # the client hung up; the shared download goes on for the others
+                    count = min(limit - sent, SENDFILE_SLICE)
+                    response.bytes_sent += await loop.sendfile(transport, reader, sent, count)
+                except ConnectionError:
                     return response
-                sent += len(chunk)
             elif state is DownloadState.DONE:
                 break
             else:
                 await download.wait_for_more(sent + 1)
-    finally:
-        os.close(fd)
     await response.write_eof()
     return response
 
