@@ -1,7 +1,8 @@
 """Start and stop the servers under test, all on 127.0.0.1, each in its own process group.
 
-wheelfarm, proxpi (gunicorn, 8 threads), devpi-server (a mirror index pointed at the fake upstream) and
-nginx (static files: the physical limit). `ProcessTree` samples a server's resident memory.
+wheelfarm, proxpi (gunicorn, 8 threads), devpi-server (a mirror index pointed at the fake upstream),
+nginx (static files: the physical limit) and, for pages only, a bare aiohttp server (the framework's
+floor). `ProcessTree` samples a server's resident memory.
 """
 
 from __future__ import annotations
@@ -244,6 +245,35 @@ def start_nginx(root: Path, work: Path) -> Server:
         "nginx", process, origin, f"{origin}/simple/", work / "error.log", lambda p: f"{origin}/pages/{p}"
     )
     server.notes.append("nginx static files, sendfile on, worker_processes auto, access_log off")
+    _checked_start(server, f"{origin}/")
+    return server
+
+
+def start_bare_aiohttp(pages: Path, work: Path) -> Server:
+    """bench/bare_aiohttp.py: the same page bytes from memory through aiohttp with no other work."""
+    port = free_port()
+    command = [
+        str(MAIN_BIN / "python"),
+        str(BENCH / "bare_aiohttp.py"),
+        "--port",
+        str(port),
+        "--pages",
+        str(pages),
+    ]
+    process = _spawn(command, work / "bare-aiohttp.log")
+    origin = f"http://127.0.0.1:{port}"
+    server = Server(
+        "bare aiohttp",
+        process,
+        origin,
+        f"{origin}/simple/",
+        work / "bare-aiohttp.log",
+        lambda p: f"{origin}/pages/{p}",
+    )
+    server.notes.append(
+        "bare aiohttp: wheelfarm's page bytes from memory, one handler, no middleware or access log "
+        "(the floor of any aiohttp server here)"
+    )
     _checked_start(server, f"{origin}/")
     return server
 

@@ -6,7 +6,6 @@ run.py stores in results.json and report.py turns into tables and charts.
 
 from __future__ import annotations
 
-import http.client
 import math
 import os
 import re
@@ -19,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urljoin, urlsplit
 
+import coldclients
 import httpx
 from launch import MAIN_BIN, ProcessTree, Server, cpu_seconds
 
@@ -178,57 +177,22 @@ class TimedGet:
     error: str = ""
 
 
-def timed_get(url: str, timeout: float = 300.0) -> TimedGet:
-    """GET `url` (following redirects) with http.client, reading the body as it arrives."""
-    requested = time.monotonic()
-    redirects = 0
-    try:
-        while True:
-            parts = urlsplit(url)
-            connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-            try:
-                connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
-                response = connection.getresponse()
-                location = response.getheader("Location")
-                if response.status in (301, 302, 303, 307, 308) and location and redirects < 5:
-                    response.read()
-                    url, redirects = urljoin(url, location), redirects + 1
-                    continue
-                first, size = float("nan"), 0
-                while chunk := response.read1(1 << 20):
-                    if size == 0:
-                        first = time.monotonic()
-                    size += len(chunk)
-                return TimedGet(response.status, size, requested, first, time.monotonic(), redirects)
-            finally:
-                connection.close()
-    except (OSError, http.client.HTTPException) as exc:
-        now = time.monotonic()
-        return TimedGet(0, 0, requested, float("nan"), now, redirects, f"{type(exc).__name__}: {exc}")
-
-
 def cold_download(
     server: Server, url: str, size: int, clients: int, upstream: str, filename: str
 ) -> dict[str, Any]:
-    """`clients` GETs started at once (one thread each) for one file the proxy has never fetched."""
+    """`clients` GETs started at once (one asyncio process, bench/coldclients.py) for one file the proxy
+    has never fetched."""
     httpx.post(f"{upstream}/_bench/reset").raise_for_status()
-    transfers: list[TimedGet | None] = [None] * clients
-    gate = threading.Barrier(clients)
-
-    def one(i: int) -> None:
-        gate.wait()
-        transfers[i] = timed_get(url)
-
     memory = ProcessTree(server.pid)
     with memory.sampling():
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        answers = coldclients.many(url, clients)
+    transfers = [
+        TimedGet(a.status, a.size, requested, a.first_byte, a.last_byte, redirects, a.error)
+        for a, requested, redirects in answers
+    ]
     stats = httpx.get(f"{upstream}/_bench/stats").json()
     downloads = stats["downloads"].get(filename, [])
-    done = [t for t in transfers if t is not None]
+    done = transfers
     first_request = min(t.requested for t in done)
     upstream_first = min(start for start, _ in downloads) if downloads else float("nan")
     upstream_last = max(end for _, end in downloads) if downloads else float("nan")

@@ -20,12 +20,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-SERVERS = ("wheelfarm", "proxpi", "devpi", "nginx")
+SERVERS = ("wheelfarm", "proxpi", "devpi", "nginx", "bare aiohttp")
 COLOURS = {
     "wheelfarm": "#2a7fbf",
     "proxpi": "#e08a2c",
     "devpi": "#5a9e4b",
     "nginx": "#888888",
+    "bare aiohttp": "#b9b9d6",
     "local wheels": "#888888",
 }
 DPI = 72
@@ -174,9 +175,11 @@ def _pages(results: dict[str, Any], out: Path) -> list[str]:
         "",
         "Body: the bytes each server sends for that format (wheelfarm's page carries PEP 700 sizes and "
         "upload times, both metadata keys and provenance; proxpi's and devpi's are smaller). nginx serves "
-        "wheelfarm's exact bytes from disk. Errors: non-2xx answers, socket errors, and upstream page "
-        "fetches during the run (0 = really warm). Server CPU: user + system time of the server's processes "
-        "during the run, in % of one core (the machine has two, shared with wrk).",
+        "wheelfarm's exact bytes from disk; bare aiohttp (bench/bare_aiohttp.py) sends them from memory "
+        "with one handler and nothing else, the best any aiohttp server can do here. Errors: non-2xx "
+        "answers, socket errors, and upstream page fetches during the run (0 = really warm). Server CPU: "
+        "user + system time of the server's processes during the run, in % of one core (the machine has "
+        "two, shared with wrk).",
         "",
         "![requests per second](pages_rps.png)",
         "",
@@ -534,6 +537,13 @@ def _targets(results: dict[str, Any]) -> list[str]:
             "wrk's 128 connections are a closed loop, so mean latency ≈ 128 ÷ req/s (Little's law): a "
             "p99 under 20 ms needs well over 6,400 req/s, and nginx itself shows a p99 of "
             f"{nginx['p99_ms']:.1f} ms at {nginx['rps']:,.0f} req/s here.",
+        ]
+    bare = _cell(pages, "bare aiohttp", "JSON", 128)
+    if bare:
+        lines += [
+            "A bare aiohttp server sending the same JSON bytes from memory, with no work of its own, shows "
+            f"a p99 of {bare['p99_ms']:.1f} ms at {bare['rps']:,.0f} req/s: the floor of the framework "
+            "wheelfarm is built on, on this machine.",
         ]
     return [*lines, ""]
 

@@ -5,8 +5,10 @@
 Generates the data (bench/dataset.py), serves it from a fake upstream process (bench/upstream.py), starts
 every server with an empty cache, warms them from the same upstream, measures (bench/measure.py) and writes
 bench/results/results.json, results.md and PNG charts (bench/report.py). A server that cannot be set up is
-reported as such; nothing is estimated. --profile also records py-spy profiles of wheelfarm under page and
-file load (after the measurements, so they do not disturb them). Scratch space: bench/.work/.
+reported as such; nothing is estimated. Pages are also measured on a bare aiohttp server
+(bench/bare_aiohttp.py) that sends the same bytes with no other work: the floor of the framework wheelfarm
+is built on. --profile also records py-spy profiles of wheelfarm under page and file load (after the
+measurements, so they do not disturb them). Scratch space: bench/.work/.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from launch import ADMIN_TOKEN, BENCH, MAIN_BIN, Server
 
 SECTIONS = ("pages", "files", "cold", "e2e", "sdist")
 PROXIES = ("wheelfarm", "proxpi", "devpi")
+BARE = "bare aiohttp"  # pages only: the same bytes through aiohttp with no work (the framework's floor)
 
 
 def log(message: str) -> None:
@@ -104,6 +107,12 @@ class Bench:
             self.start(
                 stack, "nginx", lambda: launch.start_nginx(self.work / "nginx-root", self.work / "nginx")
             )
+            if "pages" in self.sections:
+                self.start(
+                    stack,
+                    BARE,
+                    lambda: launch.start_bare_aiohttp(self.work / "nginx-root" / "pages", self.work / "bare"),
+                )
             if "nginx" in self.servers:
                 self.urls["nginx"] = {
                     k: f"{self.servers['nginx'].origin}/files/{v}"
@@ -245,12 +254,12 @@ class Bench:
         the machine then spreads over all servers alike; each cell reports the median of its rounds."""
         runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
         for round_ in range(self.rounds):
-            for name in (*PROXIES, "nginx"):
+            for name in (*PROXIES, "nginx", BARE):
                 server = self.servers.get(name)
                 if server is None:
                     continue
                 for fmt, accept in measure.FORMATS.items():
-                    page = BIG_PROJECT if name != "nginx" else f"{BIG_PROJECT}.{fmt.lower()}"
+                    page = BIG_PROJECT if name in PROXIES else f"{BIG_PROJECT}.{fmt.lower()}"
                     for connections in (1, 16, 128):
                         before = self.upstream_pages()
                         result = measure.wrk(
