@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NewType
 
@@ -22,6 +23,7 @@ class InvalidProjectName(ValueError):
         self.name = name
 
 
+@functools.lru_cache(maxsize=4096)  # every request normalises its project name; few names are hot
 def normalize(name: str) -> NormalizedName:
     """PEP 503: lower case, runs of -_. become one '-'. Raises InvalidProjectName for impossible names."""
     if len(name) > MAX_NAME_LENGTH or not _VALID_NAME.match(name):

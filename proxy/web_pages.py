@@ -33,7 +33,10 @@ def page_target(request: web.Request) -> tuple[Target | None, str]:
 
 
 def negotiated_format(request: web.Request) -> PageFormat:
-    fmt = choose_format(request.headers.get("Accept"), request.query.get("format"))
+    # request.query parses the query string into a new MultiDict: most requests have none.
+    fmt = choose_format(
+        request.headers.get("Accept"), request.query.get("format") if request.query_string else None
+    )
     if fmt is None:
         raise NotAcceptable(
             "none of the formats in the Accept header (or ?format=) is served here; "
@@ -54,10 +57,9 @@ async def root_page(request: web.Request) -> web.StreamResponse:
     fmt = negotiated_format(request)
     result = await services.root.current()
     request[CACHE_OUTCOME] = result.outcome.value
-    response = web.FileResponse(result.path_for(fmt), chunk_size=1 << 18)
-    response.content_type = fmt.content_type
-    _cache_headers(response, result.outcome, result.stale_reason, services.settings.cache_root_ttl, "Accept")
-    return response
+    headers = _cache_headers(result.outcome, result.stale_reason, services.settings.cache_root_ttl, "Accept")
+    headers["Content-Type"] = fmt.content_type
+    return web.FileResponse(result.path_for(fmt), chunk_size=1 << 18, headers=headers)
 
 
 async def project_page(request: web.Request) -> web.StreamResponse:
@@ -76,41 +78,40 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     rendered = services.rendered.get(result, fmt, target, services.builder)
     compressed = _accepts_gzip(request)
     etag = rendered.gzip_etag if compressed else rendered.etag
-    if etag in _if_none_match(request):
-        response = web.Response(status=304)
-    else:
-        body = rendered.gzipped if compressed else rendered.body
-        response = web.Response(body=body, content_type=fmt.content_type.split(";")[0])
-        if compressed:
-            response.headers["Content-Encoding"] = "gzip"
-        if fmt.content_type.startswith("text/html"):
-            response.charset = "utf-8"
-    response.headers["ETag"] = etag
-    if result.page.last_serial is not None:
-        response.headers["X-PyPI-Last-Serial"] = str(result.page.last_serial)
-    _cache_headers(
-        response,
-        result.outcome,
-        result.stale_reason,
-        services.settings.cache_page_ttl,
-        vary + ", Accept-Encoding",
+    # One header dict, handed to the response whole: a warm page costs ~150 microseconds, and setting
+    # headers one by one through the response's properties was a tenth of that.
+    headers = _cache_headers(
+        result.outcome, result.stale_reason, services.settings.cache_page_ttl, vary + ", Accept-Encoding"
     )
+    headers["ETag"] = etag
+    if result.page.last_serial is not None:
+        headers["X-PyPI-Last-Serial"] = str(result.page.last_serial)
     if target is not None:
-        response.headers["X-Wheelfarm-Target"] = target.id
-    return response
+        headers["X-Wheelfarm-Target"] = target.id
+    if etag in _if_none_match(request):
+        return web.Response(status=304, headers=headers)
+    headers["Content-Type"] = _CONTENT_TYPES[fmt]
+    if compressed:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=rendered.gzipped if compressed else rendered.body, headers=headers)
 
 
-def _cache_headers(
-    response: web.StreamResponse, outcome: CacheOutcome, stale_reason: str | None, ttl: float, vary: str
-) -> None:
-    response.headers["Vary"] = vary
-    response.headers["X-Wheelfarm-Cache"] = outcome.value
+# Legacy HTML names its charset (PEP 503 pages are UTF-8); the PEP 691 types define their own encoding.
+_CONTENT_TYPES = {fmt: fmt.content_type for fmt in PageFormat} | {
+    PageFormat.LEGACY_HTML: "text/html; charset=utf-8"
+}
+
+
+def _cache_headers(outcome: CacheOutcome, stale_reason: str | None, ttl: float, vary: str) -> dict[str, str]:
     if outcome is CacheOutcome.STALE:
         # Serving stale-if-error (RFC 5861): say so, and do not let downstream caches keep it.
-        response.headers["X-Wheelfarm-Stale-Reason"] = (stale_reason or "upstream unavailable")[:300]
-        response.headers["Cache-Control"] = "max-age=0, must-revalidate"
-    else:
-        response.headers["Cache-Control"] = f"max-age={int(ttl)}, public"
+        return {
+            "Vary": vary,
+            "X-Wheelfarm-Cache": outcome.value,
+            "X-Wheelfarm-Stale-Reason": (stale_reason or "upstream unavailable")[:300],
+            "Cache-Control": "max-age=0, must-revalidate",
+        }
+    return {"Vary": vary, "X-Wheelfarm-Cache": outcome.value, "Cache-Control": f"max-age={int(ttl)}, public"}
 
 
 def _accepts_gzip(request: web.Request) -> bool:
