@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/bare_aiohttp.py --port P --pages DIR
 
-Serves each file of DIR at ``/pages/<name>`` with the same aiohttp as wheelfarm, one ``web.Response`` per
-request: no middleware, no access log, no negotiation, no cache lookup. What this process reaches is what an
-aiohttp server can reach at best here, so wheelfarm's distance to it is its own per-request work, and its
-distance to nginx is the framework's.
+Serves each file of DIR at ``/pages/<name>`` (its ``<name>.gz`` twin to clients that accept gzip) with the
+same aiohttp as wheelfarm, one ``web.Response`` per request: no middleware, no access log, no negotiation,
+no cache lookup. What this process reaches is what an aiohttp server can reach at best here, so
+wheelfarm's distance to it is its own per-request work, and its distance to nginx is the framework's.
 """
 
 from __future__ import annotations
@@ -19,17 +19,19 @@ CONTENT_TYPES = {".json": "application/vnd.pypi.simple.v1+json", ".html": "text/
 
 
 def create_app(pages: Path) -> web.Application:
-    bodies = {
-        p.name: (p.read_bytes(), CONTENT_TYPES.get(p.suffix, "application/octet-stream"))
-        for p in pages.iterdir()
-    }
+    bodies = {p.name: p.read_bytes() for p in pages.iterdir()}
 
     async def page(request: web.Request) -> web.Response:
-        found = bodies.get(request.match_info["name"])
-        if found is None:
+        name = request.match_info["name"]
+        gzipped = bodies.get(name + ".gz") if "gzip" in request.headers.get("Accept-Encoding", "") else None
+        body = gzipped if gzipped is not None else bodies.get(name)
+        if body is None:
             raise web.HTTPNotFound()
-        body, content_type = found
-        return web.Response(body=body, content_type=content_type)
+        content_type = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
+        response = web.Response(body=body, content_type=content_type)
+        if gzipped is not None:
+            response.headers["Content-Encoding"] = "gzip"  # the twin as stored, like nginx's gzip_static
+        return response
 
     async def index(request: web.Request) -> web.Response:
         return web.Response(text="\n".join(sorted(bodies)) + "\n")

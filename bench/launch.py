@@ -215,6 +215,7 @@ http {{
     default_type application/octet-stream;
     access_log off;
     sendfile on;
+    gzip_static on;
     tcp_nopush on;
     keepalive_requests 1000000;
     client_body_temp_path {work}/tmp;
@@ -244,7 +245,10 @@ def start_nginx(root: Path, work: Path) -> Server:
     server = Server(
         "nginx", process, origin, f"{origin}/simple/", work / "error.log", lambda p: f"{origin}/pages/{p}"
     )
-    server.notes.append("nginx static files, sendfile on, worker_processes auto, access_log off")
+    server.notes.append(
+        "nginx static files, sendfile on, gzip_static on (wheelfarm's gzip bytes), worker_processes auto, "
+        "access_log off"
+    )
     _checked_start(server, f"{origin}/")
     return server
 

@@ -26,6 +26,13 @@ from launch import MAIN_BIN, ProcessTree, Server, cpu_seconds
 JSON_V1: Final = "application/vnd.pypi.simple.v1+json"
 PIP_ACCEPT: Final = f"{JSON_V1}, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
 FORMATS: Final = {"JSON": PIP_ACCEPT, "HTML": "text/html"}
+# The page requests measured: pip's Accept, a browser-style HTML Accept, and pip's Accept with the
+# Accept-Encoding pip and uv really send (their HTTP stacks ask for gzip on every request).
+PAGE_REQUESTS: Final = {
+    "JSON": {"Accept": PIP_ACCEPT},
+    "HTML": {"Accept": "text/html"},
+    "JSON gzip": {"Accept": PIP_ACCEPT, "Accept-Encoding": "gzip"},
+}
 UNITS: Final = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 

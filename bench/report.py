@@ -162,6 +162,8 @@ def _pages(results: dict[str, Any], out: Path) -> list[str]:
         ours = _cell(rows, "wheelfarm", row["format"], row["connections"])
         info = served.get(row["server"], {}).get(row["format"], {})
         body = f"{info['bytes'] / 1000:.0f} kB" if info else "same as wheelfarm"
+        if info and row["format"] == "JSON gzip" and info.get("encoding") != "gzip":
+            body += " (not compressed)"
         errors = row["non_2xx"] + row["socket_errors"] + row.get("upstream_page_fetches", 0)
         lines.append(
             f"| {row['server']} | {row['format']} | {body} | {row['connections']} | {_fmt(row['rps'])} "
@@ -176,7 +178,9 @@ def _pages(results: dict[str, Any], out: Path) -> list[str]:
         "Body: the bytes each server sends for that format (wheelfarm's page carries PEP 700 sizes and "
         "upload times, both metadata keys and provenance; proxpi's and devpi's are smaller). nginx serves "
         "wheelfarm's exact bytes from disk; bare aiohttp (bench/bare_aiohttp.py) sends them from memory "
-        "with one handler and nothing else, the best any aiohttp server can do here. Errors: non-2xx "
+        "with one handler and nothing else, the best any aiohttp server can do here. JSON gzip: the JSON "
+        "request with the `Accept-Encoding: gzip` that pip and uv really send (the other rows send none); "
+        "nginx (gzip_static) and bare aiohttp send wheelfarm's stored gzip bytes. Errors: non-2xx "
         "answers, socket errors, and upstream page fetches during the run (0 = really warm). Server CPU: "
         "user + system time of the server's processes during the run, in % of one core (the machine has "
         "two, shared with wrk).",
@@ -192,9 +196,9 @@ def _pages(results: dict[str, Any], out: Path) -> list[str]:
 
 
 def _bar_chart(path: Path, rows: list[dict[str, Any]], key: str, ylabel: str, log: bool) -> None:
-    groups = [(fmt, c) for fmt in ("JSON", "HTML") for c in (1, 16, 128)]
+    groups = [(fmt, c) for fmt in ("JSON", "HTML", "JSON gzip") for c in (1, 16, 128)]
     servers = [s for s in SERVERS if any(r["server"] == s for r in rows)]
-    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(10, 3.2), dpi=DPI)
     width = 0.8 / max(len(servers), 1)
     for i, server in enumerate(servers):
         values = [(_cell(rows, server, fmt, c) or {}).get(key, 0) for fmt, c in groups]
@@ -202,7 +206,7 @@ def _bar_chart(path: Path, rows: list[dict[str, Any]], key: str, ylabel: str, lo
             [g + i * width for g in range(len(groups))], values, width, label=server, color=COLOURS[server]
         )
     ax.set_xticks([g + width * (len(servers) - 1) / 2 for g in range(len(groups))])
-    ax.set_xticklabels([f"{fmt} c={c}" for fmt, c in groups])
+    ax.set_xticklabels([f"{fmt} c={c}" for fmt, c in groups], fontsize=8)
     if log:
         ax.set_yscale("log")
     ax.set_ylabel(ylabel)

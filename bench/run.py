@@ -204,6 +204,7 @@ class Bench:
                             key: find_link(str(response.url), response.text, filename)
                             for key, filename in (("big", self.manifest.big), ("cold", self.manifest.cold))
                         }
+                info["JSON gzip"] = self.compressed_page(server, name == "wheelfarm")
                 page_info[name] = info
                 log(f"  warm {name}: 200 MB wheel")
                 transfer = measure.curl(self.urls[name]["big"])
@@ -215,11 +216,24 @@ class Bench:
                 self.servers.pop(name).stop()
         self.results["pages_served"] = page_info
 
+    def compressed_page(self, server: Server, keep: bool) -> dict[str, Any]:
+        """The JSON page as pip asks for it (Accept-Encoding: gzip): its size on the wire and encoding."""
+        headers = {**self.headers(measure.PIP_ACCEPT), "Accept-Encoding": "gzip"}
+        url = server.page_url(BIG_PROJECT)
+        with httpx.stream("GET", url, headers=headers, timeout=300, follow_redirects=True) as response:
+            response.raise_for_status()
+            raw = b"".join(response.iter_raw())
+        encoding = response.headers.get("content-encoding", "")
+        if keep and encoding == "gzip":
+            (self.work / "page.json.gz").write_bytes(raw)
+        content_type = response.headers.get("content-type", "")
+        return {"content_type": content_type, "bytes": len(raw), "encoding": encoding}
+
     def nginx_root(self) -> None:
         """The tree nginx serves: wheelfarm's page bytes, the data files, and a static PEP 503 index."""
         root = self.work / "nginx-root"
         (root / "pages").mkdir(parents=True)
-        for fmt in ("json", "html"):
+        for fmt in ("json", "html", "json.gz"):  # nginx's gzip_static and bare aiohttp send the .gz twin
             page = self.work / f"page.{fmt}"
             if page.exists():
                 shutil.copyfile(page, root / "pages" / f"{BIG_PROJECT}.{fmt}")
@@ -258,15 +272,16 @@ class Bench:
                 server = self.servers.get(name)
                 if server is None:
                     continue
-                for fmt, accept in measure.FORMATS.items():
-                    page = BIG_PROJECT if name in PROXIES else f"{BIG_PROJECT}.{fmt.lower()}"
+                for fmt, request_headers in measure.PAGE_REQUESTS.items():
+                    static_name = f"{BIG_PROJECT}.{'html' if fmt == 'HTML' else 'json'}"
+                    page = BIG_PROJECT if name in PROXIES else static_name
                     for connections in (1, 16, 128):
                         before = self.upstream_pages()
                         result = measure.wrk(
                             server.page_url(page),
                             connections,
                             self.wrk_seconds,
-                            self.headers(accept),
+                            {"User-Agent": self.user_agent, **request_headers},
                             server.pid,
                         )
                         result["upstream_page_fetches"] = self.upstream_pages() - before
