@@ -275,7 +275,7 @@ def start_bare_aiohttp(pages: Path, work: Path) -> Server:
         lambda p: f"{origin}/pages/{p}",
     )
     server.notes.append(
-        "bare aiohttp: wheelfarm's page bytes from memory, one handler, no middleware or access log "
+        "wheelfarm's page bytes from memory, one handler, no middleware or access log "
         "(the floor of any aiohttp server here)"
     )
     _checked_start(server, f"{origin}/")

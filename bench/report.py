@@ -101,8 +101,9 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"Data: a project page of {d['page_files']} files (sdists and wheels of 100 KB to 1 MB, plus a "
         f"{d['big_MB']:.0f} MB and a {d['cold_MB']:.0f} MB wheel), {d['e2e_packages']} small real "
         "pure-Python projects in dependency chains, and four sdist-only projects (two with a C extension). "
-        "Requests carry pip's real `Accept` (JSON) or `Accept: text/html` (HTML), pip's real User-Agent, "
-        "no Accept-Encoding. "
+        "Page requests carry pip's real User-Agent and pip's real `Accept` (JSON) or `Accept: text/html` "
+        "(HTML), without Accept-Encoding, plus a third kind (JSON gzip) with the `Accept-Encoding: gzip` pip "
+        "and uv send. "
         f"Pages and warm files are measured in {d.get('rounds', 1)} interleaved rounds (every server, then "
         "again) "
         "and each cell shows the median of its rounds, so background load hits every server alike; wrk runs "
@@ -288,8 +289,10 @@ def _cold(results: dict[str, Any], out: Path) -> list[str]:
         "",
         f"Upstream paced to about {d['upstream_MBps_cold']:g} MB/s per download. Times in seconds from the "
         "first client's request; 'after upstream' is each client's first byte minus the moment upstream "
-        "started sending (its worst client shown). Clients are threads of http.client released together; "
-        "times are CLOCK_MONOTONIC, which the clients and the fake upstream process share.",
+        "started sending (its worst client shown). The clients are connections of one asyncio process "
+        "(bench/coldclients.py) started together, each reading into its own buffer: threads of one Python "
+        "process would wait for each other's GIL and time themselves. Times are CLOCK_MONOTONIC, which the "
+        "clients and the fake upstream process share.",
         "",
         "| server | upstream downloads | clients OK | clients redirected | upstream first → last byte "
         "| client first byte min / p50 / max "
@@ -461,7 +464,7 @@ def _sdist(results: dict[str, Any], out: Path) -> list[str]:
 def _targets(results: dict[str, Any]) -> list[str]:
     checks: list[tuple[str, str, bool | None]] = []
     pages = results.get("pages") or []
-    for fmt in ("JSON", "HTML"):
+    for fmt in ("JSON", "HTML", "JSON gzip"):
         ours = _cell(pages, "wheelfarm", fmt, 128)
         if ours is None:
             continue

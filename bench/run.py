@@ -57,7 +57,7 @@ class Bench:
         self.rounds = 1 if self.quick else 3  # pages and files: interleaved rounds, median reported
         self.wrk_seconds = 2.0 if self.quick else 4.0
         self.file_seconds = 1.0 if self.quick else 3.0
-        self.repeats = 1 if self.quick else 3
+        self.repeats = 1 if self.quick else 5  # installs: runs per (source, client), median reported
         self.cold_clients = 50
         self.upstream_mbps = 20.0 if self.quick else 100.0
         self.work = BENCH / ".work" / "run"
@@ -362,7 +362,7 @@ class Bench:
     def section_e2e(self) -> None:
         requirements = self.manifest.e2e_requirements
         sources: dict[str, list[str]] = {
-            name: ["--index-url", s.simple_url] for name, s in self.servers.items()
+            name: ["--index-url", s.simple_url] for name, s in self.servers.items() if name != BARE
         }
         sources["local wheels"] = ["--no-index", "--find-links", str(self.work / "wheels")]
         runs: list[dict[str, Any]] = []
