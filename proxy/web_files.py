@@ -129,10 +129,12 @@ async def _stream(request: web.Request, download: Download, content_type: str) -
                 if transport is None or transport.is_closing():
                     return response  # the client hung up; the shared download goes on for the others
                 try:
-                    count = min(limit - sent, SENDFILE_SLICE)
-                    response.bytes_sent += await loop.sendfile(transport, reader, sent, count)
+                    count = await loop.sendfile(transport, reader, sent, min(limit - sent, SENDFILE_SLICE))
                 except ConnectionError:
                     return response
+                if not count:  # the file ends before what was counted as written: never a short success
+                    return _abort(request, response, download)
+                response.bytes_sent += count
             elif state is DownloadState.DONE:
                 break
             else:
