@@ -68,7 +68,8 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def warm_pages(seconds: int) -> None:
+def big_project_index() -> FakeIndex:
+    """A fake index with one project of 300 releases, an sdist and a wheel each (600 files)."""
     index = FakeIndex()
     for i in range(300):
         version = f"1.{i}"
@@ -81,7 +82,11 @@ def warm_pages(seconds: int) -> None:
                 f"bigproject-{version}-py3-none-any.whl", os.urandom(64), metadata=b"Metadata-Version: 2.1\n"
             ),
         )
-    with FakeUpstreamServer(index) as upstream, tempfile.TemporaryDirectory() as cache:
+    return index
+
+
+def warm_pages(seconds: int) -> None:
+    with FakeUpstreamServer(big_project_index()) as upstream, tempfile.TemporaryDirectory() as cache:
         process, url = start_proxy(upstream.simple_url, Path(cache))
         try:
             page = url + "/simple/bigproject/"
