@@ -71,13 +71,16 @@ class _Reader(asyncio.BufferedProtocol):
                 self.length = int(value.strip())
             elif name.strip().lower() == "location":
                 self.answer.location = value.strip()
+            elif name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
+                # Not decoded here: the size would count the framing. Say so instead of a silent mismatch.
+                self.answer.error = "chunked answer: this client times Content-Length bodies only"
 
     def _finish(self) -> None:
         if not self.done.done():
             self.done.set_result(self.answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.length is None or self.answer.size < self.length:
+        if not self.answer.error and (self.length is None or self.answer.size < self.length):
             reason = f": {exc}" if exc else ""
             self.answer.error = f"connection closed after {self.answer.size} bytes{reason}"
         self._finish()
