@@ -28,10 +28,8 @@ PIP_ACCEPT: Final = f"{JSON_V1}, application/vnd.pypi.simple.v1+html; q=0.1, tex
 FORMATS: Final = {"JSON": PIP_ACCEPT, "HTML": "text/html"}
 # The page requests measured: pip's Accept, a browser-style HTML Accept, and pip's Accept with the
 # Accept-Encoding pip and uv really send (their HTTP stacks ask for gzip on every request).
-PAGE_REQUESTS: Final = {
-    "JSON": {"Accept": PIP_ACCEPT},
-    "HTML": {"Accept": "text/html"},
-    "JSON gzip": {"Accept": PIP_ACCEPT, "Accept-Encoding": "gzip"},
+PAGE_REQUESTS: Final = {fmt: {"Accept": accept} for fmt, accept in FORMATS.items()} | {
+    "JSON gzip": {"Accept": PIP_ACCEPT, "Accept-Encoding": "gzip"}
 }
 UNITS: Final = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
@@ -199,8 +197,7 @@ def cold_download(
     ]
     stats = httpx.get(f"{upstream}/_bench/stats").json()
     downloads = stats["downloads"].get(filename, [])
-    done = transfers
-    first_request = min(t.requested for t in done)
+    first_request = min(t.requested for t in transfers)
     upstream_first = min(start for start, _ in downloads) if downloads else float("nan")
     upstream_last = max(end for _, end in downloads) if downloads else float("nan")
     clients_data: list[dict[str, Any]] = [
@@ -213,14 +210,14 @@ def cold_download(
             "last_byte_s": t.last_byte - first_request,
             "after_upstream_first_byte_ms": (t.first_byte - upstream_first) * 1000,
         }
-        for t in done
+        for t in transfers
     ]
     return {
         "clients": clients,
         "upstream_downloads": len(downloads),
         "upstream_first_byte_s": upstream_first - first_request,
         "upstream_last_byte_s": upstream_last - first_request,
-        "requests_spread_ms": (max(t.requested for t in done) - first_request) * 1000,
+        "requests_spread_ms": (max(t.requested for t in transfers) - first_request) * 1000,
         "ok": sum(c["ok"] for c in clients_data),
         "per_client": clients_data,
         "first_byte_s": _spread([c["first_byte_s"] for c in clients_data]),

@@ -26,10 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer  # noqa: E402
 from launch import free_port  # noqa: E402
-from measure import run_wrk  # noqa: E402
-
-JSON = "application/vnd.pypi.simple.v1+json"
-PIP_ACCEPT = f"{JSON}, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
+from measure import JSON_V1, PIP_ACCEPT, run_wrk  # noqa: E402
 
 
 def start_proxy(upstream: str, cache_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -113,8 +110,8 @@ def live_root() -> None:
         process, url = start_proxy("https://pypi.org/simple/", Path(cache))
         try:
             for label, accept in (
-                ("cold (download + convert)", JSON),
-                ("warm JSON", JSON),
+                ("cold (download + convert)", JSON_V1),
+                ("warm JSON", JSON_V1),
                 ("warm HTML", "text/html"),
             ):
                 started = time.monotonic()
