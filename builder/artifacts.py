@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from builder.jobs import BuildKey, BuildResult, BuildState
+from builder.workdir import BuildFolder
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +33,9 @@ class BuildRecord:
     project: str
     version: str
     sdist_filename: str
-    started_at: float
+    started_at: float  # when the build itself started (after waiting in the queue)
     finished_at: float
+    queued_seconds: float = 0.0
     wheel_filename: str = ""
     wheel_sha256: str = ""
     wheel_size: int = 0
@@ -86,44 +88,47 @@ class Artifacts:
     def folder(self, key: BuildKey) -> Path:
         return self.root / key.sdist_sha256 / key.target
 
-    def wheel_path(self, record: BuildRecord) -> Path:
-        return self.folder(record.key) / record.wheel_filename
-
     def keep(
         self,
         key: BuildKey,
         result: BuildResult,
+        folder: BuildFolder | None,
         *,
         project: str,
         version: str,
         sdist: str,
-        started: float,
+        queued: float,
         builder: str,
     ) -> BuildRecord:
-        """Move a worker's result into the store and index it."""
-        folder = self.folder(key)
-        staging = folder.with_name(f".{key.target}.{os.getpid()}.{time.monotonic_ns()}")
+        """Copy a build's log, wheel and metadata out of its work folder (the worker's own files, never
+        the build's tree) into the store, and index the record."""
+        target = self.folder(key)
+        staging = target.with_name(f".{key.target}.{os.getpid()}.{time.monotonic_ns()}")
         staging.mkdir(parents=True)
-        if os.path.exists(result.log_path) and os.path.isfile(result.log_path):
-            shutil.copyfile(result.log_path, staging / "build.log")
+        log = folder.log if folder is not None else None
+        if log is not None and log.is_file() and not log.is_symlink():
+            shutil.copyfile(log, staging / "build.log")
         else:
-            (staging / "build.log").write_text(result.error + "\n")
+            (staging / "build.log").write_text(f"build failed in {result.phase}: {result.error}\n")
         metadata_sha = ""
-        if result.ok:
-            shutil.copyfile(result.wheel_path, staging / result.wheel_filename)
-            metadata = Path(result.metadata_path).read_bytes()
+        if result.ok and folder is not None:
+            wheel = folder.result / result.wheel_filename
+            shutil.copyfile(wheel, staging / result.wheel_filename)
+            metadata = wheel.with_name(wheel.name + ".metadata").read_bytes()
             (staging / (result.wheel_filename + ".metadata")).write_bytes(metadata)
             provenance = orjson.dumps(result.provenance, option=orjson.OPT_INDENT_2)
             (staging / "provenance.json").write_bytes(provenance)
             metadata_sha = hashlib.sha256(metadata).hexdigest()
+        finished = time.time()
         record = BuildRecord(
             key=key,
             state=BuildState.DONE if result.ok else BuildState.FAILED,
             project=project,
             version=version,
             sdist_filename=sdist,
-            started_at=started,
-            finished_at=time.time(),
+            started_at=finished - result.build_seconds,
+            finished_at=finished,
+            queued_seconds=max(0.0, finished - result.build_seconds - queued),
             wheel_filename=result.wheel_filename,
             wheel_sha256=result.wheel_sha256,
             wheel_size=result.wheel_size,
@@ -133,9 +138,9 @@ class Artifacts:
             builder=builder,
         )
         (staging / "record.json").write_bytes(record.to_json())
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
         self._records[key] = record
         return record
 

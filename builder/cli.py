@@ -1,7 +1,7 @@
 """``wheelfarm builder build SDIST``: one build on its own, outside the proxy (debugging, trying a target).
 
-It runs exactly what a pool worker runs, in this process, and leaves the wheel, its metadata, the build
-log and the provenance record in the output folder.
+It runs exactly what a pool worker runs (the same sandboxed steps), in this process, and leaves the wheel,
+its metadata, the build log and the provenance record in the output folder.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from builder.interpreters import find_interpreter
 from builder.jobs import BuildRequest, Limits
 from builder.runner import run_build
 from builder.tags import InvalidTarget, Target
+from builder.users import build_user
+from builder.workdir import new_build_folder, remove_build_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,9 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--out", type=Path, default=Path("wheelhouse"), help="output folder (default: ./wheelhouse)"
     )
-    build.add_argument("--timeout", type=float, default=900.0, help="seconds per build phase")
+    build.add_argument("--timeout", type=float, default=900.0, help="seconds per sandboxed step")
     build.add_argument(
-        "--no-sandbox", action="store_true", help="build without bubblewrap (trusted sdists only)"
+        "--build-uid",
+        type=int,
+        default=1_900_000_000,
+        help="when run as root, the uid and gid the sandbox runs as (default 1900000000)",
     )
 
 
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    folder = new_build_folder(out / ".work", hashlib.sha256(sdist.read_bytes()).hexdigest(), target.id)
     request = BuildRequest(
         project=str(name),
         version=str(version),
@@ -73,19 +79,23 @@ def run(args: argparse.Namespace) -> int:
         target=target.id,
         interpreter=str(interpreter),
         index_url=args.index_url,
-        work_root=str(out / ".work"),
+        work_dir=str(folder.path),
         limits=Limits(timeout_seconds=args.timeout),
-        sandbox=not args.no_sandbox,
+        build_user=build_user(args.build_uid, 0),
     )
-    result = run_build(request)
-    shutil.copyfile(result.log_path, out / f"{sdist.name}.build.log")
-    if result.ok:
-        for path in (result.wheel_path, result.metadata_path):
-            shutil.copyfile(path, out / Path(path).name)
-        (out / f"{result.wheel_filename}.provenance.json").write_bytes(
-            orjson.dumps(result.provenance, option=orjson.OPT_INDENT_2)
-        )
-    shutil.rmtree(out / ".work", ignore_errors=True)
+    try:
+        result = run_build(request)
+        shutil.copyfile(folder.log, out / f"{sdist.name}.build.log")
+        if result.ok:
+            wheel = folder.result / result.wheel_filename
+            for path in (wheel, wheel.with_name(wheel.name + ".metadata")):
+                shutil.copyfile(path, out / path.name)
+            (out / f"{result.wheel_filename}.provenance.json").write_bytes(
+                orjson.dumps(result.provenance, option=orjson.OPT_INDENT_2)
+            )
+    finally:
+        remove_build_folder(out / ".work", folder.path)
+        shutil.rmtree(out / ".work", ignore_errors=True)
     summary = {"ok": result.ok, "wheel": result.wheel_filename, "sha256": result.wheel_sha256}
     if not result.ok:
         summary = {"ok": False, "phase": result.phase, "error": result.error}

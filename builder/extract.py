@@ -1,20 +1,35 @@
 """Safe sdist extraction: no absolute paths, no '..', no links or devices pointing anywhere, size caps.
 
+It runs INSIDE the build's sandbox (``python -I -S extract.py SDIST DEST LIMITS_JSON``, standard library
+only), so even a way around every check below could only write into the build's own tree; the host never
+parses the archive. It also reads the project's ``[build-system]`` table (PEP 517/518) and the newest
+timestamp in the archive (the build's SOURCE_DATE_EPOCH), and answers with one JSON object on the
+descriptor ``$WHEELFARM_RESULT_FD``: {"project": folder name, "epoch": int, "build_system": table or
+null} or {"error": message}.
+
 Links are allowed only in the one shape that cannot escape whatever else the archive holds: a symbolic
 link to a relative path with no '..' whose target does not pass through another link, and no member may
 be reached through a link; a hard link must name a regular file member. We check every member before
 writing anything, so the build log says exactly which member was refused, and keep tarfile's "data" filter
-(PEP 706) as a second wall; it is not enough alone: before Python 3.11.13 its check can be outrun by link
-chains longer than PATH_MAX (CVE-2025-4517).
+(PEP 706) where this Python has it (3.11.4 on): it is not enough alone, since before Python 3.11.13 its
+check can be outrun by link chains longer than PATH_MAX (CVE-2025-4517). Where it is missing, members are
+extracted with their modes cut to rwxr-xr-x (no setuid, setgid or sticky bits) and no owner change.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import posixpath
+import sys
 import tarfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
+
+ZIP_EPOCH = 315532800  # 1980-01-01: the earliest time a wheel (zip) can record
 
 
 class UnsafeArchive(ValueError):
@@ -75,7 +90,14 @@ def _extract_tar(archive: Path, destination: Path, limits: ExtractLimits) -> Non
                     raise UnsafeArchive(f"{archive.name}: hard link {link} names no file before it")
                 elif member.isfile():
                     files.add(posixpath.normpath(member.name))
-            tar.extractall(destination, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(destination, filter="data")
+            else:  # Python before 3.11.4: our checks above, and plain modes
+                for member in members:
+                    member.mode &= 0o755
+                    member.uid = member.gid = 0
+                    member.uname = member.gname = ""
+                tar.extractall(destination, members=members, numeric_owner=True)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise UnsafeArchive(f"{archive.name}: cannot extract: {exc}") from None
 
@@ -122,3 +144,56 @@ def _check_counts(archive: str, count: int, sizes: list[int], limits: ExtractLim
         raise UnsafeArchive(
             f"{archive}: {sum(sizes)} bytes unpacked exceed the limit of {limits.max_total_bytes}"
         )
+
+
+def source_date_epoch(archive: Path) -> int:
+    """The newest mtime inside the sdist: the same sdist always gives the same timestamps in the wheel."""
+    newest = ZIP_EPOCH
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zipped:
+                for info in zipped.infolist():
+                    newest = max(newest, int(time.mktime((*info.date_time, 0, 0, -1))))
+        else:
+            with tarfile.open(archive) as tar:
+                for member in tar.getmembers():
+                    newest = max(newest, int(member.mtime))
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, OverflowError, ValueError):
+        pass  # extraction reports the broken archive
+    return newest
+
+
+def build_system(project: Path) -> dict[str, Any] | None:
+    """The ``[build-system]`` table as written (None: no pyproject.toml or no table); types checked later."""
+    import tomllib
+
+    pyproject = project / "pyproject.toml"
+    if not pyproject.is_file():
+        return None
+    try:
+        document = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UnsafeArchive(f"pyproject.toml is not valid TOML: {exc}") from None
+    table = document.get("build-system")
+    return table if isinstance(table, dict) else None
+
+
+def main(argv: list[str]) -> int:
+    archive, destination, raw_limits = Path(argv[0]), Path(argv[1]), json.loads(argv[2])
+    limits = ExtractLimits(**raw_limits)
+    try:
+        project = extract_sdist(archive, destination, limits)
+        answer: dict[str, Any] = {
+            "project": project.name,
+            "epoch": source_date_epoch(archive),
+            "build_system": build_system(project),
+        }
+    except UnsafeArchive as exc:
+        answer = {"error": str(exc)}
+    with os.fdopen(int(os.environ["WHEELFARM_RESULT_FD"]), "w", encoding="utf-8") as result:
+        json.dump(answer, result, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

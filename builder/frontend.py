@@ -2,21 +2,25 @@
 
 Kept free of wheelfarm imports: the sandbox sees only this file and the pyproject_hooks package (bound
 read-only), and the interpreter may be any CPython from 3.8 on. pyproject_hooks runs the backend in a
-subprocess of the same interpreter, exactly as pip and build do.
+subprocess of the same interpreter, exactly as pip and build do. The answer goes to the descriptor
+``$WHEELFARM_RESULT_FD`` (never a file in the tree, which the backend could replace with a link).
 
-    python frontend.py requires|wheel REQUEST.json RESULT.json
+    python frontend.py requires|wheel REQUEST.json
 """
 
 import json
+import os
 import sys
 
 
 def main() -> int:
-    hook, request_path, result_path = sys.argv[1:4]
+    hook, request_path = sys.argv[1:3]
     with open(request_path, encoding="utf-8") as handle:
         request = json.load(handle)
+    result_fd = int(os.environ.pop("WHEELFARM_RESULT_FD"))
+    os.set_inheritable(result_fd, False)  # the backend's processes get no way to answer for us
     sys.path.insert(0, request["hooks_path"])
-    from pyproject_hooks import BuildBackendHookCaller, quiet_subprocess_runner  # noqa: F401
+    from pyproject_hooks import BuildBackendHookCaller
 
     caller = BuildBackendHookCaller(
         request["source_dir"],
@@ -31,8 +35,8 @@ def main() -> int:
         result = {"wheel": caller.build_wheel(request["output_dir"], {})}
     else:
         raise SystemExit("unknown hook " + hook)
-    with open(result_path, "w", encoding="utf-8") as handle:
-        json.dump(result, handle)
+    with os.fdopen(result_fd, "w", encoding="utf-8") as answer:
+        json.dump(result, answer, default=str)
     return 0
 
 

@@ -5,17 +5,28 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 
 class BuildState(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+class Phase(enum.Enum):
+    """Where a build failed; named in its record, its log and the 422 a client gets."""
+
+    FETCH = "fetch"  # copying and verifying the sdist
+    EXTRACT = "extract"  # unpacking it (in the sandbox) and reading pyproject.toml
+    ENVIRONMENT = "environment"  # resolving, downloading and installing the build requirements
+    REQUIRES = "requires"  # the backend's get_requires_for_build_wheel
+    BUILD = "build"  # the backend's build_wheel
+    REPAIR = "repair"  # auditwheel
+    INSPECT = "inspect"  # the wheel's structure, names, sizes, RECORD and tags
+    IMPORT = "import"  # importing the wheel with the target's interpreter
+    INTERNAL = "internal"  # our bug or the host's trouble, never the package's
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +42,14 @@ class BuildKey:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    timeout_seconds: float = 900.0
-    memory_bytes: int = 4 << 30
+    timeout_seconds: float = 900.0  # per sandboxed step
+    memory_bytes: int = 4 << 30  # address space of each process
     processes: int = 512
     file_size_bytes: int = 1 << 30  # largest single file the build may write
-    output_bytes: int = 4 << 30  # all files in the work folder together
+    output_bytes: int = 4 << 30  # all it holds on disk together (and the largest wheel)
+    metadata_bytes: int = 8 << 20  # the wheel's METADATA, served as its PEP 658 .metadata
+    wheel_members: int = 100_000
+    log_bytes: int = 16 << 20  # output kept in the build log
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +63,11 @@ class BuildRequest:
     target: str
     interpreter: str  # path of the CPython that builds for the target
     index_url: str  # the proxy's plain (no overlay) simple API, for build requirements
-    work_root: str
+    work_dir: str  # this build's own folder (builder/workdir.py), made by the pool
     limits: Limits = Limits()
     sandbox: bool = True
-    slot: int = 0  # which concurrent build this is (for per-slot resources)
+    build_user: tuple[int, int] | None = None  # (uid, gid) the sandbox runs as when we are root
+    bwrap: str = ""  # the bubblewrap binary ("": found on the usual paths)
 
     @property
     def key(self) -> BuildKey:
@@ -65,22 +80,24 @@ class BuildRequest:
     def from_json(cls, data: bytes) -> BuildRequest:
         raw: dict[str, Any] = orjson.loads(data)
         raw["limits"] = Limits(**raw["limits"])
+        if raw.get("build_user") is not None:
+            uid, gid = raw["build_user"]
+            raw["build_user"] = (int(uid), int(gid))
         return cls(**raw)
 
 
 @dataclass(frozen=True, slots=True)
 class BuildResult:
-    """``ok`` with the wheel's facts, or not ok with a one-line ``error`` and ``phase``; a log either way."""
+    """``ok`` with the wheel's facts, or not ok with a one-line ``error`` and ``phase``. The wheel and its
+    METADATA are in the work folder's result/ (named by ``wheel_filename``), the log in its build.log."""
 
     ok: bool
-    log_path: str
     error: str = ""
     phase: str = ""
-    wheel_path: str = ""
     wheel_filename: str = ""
     wheel_sha256: str = ""
     wheel_size: int = 0
-    metadata_path: str = ""
+    build_seconds: float = 0.0  # the build itself, without the time it waited in the queue
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> bytes:
@@ -91,5 +108,5 @@ class BuildResult:
         return cls(**orjson.loads(data))
 
     @classmethod
-    def failure(cls, log_path: Path, phase: str, error: str) -> BuildResult:
-        return cls(ok=False, log_path=str(log_path), phase=phase, error=error)
+    def failure(cls, phase: Phase, error: str, build_seconds: float = 0.0) -> BuildResult:
+        return cls(ok=False, phase=phase.value, error=error, build_seconds=build_seconds)

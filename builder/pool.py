@@ -7,27 +7,56 @@ of their own, so a client that hangs up does not cancel a build that others (or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import fnmatch
+import hashlib
+import os
 import platform
+import pwd
+import re
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
+from builder import selfcheck
 from builder.artifacts import Artifacts, BuildRecord
-from builder.interpreters import find_interpreter
-from builder.jobs import BuildKey, BuildRequest, BuildResult, BuildState, Limits
-from builder.sandbox import bwrap_path
+from builder.interpreters import available_versions, find_interpreter
+from builder.jobs import BuildKey, BuildRequest, BuildResult, BuildState, Limits, Phase
+from builder.sandbox import bwrap_path, remove_leftover_cgroups
 from builder.tags import Target
+from builder.users import build_user, host_root, mapped
+from builder.workdir import (
+    BuildFolder,
+    leftover_folders,
+    new_build_folder,
+    remove_build_folder,
+    stop_leftover_worker,
+)
 
 log = structlog.get_logger(__name__)
 
-BUILDER_VERSION = "wheelfarm-builder/1"
+BUILDER_VERSION = "wheelfarm-builder/2"  # a failure recorded by an older builder is tried again
+_OLD_LAYOUT = re.compile(r"^([0-9a-f]{16}-[a-z0-9_]+-\d+|jobs|\.frontend(-\d+)?)$")  # wheelfarm-builder/1
+
+
+class PoolState(enum.Enum):
+    CHECKING = "checking"  # the start-up self-check runs: no build links yet
+    READY = "ready"
+    UNAVAILABLE = "unavailable"  # builds are off here; ``reason`` says why
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    state: PoolState
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +84,8 @@ class RunningBuild:
 
 
 class Builder(Protocol):
+    def status(self) -> PoolStatus: ...
+
     def serves(self, target: Target) -> bool: ...
 
     def allows(self, project: str) -> bool: ...
@@ -103,7 +134,8 @@ class PoolSettings:
     index_url: str
     workers: int = 2
     limits: Limits = field(default_factory=Limits)
-    sandbox: bool = True
+    build_uid: int = 1_900_000_000  # as root, slot N builds as uid and gid build_uid + N
+    bwrap: str = ""  # the bubblewrap binary ("": found on the usual paths)
     interpreters: Mapping[str, str] = field(default_factory=dict)
     targets: tuple[str, ...] = ("*",)
     allow: tuple[str, ...] = ("*",)
@@ -122,32 +154,113 @@ class LocalPool:
         self._running: dict[BuildKey, RunningBuild] = {}
         self._generation: dict[str, int] = {}
         self._interpreters: dict[str, Path | None] = {}
-        self.disabled_reason = self._why_disabled()
         # Read once: platform.libc_ver() reads the interpreter binary, too slow for every page render.
         self._host_arch = platform.machine().lower()
         self._host_family = "manylinux" if platform.libc_ver()[0] == "glibc" else "musllinux"
+        self._status = PoolStatus(PoolState.CHECKING)
+        self._check: asyncio.Task[None] | None = None
         self.on_finished: Callable[[BuildRecord], None] | None = None
         settings.work_root.mkdir(parents=True, exist_ok=True)
+        os.chmod(settings.work_root, 0o711)  # build users pass through to nothing: their folders are 0700
+
+    def status(self) -> PoolStatus:
+        return self._status
+
+    @property
+    def disabled_reason(self) -> str | None:
+        return self._status.reason if self._status.state is PoolState.UNAVAILABLE else None
+
+    def begin(self) -> asyncio.Task[None]:
+        """Clean up what earlier runs left, then run the self-check; builds are offered once it passes."""
+        self._check = asyncio.create_task(self._start_up(), name="builder self-check")
+        return self._check
+
+    async def _start_up(self) -> None:
+        reason = self._why_disabled()
+        if reason is None:
+            await asyncio.to_thread(self._remove_leftovers)
+            reason = await self._self_check()
+        self._status = (
+            PoolStatus(PoolState.READY) if reason is None else PoolStatus(PoolState.UNAVAILABLE, reason)
+        )
+        if reason is None:
+            log.info("builder_ready", workers=self._settings.workers, index=self._settings.index_url)
+        else:
+            log.warning("builds_disabled", reason=reason)
 
     def _why_disabled(self) -> str | None:
-        if self._settings.sandbox and bwrap_path() is None:
-            return "bubblewrap (bwrap) is not installed and [builder] sandbox = 'required'"
         if platform.system() != "Linux":
             return "builders run on Linux only"
+        if bwrap_path(self._settings.bwrap) is None:
+            return "bubblewrap (bwrap) is not installed: install it (Debian: apt-get install bubblewrap)"
+        if host_root():
+            for slot in range(self._settings.workers):
+                uid = self._settings.build_uid + slot
+                if not mapped(uid):
+                    return (
+                        f"the proxy runs as root but build uid {uid} is not mapped in its user namespace "
+                        "(/proc/self/uid_map): set [builder] build_uid to a mapped, unused range"
+                    )
+                try:
+                    owner = pwd.getpwuid(uid).pw_name
+                except KeyError:
+                    continue
+                return (
+                    f"build uid {uid} belongs to the user {owner!r}: set [builder] build_uid to a free range"
+                )
         return None
+
+    def _remove_leftovers(self) -> None:
+        root = self._settings.work_root
+        for folder in leftover_folders(root):
+            stopped = stop_leftover_worker(folder)
+            remove_leftover_cgroups(folder.name)
+            removed = remove_build_folder(root, folder)
+            log.info("leftover_build_removed", folder=folder.name, worker_stopped=stopped, removed=removed)
+        for entry in root.iterdir():
+            if _OLD_LAYOUT.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+
+    async def _self_check(self) -> str | None:
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        versions = [version, *available_versions(self._settings.interpreters)]
+        interpreter = next((v for v in versions if self.interpreter_for(v) is not None), None)
+        if interpreter is None:
+            return "no CPython interpreter for any target was found (see [builder] interpreters)"
+        sdist = await asyncio.to_thread(selfcheck.write_sdist, self._settings.work_root / ".selfcheck")
+        digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+        target = self.host_target(interpreter)
+        job = BuildJob(selfcheck.NAME, selfcheck.VERSION, sdist.name, digest, sdist.as_uri(), target)
+        started = time.monotonic()
+        result, folder = await self._run_worker(job, 0, sdist_path=sdist)
+        log_tail = _log_tail(folder.log) if folder is not None else ""
+        if folder is not None:
+            await asyncio.to_thread(remove_build_folder, self._settings.work_root, folder.path)
+        if not result.ok:
+            detail = f" ({log_tail})" if log_tail else ""
+            return f"the sandbox self-check failed in {result.phase}: {result.error}{detail}"
+        log.info("builder_self_check_passed", seconds=round(time.monotonic() - started, 2), target=target.id)
+        return None
+
+    def host_target(self, version: str) -> Target:
+        libc_major, libc_minor = _glibc_version()
+        major, minor = (int(part) for part in version.split("."))
+        return Target((major, minor), f"{self._host_family}_{libc_major}_{libc_minor}_{self._host_arch}")
 
     @property
     def generation(self) -> Mapping[str, int]:
         return self._generation
 
     def interpreter(self, target: Target) -> Path | None:
-        version = target.python_version
+        return self.interpreter_for(target.python_version)
+
+    def interpreter_for(self, version: str) -> Path | None:
         if version not in self._interpreters:
             self._interpreters[version] = find_interpreter(version, self._settings.interpreters)
         return self._interpreters[version]
 
     def serves(self, target: Target) -> bool:
-        if self.disabled_reason is not None:
+        if self._status.state is not PoolState.READY:
             return False
         if not any(fnmatch.fnmatchcase(target.id, pattern) for pattern in self._settings.targets):
             return False
@@ -224,7 +337,9 @@ class LocalPool:
         return removed
 
     async def close(self) -> None:
-        tasks = [running.task for running in self._running.values()]
+        tasks: list[asyncio.Task[Any]] = [running.task for running in self._running.values()]
+        if self._check is not None:
+            tasks.append(self._check)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -244,20 +359,24 @@ class LocalPool:
             if running is not None:
                 running.started_at = time.time()
             try:
-                result = await self._run_worker(job, slot)
+                result, folder = await self._run_worker(job, slot)
             finally:
                 self._free_slots.append(slot)
-        record = await asyncio.to_thread(
-            self._artifacts.keep,
-            job.key,
-            result,
-            project=job.project,
-            version=job.version,
-            sdist=job.sdist_filename,
-            started=queued,
-            builder=BUILDER_VERSION,
-        )
-        await asyncio.to_thread(_remove_work(result))
+        try:
+            record = await asyncio.to_thread(
+                self._artifacts.keep,
+                job.key,
+                result,
+                folder,
+                project=job.project,
+                version=job.version,
+                sdist=job.sdist_filename,
+                queued=queued,
+                builder=BUILDER_VERSION,
+            )
+        finally:
+            if folder is not None:
+                await asyncio.to_thread(remove_build_folder, self._settings.work_root, folder.path)
         for dropped in await asyncio.to_thread(self._artifacts.prune, self._settings.max_builds):
             self._bump(dropped.project)
         self._bump(job.project)
@@ -270,23 +389,30 @@ class LocalPool:
             target=job.target.id,
             state=record.state.value,
             seconds=round(record.duration, 2),
+            queued_seconds=round(record.queued_seconds, 2),
+            phase=record.phase or None,
             error=record.error or None,
         )
         return record
 
-    async def _run_worker(self, job: BuildJob, slot: int) -> BuildResult:
+    async def _run_worker(
+        self, job: BuildJob, slot: int, sdist_path: Path | None = None
+    ) -> tuple[BuildResult, BuildFolder | None]:
+        """Run one build in a worker process; the folder is this build's own (removed by the caller)."""
         settings = self._settings
-        jobs = settings.work_root / "jobs"
-        jobs.mkdir(exist_ok=True)
-        stem = f"{job.key.sdist_sha256[:16]}-{job.key.target}"
-        log_stub = jobs / f"{stem}.log"
         interpreter = self.interpreter(job.target)
         if interpreter is None:
-            return _failure(log_stub, "environment", f"no Python {job.target.python_version} on this builder")
-        try:
-            sdist_path = await self._fetch_sdist(job)
-        except Exception as exc:  # any fetch failure is this build's failure, named
-            return _failure(log_stub, "fetch", f"cannot fetch the sdist: {exc}")
+            return BuildResult.failure(
+                Phase.ENVIRONMENT, f"no Python {job.target.python_version} on this builder"
+            ), None
+        if sdist_path is None:
+            try:
+                sdist_path = await self._fetch_sdist(job)
+            except Exception as exc:  # any fetch failure is this build's failure, named
+                return BuildResult.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}"), None
+        folder = await asyncio.to_thread(
+            new_build_folder, settings.work_root, job.sdist_sha256, job.target.id
+        )
         request = BuildRequest(
             project=job.project,
             version=job.version,
@@ -297,58 +423,69 @@ class LocalPool:
             target=job.target.id,
             interpreter=str(interpreter),
             index_url=settings.index_url,
-            work_root=str(settings.work_root),
+            work_dir=str(folder.path),
             limits=settings.limits,
-            sandbox=settings.sandbox,
-            slot=slot,
+            build_user=build_user(settings.build_uid, slot),
+            bwrap=settings.bwrap,
         )
-        request_file = jobs / f"{stem}.request.json"
-        result_file = jobs / f"{stem}.result.json"
-        request_file.write_bytes(request.to_json())
-        result_file.unlink(missing_ok=True)
         log.info("build_started", project=job.project, version=job.version, target=job.target.id, slot=slot)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "builder.worker", str(request_file), str(result_file),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
+            sys.executable, "-m", "builder.worker", str(os.getpid()),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=_worker_environment(),
+            cwd=str(folder.path),
+            start_new_session=True,
         )  # fmt: skip
-        # Each phase has its own time limit inside the worker; this bounds the worker as a whole.
-        deadline = settings.limits.timeout_seconds * 6 + 120
+        # Each sandboxed step has its own time limit inside the worker; this bounds the worker as a whole.
+        deadline = settings.limits.timeout_seconds * 10 + 120
         try:
-            _, stderr = await asyncio.wait_for(process.communicate(), deadline)
+            stdout, stderr = await asyncio.wait_for(process.communicate(request.to_json()), deadline)
         except TimeoutError:
-            process.kill()
+            _kill_worker(process)
             await process.wait()
-            return _failure(log_stub, "internal", f"the build worker did not finish in {deadline:.0f} s")
-        except asyncio.CancelledError:
-            process.kill()  # shutting down: the worker's sandbox dies with it (--die-with-parent)
+            return BuildResult.failure(
+                Phase.INTERNAL, f"the build worker did not finish in {deadline:.0f} s"
+            ), folder
+        except BaseException:
+            _kill_worker(process)  # shutting down: the sandbox dies with the worker (PR_SET_PDEATHSIG)
             await process.wait()
+            await asyncio.to_thread(remove_build_folder, settings.work_root, folder.path)
             raise
-        finally:
-            request_file.unlink(missing_ok=True)
         try:
-            return BuildResult.from_json(result_file.read_bytes())
-        except (OSError, ValueError, TypeError):
+            return BuildResult.from_json(stdout[: 4 << 20]), folder
+        except (ValueError, TypeError):
             detail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            return _failure(
-                log_stub, "internal", f"the build worker crashed ({process.returncode}): {detail[0]}"
-            )
-        finally:
-            result_file.unlink(missing_ok=True)
+            crash = f"the build worker crashed ({process.returncode}): {detail[0][:300]}"
+            return BuildResult.failure(Phase.INTERNAL, crash), folder
 
 
-def _failure(log_path: Path, phase: str, error: str) -> BuildResult:
-    log_path.write_text(f"build failed in {phase}: {error}\n")
-    return BuildResult.failure(log_path, phase, error)
+def _kill_worker(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # the worker leads its own session (and its launchers')
 
 
-def _remove_work(result: BuildResult) -> Callable[[], None]:
-    def remove() -> None:
-        folder = Path(result.log_path).parent
-        if folder.name != "jobs":
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            Path(result.log_path).unlink(missing_ok=True)
+def _worker_environment() -> dict[str, str]:
+    """Nothing of the proxy's environment (admin token, credentials) but what Python needs to find us."""
+    environment = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+    if os.environ.get("PYTHONPATH"):
+        environment["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return environment
 
-    return remove
+
+def _glibc_version() -> tuple[int, int]:
+    _, version = platform.libc_ver()
+    parts = [int(part) for part in version.split(".")[:2] if part.isdigit()]
+    return (parts[0], parts[1]) if len(parts) == 2 else (0, 0)
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    """What a failed self-check's log says: bubblewrap's and the launcher's own complaints first."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    own = [line for line in kept if line.startswith(("bwrap:", "wheelfarm launch:"))]
+    return " | ".join((own or kept)[-lines:])[-600:]

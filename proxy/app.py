@@ -129,7 +129,18 @@ def _bytes_sent(response: web.StreamResponse) -> int:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "time": time.time()})
+    """Liveness, and whether builds are offered (and if not, why): the proxy serves pages either way."""
+    builder = request.app[SERVICES].builder if SERVICES in request.app else None
+    body: dict[str, object] = {"status": "ok", "time": time.time()}
+    if builder is None:
+        body["builder"] = {"state": "off"}
+    else:
+        status = builder.status()
+        body["builder"] = {
+            "state": status.state.value,
+            **({"reason": status.reason} if status.reason else {}),
+        }
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -246,10 +257,7 @@ async def start_local_pool(settings: Settings, files: FileStore) -> LocalPool:
         return download.final_path
 
     pool = LocalPool(pool_settings(settings), artifacts, fetch_sdist)
-    if pool.disabled_reason:
-        log.warning("builds_disabled", reason=pool.disabled_reason)
-    else:
-        log.info("builder_pool_ready", workers=settings.builder_workers, index=settings.plain_index_url)
+    pool.begin()  # cleans up earlier runs' leftovers and checks the sandbox; builds are offered after it
     return pool
 
 
@@ -266,8 +274,10 @@ def pool_settings(settings: Settings) -> PoolSettings:
             processes=settings.builder_processes,
             file_size_bytes=settings.builder_max_file_mb * mib,
             output_bytes=settings.builder_max_output_mb * mib,
+            metadata_bytes=settings.builder_max_metadata_kb * 1024,
         ),
-        sandbox=settings.builder_sandbox == "required",
+        build_uid=settings.builder_build_uid,
+        bwrap=settings.builder_bwrap,
         interpreters=interpreters,
         targets=settings.builder_targets,
         allow=settings.builder_allow,

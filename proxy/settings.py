@@ -60,6 +60,9 @@ class Settings:
     builder_processes: int = 512
     builder_max_file_mb: int = 1024
     builder_max_output_mb: int = 4096
+    builder_max_metadata_kb: int = 8192
+    builder_build_uid: int = 1_900_000_000
+    builder_bwrap: str = ""
     builder_work_dir: Path | None = None
     builder_index_url: str = ""
     builder_interpreters: tuple[str, ...] = ()
@@ -115,6 +118,9 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("builder", "processes"): "builder_processes",
     ("builder", "max_file_mb"): "builder_max_file_mb",
     ("builder", "max_output_mb"): "builder_max_output_mb",
+    ("builder", "max_metadata_kb"): "builder_max_metadata_kb",
+    ("builder", "build_uid"): "builder_build_uid",
+    ("builder", "bwrap"): "builder_bwrap",
     ("builder", "work_dir"): "builder_work_dir",
     ("builder", "index_url"): "builder_index_url",
     ("builder", "interpreters"): "builder_interpreters",
@@ -131,7 +137,7 @@ _TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(Settin
 _CHOICES: dict[str, tuple[str, ...]] = {
     "logging_level": ("debug", "info", "warning", "error"),
     "logging_format": ("auto", "json", "console"),
-    "builder_sandbox": ("required", "off"),
+    "builder_sandbox": ("required",),  # builds always run in the sandbox; the key stays for old configs
 }
 
 

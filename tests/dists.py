@@ -8,6 +8,8 @@ network and no virtual environment are needed. Nothing is cached between runs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import re
@@ -92,11 +94,25 @@ def make_sdist(out_dir: Path, name: str, version: str, files: dict[str, str]) ->
     return path
 
 
-def in_tree_backend_sdist(out_dir: Path, name: str, version: str, build_wheel_body: str) -> Path:
-    """An sdist whose PEP 517 backend is its own ``backend.py`` (no requirements to install): its
-    ``build_wheel`` runs ``build_wheel_body`` (indented Python), then writes a real, minimal wheel."""
-    backend = _IN_TREE_BACKEND.format(name=name.replace("-", "_"), version=version, body=build_wheel_body)
-    pyproject = '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+def in_tree_backend_sdist(
+    out_dir: Path,
+    name: str,
+    version: str,
+    build_wheel_body: str,
+    *,
+    requires: tuple[str, ...] = (),
+    requires_body: str = "    return []",
+) -> Path:
+    """An sdist whose PEP 517 backend is its own ``backend.py``: its ``build_wheel`` runs
+    ``build_wheel_body`` (indented Python), then writes a real, minimal wheel; its
+    ``get_requires_for_build_wheel`` runs ``requires_body``. ``requires`` is ``[build-system] requires``."""
+    backend = _IN_TREE_BACKEND.format(
+        name=name.replace("-", "_"), version=version, body=build_wheel_body, requires_body=requires_body
+    )
+    pyproject = (
+        f"[build-system]\nrequires = {json.dumps(list(requires))}\n"
+        'build-backend = "backend"\nbackend-path = ["."]\n'
+    )
     return make_sdist(out_dir, name, version, {"pyproject.toml": pyproject, "backend.py": backend})
 
 
@@ -104,7 +120,7 @@ _IN_TREE_BACKEND = """\
 import base64, hashlib, os, zipfile
 
 def get_requires_for_build_wheel(config_settings=None):
-    return []
+{requires_body}
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 {body}
@@ -163,3 +179,32 @@ def _set_version(srcdir: Path, version: str, requires_python: str | None) -> Non
 def _toml_string(value: str) -> str:
     # A JSON string of printable text is also a TOML basic string and a Python string literal.
     return json.dumps(value)
+
+
+def make_wheel(
+    out_dir: Path, name: str, version: str, files: dict[str, bytes], *, requires: tuple[str, ...] = ()
+) -> Path:
+    """A py3-none-any wheel written by hand, with a right METADATA, WHEEL and RECORD: ``files`` maps paths
+    inside the wheel to their bytes (for build requirements the tests publish)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name.replace('-', '_')}-{version}"
+    info = f"{stem}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {requirement}\n" for requirement in requires)
+    contents = {
+        **files,
+        f"{info}/METADATA": metadata.encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    path = out_dir / f"{stem}-py3-none-any.whl"
+    record = []
+    with zipfile.ZipFile(path, "w") as wheel:
+        for member, data in contents.items():
+            wheel.writestr(zipfile.ZipInfo(member, date_time=(2023, 11, 14, 22, 13, 20)), data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{member},sha256={digest},{len(data)}")
+        record.append(f"{info}/RECORD,,")
+        wheel.writestr(
+            zipfile.ZipInfo(f"{info}/RECORD", date_time=(2023, 11, 14, 22, 13, 20)), "\n".join(record) + "\n"
+        )
+    return path

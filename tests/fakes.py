@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
@@ -58,6 +61,21 @@ class ProxyServer(ServerThread):
     @property
     def services(self) -> Services:
         return self._application[SERVICES]
+
+    def start(self) -> Self:
+        """Started, and past the builder's start-up self-check (pages offer builds only after it)."""
+        super().start()
+        deadline = time.monotonic() + 120
+        while self.health().get("builder", {}).get("state") == "checking":
+            if time.monotonic() > deadline:
+                raise TimeoutError("the builder's self-check did not finish in 120 s")
+            time.sleep(0.02)
+        return self
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/healthz", timeout=30) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+        return answer
 
     def __enter__(self) -> Self:
         return self.start()

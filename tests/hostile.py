@@ -80,9 +80,33 @@ class Farm:
         self.published[project] = sdist
         return sdist
 
-    def backend_sdist(self, project: str, body: str) -> Path:
-        """Publish an sdist whose own backend runs ``body`` (indented Python) in ``build_wheel``."""
-        return self.publish(project, in_tree_backend_sdist(self.sdists, project, "1.0", body))
+    def backend_sdist(
+        self, project: str, body: str, *, requires: tuple[str, ...] = (), requires_body: str = "    return []"
+    ) -> Path:
+        """Publish an sdist whose own backend runs ``body`` (indented Python) in ``build_wheel`` and
+        ``requires_body`` in ``get_requires_for_build_wheel``; ``requires`` are its static requirements."""
+        sdist = in_tree_backend_sdist(
+            self.sdists, project, "1.0", body, requires=requires, requires_body=requires_body
+        )
+        return self.publish(project, sdist)
+
+    def publish_wheel(self, project: str, wheel: Path) -> None:
+        self.index.add_file(project, FakeFile.from_path(wheel, metadata=wheel_metadata(wheel)))
+
+    def built_wheel(self, project: str) -> httpx.Response:
+        """Ask for the build of ``project``; it must succeed (the wheel is the response's body)."""
+        response = self.build(project)
+        assert response.status_code == 200, f"{project}: the build failed: {response.text[:2000]}"
+        self.assert_work_removed(project)
+        return response
+
+    def build_log(self, project: str) -> str:
+        """The build log of ``project``'s (finished) build, as the page links it."""
+        scope = f"{self.proxy.url}/t/{TARGET}/simple/{project}/"
+        entries = httpx.get(scope + "?format=json", timeout=30).json()["files"]
+        built = [e for e in entries if "build-log" in e.get("_wheelfarm", {})]
+        assert built, f"{project}: the page links no build log: {entries}"
+        return httpx.get(str(httpx.URL(scope).join(built[0]["_wheelfarm"]["build-log"])), timeout=30).text
 
     def pending_url(self, project: str) -> str:
         scope = f"{self.proxy.url}/t/{TARGET}/simple/{project}/"

@@ -124,11 +124,11 @@ def test_the_build_cannot_read_the_cache_config_or_home(farm: Farm, monkeypatch:
     for path in reads:
         assert re.match(r"refused: .*(No such file or directory|Permission denied)", report["read"][path])
     assert report["env"] == []  # the sandbox starts from a clean environment
-    # A folder on the way to what the sandbox binds read-only (the interpreter, the builder's front end)
-    # shows only that path, never the host's files beside it.
-    interpreter = re.search(r"creating the build environment with (\S+)", failure.log)
+    # A folder on the way to what the sandbox binds read-only (the interpreter) shows only that path, never
+    # the host's files beside it.
+    interpreter = re.search(r"interpreter (\S+)", failure.log)
     assert interpreter is not None
-    bound = [Path(os.path.realpath(interpreter[1])).parent.parent, farm.work / ".frontend"]
+    bound = [Path(os.path.realpath(interpreter[1])).parent.parent]
     for folder in folders:
         seen = report["list"][folder]
         allowed = {

@@ -1,0 +1,265 @@
+"""Hostile and broken build results: wheels that lie, wheels that do not import, output a build hides, and
+kernel interfaces a build reaches for.
+
+A build's wheel is served to every client of its target, so it is inspected as hostile input before it is
+kept (builder/wheelcheck.py) and imported in the sandbox with the target's interpreter
+(builder/importcheck.py). The bytes a build holds on disk are counted in a way it cannot hide from, and
+the seccomp filter refuses ptrace, namespaces, mounts and other kernel attack surface.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import pytest
+from dists import make_sdist
+from hostile import MAX_FILE_MB, MAX_OUTPUT_MB, MIB, TIMEOUT, Farm, last_line, marker, needs_bwrap
+
+pytestmark = needs_bwrap
+
+# A backend body that writes its own wheel from ``entries`` [(name, bytes, unix mode or None)], with a right
+# RECORD unless ``record`` is given, and returns its name. {name} and {version} are the project's.
+_WHEEL_WRITER = """\
+    import base64, hashlib, zipfile
+    name, version = {name!r}, "1.0"
+    info = f"{{name}}-{{version}}.dist-info"
+    filename = {filename!r} or f"{{name}}-{{version}}-py3-none-any.whl"
+    metadata = f"Metadata-Version: 2.1\\nName: {{name}}\\nVersion: {{version}}\\n".encode()
+    wheel_file = b"Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+    entries = [(f"{{info}}/METADATA", metadata, None), (f"{{info}}/WHEEL", wheel_file, None)]
+{extra}
+    record = [
+        f"{{n}},sha256={{base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()}},{{len(d)}}"
+        for n, d, _ in entries
+    ]
+    record = {record} or "\\n".join(record + [f"{{info}}/RECORD,,"]) + "\\n"
+    with zipfile.ZipFile(os.path.join(wheel_directory, filename), "w", zipfile.ZIP_DEFLATED) as wheel:
+        for member, data, mode in entries + [(f"{{info}}/RECORD", record.encode(), None)]:
+            entry = zipfile.ZipInfo(member, date_time=(2023, 11, 14, 22, 13, 20))
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            if mode is not None:
+                entry.create_system, entry.external_attr = 3, mode << 16
+            wheel.writestr(entry, data)
+    return filename
+"""
+
+
+def wheel_body(project: str, extra: str, *, record: str = "None", filename: str = "") -> str:
+    return _WHEEL_WRITER.format(
+        name=project.replace("-", "_"), extra=textwrap.indent(textwrap.dedent(extra), "    "),
+        record=record, filename=filename,
+    )  # fmt: skip
+
+
+BAD_WHEELS = {
+    "metadata-bomb": (
+        'entries[0] = (entries[0][0], metadata + b"Description: " + b"x" * (40 << 20), None)',
+        "inflates past the limit of",
+    ),
+    "dotdot-member": ('entries.append(("../escaped.py", b"", None))', "is not a clean relative path"),
+    "absolute-member": ('entries.append(("/tmp/escaped.py", b"", None))', "has an absolute path"),
+    "symlink-member": ('entries.append(("link", b"/etc/passwd", 0o120777))', "is a symbolic link"),
+    "setuid-member": ('entries.append(("tool", b"#!/bin/sh\\n", 0o104755))', "setuid, setgid or sticky"),
+    "fifo-member": ('entries.append(("pipe", b"", 0o010644))', "a device, FIFO or socket"),
+    "duplicate-member": (
+        'entries += [("dup.py", b"A = 1", None), ("dup.py", b"import os; os.system(\'id\')", None)]',
+        "twice",
+    ),
+    "record-wrong-hash": ('entries.append(("mod.py", b"A = 1", None))', "wrong hash"),
+    "other-project": ("", "does not match its file name"),
+    "tags-lie": (
+        'entries[1] = (entries[1][0], wheel_file.replace(b"py3-none-any", b"cp311-cp311-linux_x86_64"), '
+        "None)",
+        "lists the tags",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_WHEELS))
+def test_a_wheel_that_lies_is_refused(farm: Farm, case: str) -> None:
+    extra, refusal = BAD_WHEELS[case]
+    project = marker(case).lower()
+    record = "None"
+    if case == "record-wrong-hash":
+        record = 'f"{info}/METADATA,sha256=AAAA,1\\n{info}/WHEEL,,\\nmod.py,sha256=AAAA,5\\n"'
+    body = wheel_body(project, extra, record=record)
+    if case == "other-project":
+        body = body.replace("info = f", 'info = "somebody_else-1.0.dist-info"; _ = f', 1)
+    farm.backend_sdist(project, body)
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "inspect", failure.log[-2000:]
+    assert refusal in failure.error
+    assert refusal in failure.log
+
+
+def test_a_wheel_that_raises_on_import_is_a_failed_build(farm: Farm) -> None:
+    project = marker("raises").lower()
+    module = project.replace("-", "_")
+    body = wheel_body(
+        project, f'entries.append(("{module}.py", b"raise RuntimeError(\\"broken at import\\")", None))'
+    )
+    farm.backend_sdist(project, body)
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "import"
+    assert "RuntimeError: broken at import" in failure.error
+    assert f"import {module}: FAILED" in failure.log
+
+
+def test_python2_code_is_a_failed_build(farm: Farm) -> None:
+    project = marker("py2only").lower()
+    module = project.replace("-", "_")
+    body = wheel_body(project, f'entries.append(("{module}/__init__.py", b"print \\"hello\\"\\n", None))')
+    farm.backend_sdist(project, body)
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "import"
+    assert "SyntaxError" in failure.error
+
+
+def test_a_missing_runtime_dependency_does_not_fail_the_import_check(farm: Farm) -> None:
+    project = marker("needsdep").lower()
+    module = project.replace("-", "_")
+    extra = f"""\
+entries[0] = (entries[0][0], metadata + b"Requires-Dist: not-installed-here\\n", None)
+entries.append(("{module}.py", b"import not_installed_here\\n", None))
+"""
+    farm.backend_sdist(project, wheel_body(project, extra))
+
+    farm.built_wheel(project)
+
+    log = farm.build_log(project)
+    assert f"import {module}: inconclusive (needs not_installed_here, not installed here)" in log
+
+
+NATIVE_SETUP = """\
+from setuptools import Extension, setup
+setup(name="{name}", version="1.0", ext_modules=[Extension("{module}", ["{module}.c"])])
+"""
+NATIVE_SOURCE = """\
+#include <Python.h>
+extern int wheelfarm_symbol_nobody_defines(void);
+static PyObject *call(PyObject *self, PyObject *args) {
+    return PyLong_FromLong(wheelfarm_symbol_nobody_defines());
+}
+static PyMethodDef methods[] = {{"call", call, METH_NOARGS, ""}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "MODULE", NULL, -1, methods};
+PyMODINIT_FUNC PyInit_MODULE(void) { return PyModule_Create(&module); }
+"""
+
+
+def test_a_native_wheel_with_an_unresolved_symbol_is_a_failed_build(farm: Farm) -> None:
+    """The shape of psycopg2 2.9.9 on CPython 3.13: it links, it is repaired, and it cannot load."""
+    project = marker("unlinked").lower()
+    module = project.replace("-", "_")
+    files = {
+        "setup.py": NATIVE_SETUP.format(name=project, module=module),
+        f"{module}.c": NATIVE_SOURCE.replace("MODULE", module),
+        "pyproject.toml": (
+            '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        ),
+    }
+    farm.publish(project, make_sdist(farm.sdists, project, "1.0", files))
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "import"
+    assert "undefined symbol: wheelfarm_symbol_nobody_defines" in failure.error
+
+
+def test_ptrace_and_kernel_attack_surface_are_refused(farm: Farm) -> None:
+    body = """\
+    import ctypes, errno, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    def attempt(name, *args):
+        result = getattr(libc, name)(*args)
+        return f"{name}: " + ("allowed" if result != -1 else os.strerror(ctypes.get_errno()))
+    results = [
+        attempt("ptrace", 16, 1, 0, 0),  # PTRACE_ATTACH to PID 1
+        attempt("unshare", 0x10000000),  # CLONE_NEWUSER
+        attempt("unshare", 0x00020000),  # CLONE_NEWNS
+        attempt("mount", b"none", b"/tmp", b"tmpfs", 0, None),
+        attempt("syscall", 250, 0, 0, 0),  # keyctl (x86_64)
+        attempt("syscall", 321, 0, 0, 0),  # bpf
+        attempt("syscall", 298, 0, 0, 0, 0, 0),  # perf_event_open
+        attempt("syscall", 425, 1, 0),  # io_uring_setup
+        attempt("personality", 0x0040000),  # ADDR_NO_RANDOMIZE
+    ]
+    print("KERNEL " + " | ".join(results), flush=True)
+"""
+    project = marker("kernel").lower()
+    farm.backend_sdist(project, body)
+
+    farm.built_wheel(project)  # refused calls fail; the build goes on and ends in time
+
+    results = last_line(farm.build_log(project), "KERNEL ").split(" | ")
+    assert len(results) == 9
+    for result in results:
+        assert re.search(r": (Operation not permitted|Function not implemented)$", result), result
+
+
+def test_a_build_cannot_hide_bytes_in_an_unreadable_folder(farm: Farm) -> None:
+    files = MAX_OUTPUT_MB * 2 // (MAX_FILE_MB // 2)
+    body = f"""\
+    import os, time
+    os.makedirs("hidden")
+    chunk = os.urandom({MAX_FILE_MB // 2} << 20)
+    for number in range({files}):
+        with open(f"hidden/{{number}}.bin", "wb") as handle:
+            handle.write(chunk)
+    os.chmod("hidden", 0)
+    time.sleep(1.5)  # long enough for the size watch to look
+"""
+    project = marker("hider").lower()
+    farm.backend_sdist(project, body)
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "build"
+    assert f"wrote more than the limit of {MAX_OUTPUT_MB * MIB} bytes" in failure.error
+
+
+def test_a_build_cannot_hide_bytes_in_deleted_files_it_keeps_open(farm: Farm) -> None:
+    files = MAX_OUTPUT_MB * 2 // (MAX_FILE_MB // 2)
+    body = f"""\
+    import os, time
+    chunk = os.urandom({MAX_FILE_MB // 2} << 20)
+    kept = []
+    for number in range({files}):
+        handle = open(f"gone-{{number}}.bin", "wb")
+        handle.write(chunk)
+        handle.flush()
+        os.unlink(f"gone-{{number}}.bin")
+        kept.append(handle)
+    time.sleep(2)  # invisible to a walk of the folder, still on the disk
+"""
+    project = marker("unlinker").lower()
+    farm.backend_sdist(project, body)
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "build"
+    assert f"wrote more than the limit of {MAX_OUTPUT_MB * MIB} bytes" in failure.error
+    assert failure.seconds < TIMEOUT
+
+
+def test_a_build_that_breaks_the_count_fails(farm: Farm) -> None:
+    body = """\
+    import os, time
+    for _ in range(2500):
+        os.mkdir("d")
+        os.chdir("d")
+    time.sleep(1.5)
+"""
+    project = marker("deepnest").lower()
+    farm.backend_sdist(project, body)
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "build"
+    assert "cannot be measured" in failure.error
