@@ -70,7 +70,9 @@ def main() -> None:
         scratch = Path(scratch_dir)
         index = FakeIndex()
         for wheel in sorted(WHEELHOUSE.glob("*.whl")):
-            index.add_file(wheel.name.split("-")[0], FakeFile.from_path(wheel, metadata=wheel_metadata(wheel)))
+            index.add_file(
+                wheel.name.split("-")[0], FakeFile.from_path(wheel, metadata=wheel_metadata(wheel))
+            )
         for project in args.projects:
             index.add_file(project, FakeFile.from_path(build_sdist(PROJECTS_DIR / project, "9.0", scratch)))
         with FakeUpstreamServer(index) as upstream:
