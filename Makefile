@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_CONFIG_FILE := /dev/null
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: serve test lint typecheck unit venv clean
+.PHONY: serve test lint typecheck unit venv clean test-unprivileged
 
 $(BIN)/wheelfarm: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,28 @@ typecheck: venv
 
 test: lint typecheck $(WHEELHOUSE)/.done $(BWRAP) $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-unprivileged; fi
+
+# The builds and the hostile suite once more as an unprivileged user (uid 10001, as in the Docker image),
+# with wheelfarm installed from its wheel (not editable) into a venv of Debian's own Python 3.11: builds then
+# run in user namespaces of that user, and the packaged files are what runs.
+CI_USER := wheelfarm-ci
+CI_HOME := /var/tmp/wheelfarm-ci
+UNPRIVILEGED_TESTS := tests/test_builds.py tests/test_hostile_archives.py tests/test_hostile_escapes.py \
+	tests/test_hostile_limits.py tests/test_hostile_host.py tests/test_hostile_outputs.py \
+	tests/test_hostile_lifecycle.py
+test-unprivileged: venv $(WHEELHOUSE)/.done $(BWRAP)
+	id -u $(CI_USER) >/dev/null 2>&1 || useradd --system --uid 10001 --user-group --home-dir $(CI_HOME) $(CI_USER)
+	rm -rf $(CI_HOME) && mkdir -p $(CI_HOME)/src
+	tar --exclude=./.venv --exclude=./.git --exclude=./bench/.venv --exclude='*/__pycache__' -cf - . | tar -xf - -C $(CI_HOME)/src
+	chown -R $(CI_USER):$(CI_USER) $(CI_HOME)
+	cd $(CI_HOME)/src && runuser -u $(CI_USER) -- env -i PATH=/usr/bin:/bin HOME=$(CI_HOME) \
+		UV_CACHE_DIR=$(CI_HOME)/uv-cache $(CURDIR)/$(BIN)/uv venv -q --python /usr/bin/python3.11 $(CI_HOME)/venv
+	cd $(CI_HOME)/src && runuser -u $(CI_USER) -- env -i PATH=/usr/bin:/bin HOME=$(CI_HOME) \
+		UV_CACHE_DIR=$(CI_HOME)/uv-cache UV_NATIVE_TLS=1 $(CURDIR)/$(BIN)/uv pip install -q --python $(CI_HOME)/venv/bin/python \
+		-c constraints.txt '.[test]' pip
+	cd $(CI_HOME)/src && runuser -u $(CI_USER) -- env -i PATH=$(CI_HOME)/venv/bin:/usr/bin:/bin HOME=$(CI_HOME) \
+		LANG=C.UTF-8 PIP_CONFIG_FILE=/dev/null $(CI_HOME)/venv/bin/pytest -p no:cacheprovider $(UNPRIVILEGED_TESTS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

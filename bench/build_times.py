@@ -32,7 +32,9 @@ TARGET = "cp311-manylinux_2_36_x86_64"
 
 
 def one_build(upstream: FakeUpstreamServer, cache: Path, project: str) -> float:
-    settings = proxy_settings(cache, upstream.simple_url, upstream_read_timeout=30.0, builder_timeout=300.0)
+    settings = proxy_settings(
+        cache, upstream.simple_url, upstream_read_timeout=30.0, builder_timeout=300.0, builder_enabled=True
+    )
     with ProxyServer(settings, FakeClock()) as proxy:
         wait_ready(proxy)
         scope = f"{proxy.url}/t/{TARGET}/simple/{project}/"

@@ -1,6 +1,7 @@
 """Finding a real CPython of each version on the builder host: configured paths, pyenv, then PATH.
 
-pyenv's shims only resolve the global version, so its versions folder is searched directly.
+pyenv's shims only resolve the global version, so its versions folder is searched directly. A python on
+PATH that is a virtualenv's link stands for the interpreter it links to.
 """
 
 from __future__ import annotations
@@ -17,15 +18,29 @@ def find_interpreter(
 ) -> Path | None:
     """A python executable for ``version`` ("3.12"), or None when the host has none."""
     if configured and version in configured:
-        path = Path(configured[version])
-        return path if _executable(path) else None
+        return _base_interpreter(Path(configured[version]))
     env = os.environ if environ is None else environ
     for root in _pyenv_roots(env):
         found = _from_pyenv(root / "versions", version)
         if found is not None:
             return found
-    on_path = shutil.which(f"python{version}", path=env.get("PATH"))
-    return Path(on_path) if on_path else None
+    for folder in env.get("PATH", "").split(os.pathsep):
+        on_path = shutil.which(f"python{version}", path=folder) if folder else None
+        found = _base_interpreter(Path(on_path)) if on_path else None
+        if found is not None:
+            return found
+    return None
+
+
+def _base_interpreter(path: Path) -> Path | None:
+    """The real interpreter behind ``path`` (a venv's python is a link to one): builds make their own
+    environments from it, and the sandbox mounts its installation, never somebody's virtualenv."""
+    if not _executable(path):
+        return None
+    real = Path(os.path.realpath(path))
+    if (real.parent.parent / "pyvenv.cfg").exists():
+        return None  # a copy inside a virtualenv (venv --copies): not an installation of its own
+    return real
 
 
 def available_versions(configured: Mapping[str, str] | None = None) -> list[str]:

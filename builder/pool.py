@@ -86,6 +86,10 @@ class RunningBuild:
 class Builder(Protocol):
     def status(self) -> PoolStatus: ...
 
+    async def wait_ready(self, timeout: float) -> PoolStatus:
+        """The status once the start-up check is over (or ``timeout`` seconds passed)."""
+        ...
+
     def serves(self, target: Target) -> bool: ...
 
     def allows(self, project: str) -> bool: ...
@@ -164,6 +168,12 @@ class LocalPool:
         os.chmod(settings.work_root, 0o711)  # build users pass through to nothing: their folders are 0700
 
     def status(self) -> PoolStatus:
+        return self._status
+
+    async def wait_ready(self, timeout: float) -> PoolStatus:
+        if self._status.state is PoolState.CHECKING and self._check is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._check), timeout)
         return self._status
 
     @property

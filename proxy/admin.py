@@ -25,7 +25,7 @@ from proxy.buildahead import BadRequirement, applies_to, choose_sdist, parse_req
 from proxy.errors import BadRequest, NotFound, WheelfarmError
 from proxy.model import file_key
 from proxy.names import InvalidProjectName, normalize
-from proxy.services import SERVICES, Services
+from proxy.services import SERVICES, Services, builder_status
 from proxy.web_builds import serve_built
 
 MAIN_APP = web.AppKey("main_app", web.Application)
@@ -126,6 +126,7 @@ async def summary(request: web.Request) -> web.Response:
             "built_wheels": {"count": len(built), "bytes": sum(r.wheel_size for r in built)},
             "builds": _build_counts(services),
             "cache": {**counts, "hit_ratio": round(counts.get("hit", 0) / lookups, 4) if lookups else None},
+            "builder": builder_status(services.builder),
             "upstream": services.settings.upstream_simple_url,
         }
     )

@@ -29,7 +29,7 @@ from proxy.model import ProjectPage
 from proxy.names import NormalizedName
 from proxy.pages import PageCache
 from proxy.rootlist import RootList
-from proxy.services import CACHE_OUTCOME, REQUEST_ID, SERVICES, Services
+from proxy.services import CACHE_OUTCOME, REQUEST_ID, SERVICES, Services, builder_status
 from proxy.settings import Settings
 from proxy.store import PageStore
 from proxy.upstream import HttpUpstream, Upstream, make_session
@@ -131,16 +131,7 @@ def _bytes_sent(response: web.StreamResponse) -> int:
 async def healthz(request: web.Request) -> web.Response:
     """Liveness, and whether builds are offered (and if not, why): the proxy serves pages either way."""
     builder = request.app[SERVICES].builder if SERVICES in request.app else None
-    body: dict[str, object] = {"status": "ok", "time": time.time()}
-    if builder is None:
-        body["builder"] = {"state": "off"}
-    else:
-        status = builder.status()
-        body["builder"] = {
-            "state": status.state.value,
-            **({"reason": status.reason} if status.reason else {}),
-        }
-    return web.json_response(body)
+    return web.json_response({"status": "ok", "time": time.time(), "builder": builder_status(builder)})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -73,6 +73,14 @@ class RenderedPages:
         return rendered
 
 
+def builder_status(builder: Builder | None) -> dict[str, str]:
+    """Whether builds are offered, and if not why (for /healthz and the admin summary)."""
+    if builder is None:
+        return {"state": "off", "reason": "[builder] enabled = false"}
+    status = builder.status()
+    return {"state": status.state.value, **({"reason": status.reason} if status.reason else {})}
+
+
 @dataclass(eq=False)
 class Services:
     settings: Settings

@@ -62,6 +62,8 @@ async def pending(request: web.Request) -> web.StreamResponse:
     key = BuildKey(sha, target.id)
     record = builder.record(key)
     if record is None:
+        # A link from a page cached before a restart, followed during the start-up self-check: wait for it.
+        await builder.wait_ready(services.settings.builder_hold_seconds)
         if not builder.serves(target):
             raise BuildNotOffered(f"no builder here builds for {target}")
         if not builder.allows(project):

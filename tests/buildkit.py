@@ -23,7 +23,12 @@ def start_builder_proxy(
     upstream: FakeUpstreamServer, clock: FakeClock, cache: Path, **changes: Any
 ) -> ProxyServer:
     settings = proxy_settings(
-        cache, upstream.simple_url, upstream_read_timeout=30.0, builder_timeout=120.0, **changes
+        cache,
+        upstream.simple_url,
+        upstream_read_timeout=30.0,
+        builder_enabled=True,
+        builder_timeout=120.0,
+        **changes,
     )
     return ProxyServer(settings, clock).start()
 

@@ -82,7 +82,9 @@ class ProxyServer(ServerThread):
 
 
 def proxy_settings(cache_dir: Path, upstream: str, **changes: Any) -> Settings:
-    """Settings for a test proxy: a free port (builders reach the proxy there), short timeouts."""
+    """Settings for a test proxy: a free port (builders reach the proxy there), short timeouts, and no
+    builder pool unless a test asks for one (``builder_enabled=True``): its start-up self-check is a real
+    sandboxed build, which tests of pages and files need not pay for."""
     base = Settings(
         port=free_port(),
         cache_dir=cache_dir,
@@ -90,5 +92,6 @@ def proxy_settings(cache_dir: Path, upstream: str, **changes: Any) -> Settings:
         upstream_connect_timeout=2.0,
         upstream_read_timeout=2.0,
         logging_format="json",
+        builder_enabled=False,
     )
     return dataclasses.replace(base, **changes)

@@ -164,6 +164,7 @@ def running_farm(base: Path) -> Iterator[Farm]:
             base / "cache",
             upstream.simple_url,
             upstream_read_timeout=30.0,
+            builder_enabled=True,
             builder_timeout=TIMEOUT,
             builder_max_file_mb=MAX_FILE_MB,
             builder_max_output_mb=MAX_OUTPUT_MB,

@@ -10,6 +10,7 @@ meanwhile.
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import time
@@ -89,7 +90,8 @@ def test_fork_bomb_hits_the_process_limit_and_leaves_nothing_behind(farm: Farm) 
         assert "fork bomb stopped after" in failure.log
         assert "Resource temporarily unavailable" in failure.log
         assert len(seen) < PROCESSES
-        assert groups, "the children ran in no wheelfarm pids cgroup"
+        if os.geteuid() == 0:  # as root a pids cgroup; as any other user RLIMIT_NPROC
+            assert groups, "the children ran in no wheelfarm pids cgroup"
     else:
         assert "ran out of time" in failure.error
     for _ in range(50):

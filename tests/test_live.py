@@ -42,6 +42,7 @@ def live_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer
         Settings(cache_dir=cache_dir).upstream_url,
         upstream_connect_timeout=UPSTREAM_TIMEOUT,
         upstream_read_timeout=UPSTREAM_TIMEOUT,
+        builder_enabled=True,
     )
     with ProxyServer(settings, FakeClock()) as server:
         yield server
