@@ -86,8 +86,8 @@ class RunningBuild:
 class Builder(Protocol):
     def status(self) -> PoolStatus: ...
 
-    async def wait_ready(self, timeout: float) -> PoolStatus:
-        """The status once the start-up check is over (or ``timeout`` seconds passed)."""
+    async def wait_ready(self) -> PoolStatus:
+        """The status once the start-up check is over."""
         ...
 
     def serves(self, target: Target) -> bool: ...
@@ -170,10 +170,9 @@ class LocalPool:
     def status(self) -> PoolStatus:
         return self._status
 
-    async def wait_ready(self, timeout: float) -> PoolStatus:
+    async def wait_ready(self) -> PoolStatus:
         if self._status.state is PoolState.CHECKING and self._check is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._check), timeout)
+            await asyncio.shield(self._check)
         return self._status
 
     @property

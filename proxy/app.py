@@ -152,6 +152,8 @@ def create_app(
     the_clock = clock if clock is not None else SystemClock()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # The cache folder first: a start-up that cannot write it fails before anything else is opened.
+        await asyncio.to_thread(_writable_folder, settings.cache_dir)
         session = None
         source = upstream
         if source is None:
@@ -219,6 +221,14 @@ def create_app(
 
 
 SWEEP_INTERVAL_SECONDS = 600.0
+
+
+def _writable_folder(folder: Path) -> None:
+    """Make ``folder`` and check we may write there (an OSError naming it otherwise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-check-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
 
 
 async def _sweep_orphans(pool: Builder, clock: Clock) -> None:
@@ -300,7 +310,8 @@ async def _serve(settings: Settings) -> None:
         for runner, (host, port) in zip(runners, addresses, strict=True):
             await runner.setup()
             await web.TCPSite(runner, host, port).start()
-            log.info("listening", host=host, port=port, admin=runner.app is not app)
+            serves_admin = runner.app is not app or (settings.admin_enabled and not settings.admin_listen)
+            log.info("listening", host=host, port=port, admin=serves_admin)
         await stop.wait()
     finally:
         for runner in reversed(runners):

@@ -12,7 +12,7 @@ import structlog
 from builder import cli as builder_cli
 from proxy import __version__, admin_cli
 from proxy.logs import configure_logging
-from proxy.settings import SettingsError, all_fields, flag_name, load_settings
+from proxy.settings import SettingsError, example_config, fields, load_settings
 
 # Short flags for the settings people set most; every setting also has --section-key.
 _ALIASES = {
@@ -29,13 +29,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"wheelfarm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the proxy")
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy",
+        description="Run the proxy. Every flag is also a [section] key of the --config file and a "
+        "WHEELFARM_SECTION_KEY environment variable; flags win over both (see config.example.toml).",
+    )
     serve.add_argument("--config", type=Path, help="TOML settings file (see config.example.toml)")
-    for section, key, attr in all_fields():
-        names = [flag_name(section, key)]
-        if attr in _ALIASES:
-            names.insert(0, _ALIASES[attr])
-        serve.add_argument(*names, dest=attr, default=None, metavar=key.upper(), help=f"[{section}] {key}")
+    for item in fields():
+        names = [item.flag]
+        if item.attr in _ALIASES:
+            names.insert(0, _ALIASES[item.attr])
+        shown = "" if item.default in (None, "", ()) else f" (default: {_shown(item.default)})"
+        serve.add_argument(
+            *names,
+            dest=item.attr,
+            default=None,
+            metavar=item.kind.upper().replace(" ", "_")
+            if not item.choices
+            else "{" + ",".join(item.choices) + "}",
+            help=f"{item.doc}{shown} [{item.section}] {item.key}, ${item.env}".replace("%", "%%"),
+        )
+    config = commands.add_parser("config", help="settings: print config.example.toml")
+    config.add_argument("config_command", choices=["example"], help="example: every setting, documented")
     builder = commands.add_parser("builder", help="the wheel builder on its own")
     builder_cli.add_arguments(builder)
     admin_cli.add_commands(commands)
@@ -49,7 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return builder_cli.run(args)
     if args.command in admin_cli.COMMANDS:
         return admin_cli.run(args)
-    overrides = {attr: getattr(args, attr) for _, _, attr in all_fields()}
+    if args.command == "config":
+        sys.stdout.write(example_config())
+        return 0
+    overrides = {item.attr: getattr(args, item.attr) for item in fields()}
     try:
         settings = load_settings(args.config, overrides=overrides)
     except SettingsError as exc:
@@ -62,9 +81,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         structlog.get_logger("wheelfarm").info(
             "starting", version=__version__, host=settings.host, port=settings.port
         )
-        run(settings)
+        try:
+            run(settings)
+        except OSError as exc:  # one clear line for what the operator must fix, not a traceback
+            print(f"wheelfarm: cannot start: {_startup_problem(exc, settings)}", file=sys.stderr)
+            return 1
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _startup_problem(exc: OSError, settings: object) -> str:
+    import errno
+
+    where = f": {exc.filename}" if exc.filename else ""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"the address is already in use ({getattr(settings, 'host', '')}:{getattr(settings, 'port', '')})"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{exc.strerror}{where}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {getattr(settings, 'host', '')}: {exc.strerror}"
+    return f"{exc.strerror or exc}{where}"

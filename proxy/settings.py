@@ -1,21 +1,30 @@
-"""All configuration in one frozen object.
+"""All configuration in one frozen object, each setting described once.
 
 Layers, later ones winning: defaults, a TOML file, WHEELFARM_* environment variables, command-line flags.
-
-This is the only module that reads the environment. Every setting has one name in each layer:
-TOML ``[section] key``, environment ``WHEELFARM_SECTION_KEY``, flag ``--section-key`` (a few short aliases).
+Every setting is declared once below (section, key, type, default, description); its TOML name
+``[section] key``, environment variable ``WHEELFARM_SECTION_KEY``, flag ``--section-key``, the flag's
+help and the whole of ``config.example.toml`` (``wheelfarm config example``) are derived from that one
+declaration. This is the only module that reads the environment; an unknown WHEELFARM_* variable is an
+error that names the closest real one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# Variables of the WHEELFARM_ family that are not settings of the server.
+OTHER_VARIABLES = (
+    "WHEELFARM_ADMIN_URL",  # the operator's command line: which proxy to talk to
+    "WHEELFARM_SKIP_LIVE",  # the test suite: skip tests that talk to the real index
+)
 
 
 class SettingsError(ValueError):
@@ -27,54 +36,296 @@ def _default_cache_dir() -> Path:
     return Path(base) / "wheelfarm"
 
 
+# --- conversions: raw TOML / environment / flag value -> typed value (ValueError when it does not fit) ---
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError
+
+
+def _integer(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError
+    return int(raw)
+
+
+def _number(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError
+    return float(raw)
+
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+        raise ValueError
+    return str(raw)
+
+
+def _path(raw: Any) -> Path:
+    if not isinstance(raw, str) or not raw:
+        raise ValueError
+    return Path(raw).expanduser()
+
+
+def _optional_path(raw: Any) -> Path | None:
+    if not isinstance(raw, str):
+        raise ValueError
+    return Path(raw).expanduser() if raw else None
+
+
+def _strings(raw: Any) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError
+    return tuple(i.strip() for i in items if i.strip())
+
+
+_KINDS: dict[Callable[[Any], Any], str] = {
+    _boolean: "boolean",
+    _integer: "integer",
+    _number: "number",
+    _text: "string",
+    _path: "path",
+    _optional_path: "path",
+    _strings: "list of strings",
+}
+
+
+def setting(
+    section: str,
+    key: str,
+    default: Any,
+    doc: str,
+    *,
+    parse: Callable[[Any], Any],
+    choices: tuple[str, ...] = (),
+    example: Any = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """Declare one setting: a dataclass field that carries its names, type and description."""
+    metadata = {
+        "section": section,
+        "key": key,
+        "doc": doc,
+        "parse": parse,
+        "choices": choices,
+        "example": example,
+    }
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    # [server]
-    host: str = "127.0.0.1"
-    port: int = 8080
-    # [upstream]
-    upstream_url: str = "https://pypi.org/simple/"
-    upstream_connect_timeout: float = 10.0
-    upstream_read_timeout: float = 30.0
-    upstream_max_connections: int = 32
-    upstream_ca_bundle: Path | None = None
-    # [cache]
-    cache_dir: Path = dataclasses.field(default_factory=_default_cache_dir)
-    cache_page_ttl: float = 600.0
-    cache_root_ttl: float = 3600.0
-    cache_not_found_ttl: float = 60.0
-    cache_stale_if_error: float = 7 * 24 * 3600.0
-    cache_max_file_mb: int = 0
-    cache_max_page_mb: int = 1024
-    # [logging]
-    logging_level: str = "info"
-    logging_format: str = "auto"
-    # [builder]
-    builder_enabled: bool = True
-    builder_workers: int = 2
-    builder_hold_seconds: float = 12.0
-    builder_retry_after: int = 5
-    builder_sandbox: str = "required"
-    builder_timeout: float = 900.0
-    builder_memory_mb: int = 4096
-    builder_processes: int = 512
-    builder_max_file_mb: int = 1024
-    builder_max_output_mb: int = 4096
-    builder_max_metadata_kb: int = 8192
-    builder_build_uid: int = 1_900_000_000
-    builder_bwrap: str = ""
-    builder_work_dir: Path | None = None
-    builder_index_url: str = ""
-    builder_interpreters: tuple[str, ...] = ()
-    builder_targets: tuple[str, ...] = ("*",)
-    builder_allow: tuple[str, ...] = ("*",)
-    builder_deny: tuple[str, ...] = ()
-    builder_orphan_retention: float = 7 * 24 * 3600.0
-    builder_max_builds: int = 10_000
-    # [admin]
-    admin_enabled: bool = False
-    admin_token: str = ""
-    admin_listen: str = ""
+    host: str = setting(
+        "server", "host", "127.0.0.1",
+        "Address to listen on. The default is loopback only; use \"0.0.0.0\" to serve a CI network.",
+        parse=_text,
+    )  # fmt: skip
+    port: int = setting("server", "port", 8080, "TCP port to listen on.", parse=_integer)
+    upstream_url: str = setting(
+        "upstream", "url", "https://pypi.org/simple/",
+        "The upstream simple API (PEP 503/691). Pages are fetched as PEP 691 JSON, HTML only from an index "
+        "that serves nothing else.",
+        parse=_text,
+    )  # fmt: skip
+    upstream_connect_timeout: float = setting(
+        "upstream", "connect_timeout", 10.0, "Seconds to open a connection to upstream.", parse=_number
+    )
+    upstream_read_timeout: float = setting(
+        "upstream", "read_timeout", 30.0,
+        "The most seconds between two reads of an upstream response (also the deadline of a whole page "
+        "fetch). A file download may take as long as it needs while bytes keep coming.",
+        parse=_number,
+    )  # fmt: skip
+    upstream_max_connections: int = setting(
+        "upstream", "max_connections", 32, "Most connections open to upstream at once.", parse=_integer
+    )
+    upstream_ca_bundle: Path | None = setting(
+        "upstream", "ca_bundle", None,
+        "Extra CA certificates (PEM) trusted for upstream, for corporate TLS interception. The system "
+        "trust store is always used; \"\" means no extra bundle.",
+        parse=_optional_path,
+    )  # fmt: skip
+    cache_dir: Path = setting(
+        "cache", "dir", None,
+        "Where pages, files, built wheels and build work folders are kept. Default: "
+        "$XDG_CACHE_HOME/wheelfarm or ~/.cache/wheelfarm.",
+        parse=_path, factory=_default_cache_dir, example=Path("/var/cache/wheelfarm"),
+    )  # fmt: skip
+    cache_page_ttl: float = setting(
+        "cache", "page_ttl", 600.0,
+        "Seconds a project page is served without asking upstream; then it is revalidated (If-None-Match).",
+        parse=_number,
+    )  # fmt: skip
+    cache_root_ttl: float = setting(
+        "cache", "root_ttl", 3600.0,
+        "Seconds the root project list (/simple/, tens of MB) is served before it is fetched again.",
+        parse=_number,
+    )  # fmt: skip
+    cache_not_found_ttl: float = setting(
+        "cache", "not_found_ttl", 60.0, "Seconds an upstream 404 is remembered.", parse=_number
+    )
+    cache_stale_if_error: float = setting(
+        "cache", "stale_if_error", 7 * 24 * 3600.0,
+        "When upstream fails or times out, a cached page up to this many seconds old is served instead "
+        "(stale-if-error, marked with the X-Wheelfarm-Cache: stale response header).",
+        parse=_number,
+    )  # fmt: skip
+    cache_max_file_mb: int = setting(
+        "cache", "max_file_mb", 0,
+        "Most megabytes of files (wheels, sdists, metadata) kept; past it the least recently used files "
+        "are evicted (never one being served or built from). 0: no limit.",
+        parse=_integer,
+    )  # fmt: skip
+    cache_max_page_mb: int = setting(
+        "cache", "max_page_mb", 1024,
+        "Most megabytes of cached pages (SQLite index plus bodies); the least recently read go first.",
+        parse=_integer,
+    )  # fmt: skip
+    logging_level: str = setting(
+        "logging",
+        "level",
+        "info",
+        "How much to log.",
+        parse=_text,
+        choices=("debug", "info", "warning", "error"),
+    )
+    logging_format: str = setting(
+        "logging", "format", "auto", "JSON lines, readable lines, or JSON unless stderr is a terminal.",
+        parse=_text, choices=("auto", "json", "console"),
+    )  # fmt: skip
+    builder_enabled: bool = setting(
+        "builder", "enabled", True,
+        "Offer and build wheels a release lacks for the requesting client (pip/uv User-Agent, or "
+        "/t/<target>/).",
+        parse=_boolean,
+    )  # fmt: skip
+    builder_workers: int = setting(
+        "builder",
+        "workers",
+        2,
+        "Builds at once (each in its own worker process and sandbox).",
+        parse=_integer,
+    )
+    builder_hold_seconds: float = setting(
+        "builder", "hold_seconds", 12.0,
+        "Seconds a client following a build-pending link is held while the build runs (keep it under "
+        "pip's 15 s read timeout); after that it gets 503 with Retry-After.",
+        parse=_number,
+    )  # fmt: skip
+    builder_retry_after: int = setting(
+        "builder", "retry_after", 5, "The Retry-After, in seconds, of a 503 for a build still running.",
+        parse=_integer,
+    )  # fmt: skip
+    builder_sandbox: str = setting(
+        "builder", "sandbox", "required",
+        "Builds always run inside bubblewrap (no network, read-only system, seccomp, limits: README, \"How "
+        "a build runs\"); where the sandbox cannot work nothing is built and /healthz says why. "
+        "\"required\" is the only value.",
+        parse=_text, choices=("required",),
+    )  # fmt: skip
+    builder_timeout: float = setting(
+        "builder", "timeout", 900.0, "Seconds each sandboxed step of a build may take.", parse=_number
+    )
+    builder_memory_mb: int = setting(
+        "builder", "memory_mb", 4096, "Address space of each build process, in megabytes.", parse=_integer
+    )
+    builder_processes: int = setting(
+        "builder", "processes", 512, "Processes (and threads) a build may run at once.", parse=_integer
+    )
+    builder_max_file_mb: int = setting(
+        "builder", "max_file_mb", 1024, "Largest single file a build may write, in megabytes.", parse=_integer
+    )
+    builder_max_output_mb: int = setting(
+        "builder", "max_output_mb", 4096,
+        "Everything a build holds on disk, in megabytes (also the largest wheel kept).",
+        parse=_integer,
+    )  # fmt: skip
+    builder_max_metadata_kb: int = setting(
+        "builder", "max_metadata_kb", 8192,
+        "Largest METADATA of a built wheel (served as its PEP 658 .metadata), in kilobytes.",
+        parse=_integer,
+    )  # fmt: skip
+    builder_build_uid: int = setting(
+        "builder", "build_uid", 1_900_000_000,
+        "When the proxy runs as root, builds never do: build slot N runs as uid and gid build_uid + N, "
+        "which must belong to no user (no /etc/passwd entry is needed). As any other user, builds run as "
+        "that user inside a user namespace.",
+        parse=_integer,
+    )  # fmt: skip
+    builder_bwrap: str = setting(
+        "builder", "bwrap", "",
+        "The bubblewrap binary; \"\" finds bwrap in /usr/bin, /bin, /usr/local/bin or on PATH.",
+        parse=_text,
+    )  # fmt: skip
+    builder_work_dir: Path | None = setting(
+        "builder", "work_dir", None, "Where builds run (a fast local disk). Default: <cache dir>/work.",
+        parse=_optional_path, example=Path("/var/tmp/wheelfarm"),
+    )  # fmt: skip
+    builder_index_url: str = setting(
+        "builder", "index_url", "",
+        "The index builders install build requirements from: this proxy's /plain/simple/ (no overlay, so "
+        "a build never waits on another build). Default: derived from [server] host and port.",
+        parse=_text,
+    )  # fmt: skip
+    builder_interpreters: tuple[str, ...] = setting(
+        "builder", "interpreters", (),
+        "Interpreters per Python version, when not found under pyenv or as python3.X on PATH.",
+        parse=_strings, example=("3.12=/opt/python/3.12/bin/python3.12",),
+    )  # fmt: skip
+    builder_targets: tuple[str, ...] = setting(
+        "builder", "targets", ("*",),
+        "Which targets this pool builds for (shell-style patterns on target ids).",
+        parse=_strings, example=("cp311-manylinux_*", "cp312-manylinux_*"),
+    )  # fmt: skip
+    builder_allow: tuple[str, ...] = setting(
+        "builder",
+        "allow",
+        ("*",),
+        "Which projects it may build (patterns on normalised names).",
+        parse=_strings,
+    )
+    builder_deny: tuple[str, ...] = setting(
+        "builder", "deny", (), "Projects never built, whatever allow says.", parse=_strings
+    )
+    builder_orphan_retention: float = setting(
+        "builder", "orphan_retention", 7 * 24 * 3600.0,
+        "Seconds a built wheel whose sdist upstream no longer lists is kept on disk (never listed again; "
+        "the admin view shows it as orphaned) before it is deleted.",
+        parse=_number,
+    )  # fmt: skip
+    builder_max_builds: int = setting(
+        "builder", "max_builds", 10_000,
+        "Most build records (built wheels and remembered failures) kept; past it orphans go first, then the "
+        "oldest. 0: no limit.",
+        parse=_integer,
+    )  # fmt: skip
+    admin_enabled: bool = setting(
+        "admin", "enabled", False,
+        "The admin page and JSON API (/admin/ on the main listener, or on its own address). Off by default.",
+        parse=_boolean,
+    )  # fmt: skip
+    admin_token: str = setting(
+        "admin", "token", "",
+        "Bearer token every change (purge, delete, retry, build ahead, evict) must carry; \"\" allows no "
+        "changes. Prefer the environment: WHEELFARM_ADMIN_TOKEN.",
+        parse=_text,
+    )  # fmt: skip
+    admin_listen: str = setting(
+        "admin", "listen", "",
+        "\"host:port\" to serve admin on its own listener (e.g. \"127.0.0.1:8081\"); \"\" serves it at "
+        "/admin/.",
+        parse=_text,
+    )  # fmt: skip
 
     @property
     def plain_index_url(self) -> str:
@@ -90,55 +341,51 @@ class Settings:
         return self.upstream_url if self.upstream_url.endswith("/") else self.upstream_url + "/"
 
 
-# (section, key) -> attribute; the attribute's annotation gives the type.
-_FIELDS: dict[tuple[str, str], str] = {
-    ("server", "host"): "host",
-    ("server", "port"): "port",
-    ("upstream", "url"): "upstream_url",
-    ("upstream", "connect_timeout"): "upstream_connect_timeout",
-    ("upstream", "read_timeout"): "upstream_read_timeout",
-    ("upstream", "max_connections"): "upstream_max_connections",
-    ("upstream", "ca_bundle"): "upstream_ca_bundle",
-    ("cache", "dir"): "cache_dir",
-    ("cache", "page_ttl"): "cache_page_ttl",
-    ("cache", "root_ttl"): "cache_root_ttl",
-    ("cache", "not_found_ttl"): "cache_not_found_ttl",
-    ("cache", "stale_if_error"): "cache_stale_if_error",
-    ("cache", "max_file_mb"): "cache_max_file_mb",
-    ("cache", "max_page_mb"): "cache_max_page_mb",
-    ("logging", "level"): "logging_level",
-    ("logging", "format"): "logging_format",
-    ("builder", "enabled"): "builder_enabled",
-    ("builder", "workers"): "builder_workers",
-    ("builder", "hold_seconds"): "builder_hold_seconds",
-    ("builder", "retry_after"): "builder_retry_after",
-    ("builder", "sandbox"): "builder_sandbox",
-    ("builder", "timeout"): "builder_timeout",
-    ("builder", "memory_mb"): "builder_memory_mb",
-    ("builder", "processes"): "builder_processes",
-    ("builder", "max_file_mb"): "builder_max_file_mb",
-    ("builder", "max_output_mb"): "builder_max_output_mb",
-    ("builder", "max_metadata_kb"): "builder_max_metadata_kb",
-    ("builder", "build_uid"): "builder_build_uid",
-    ("builder", "bwrap"): "builder_bwrap",
-    ("builder", "work_dir"): "builder_work_dir",
-    ("builder", "index_url"): "builder_index_url",
-    ("builder", "interpreters"): "builder_interpreters",
-    ("builder", "targets"): "builder_targets",
-    ("builder", "allow"): "builder_allow",
-    ("builder", "deny"): "builder_deny",
-    ("builder", "orphan_retention"): "builder_orphan_retention",
-    ("builder", "max_builds"): "builder_max_builds",
-    ("admin", "enabled"): "admin_enabled",
-    ("admin", "token"): "admin_token",
-    ("admin", "listen"): "admin_listen",
-}
-_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(Settings)}
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "logging_level": ("debug", "info", "warning", "error"),
-    "logging_format": ("auto", "json", "console"),
-    "builder_sandbox": ("required",),  # builds always run in the sandbox; the key stays for old configs
-}
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One setting as the layers see it."""
+
+    attr: str
+    section: str
+    key: str
+    doc: str
+    parse: Callable[[Any], Any]
+    choices: tuple[str, ...]
+    example: Any
+    default: Any
+
+    @property
+    def env(self) -> str:
+        return env_name(self.section, self.key)
+
+    @property
+    def flag(self) -> str:
+        return flag_name(self.section, self.key)
+
+    @property
+    def kind(self) -> str:
+        return _KINDS.get(self.parse, "string")
+
+
+def fields() -> list[Field]:
+    """Every setting, in documentation order."""
+    found = []
+    for item in dataclasses.fields(Settings):
+        meta = item.metadata
+        default = item.default if item.default is not dataclasses.MISSING else None
+        found.append(
+            Field(
+                item.name,
+                meta["section"],
+                meta["key"],
+                meta["doc"],
+                meta["parse"],
+                meta["choices"],
+                meta["example"],
+                default,
+            )
+        )
+    return found
 
 
 def env_name(section: str, key: str) -> str:
@@ -149,36 +396,34 @@ def flag_name(section: str, key: str) -> str:
     return f"--{section}-{key}".replace("_", "-")
 
 
-def _flag_for(attr: str) -> str:
-    for (section, key), candidate in _FIELDS.items():
-        if candidate == attr:
-            return flag_name(section, key)
-    return attr
-
-
-def all_fields() -> list[tuple[str, str, str]]:
-    """(section, key, attribute) for every setting, in documentation order."""
-    return [(section, key, attr) for (section, key), attr in _FIELDS.items()]
-
-
 def load_settings(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Build Settings from the layers. ``overrides`` maps attribute -> flag value (None: flag not given)."""
+    by_attr = {f.attr: f for f in fields()}
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(_from_toml(config_file))
     env = os.environ if environ is None else environ
-    for (section, key), attr in _FIELDS.items():
-        name = env_name(section, key)
-        if name in env:
-            values[attr] = _convert(attr, env[name], f"environment variable {name}")
+    _refuse_unknown_variables(env)
+    for item in by_attr.values():
+        if item.env in env:
+            values[item.attr] = _convert(item, env[item.env], f"environment variable {item.env}")
     for attr, value in (overrides or {}).items():
         if value is not None:
-            values[attr] = _convert(attr, value, f"flag {_flag_for(attr)}")
+            values[attr] = _convert(by_attr[attr], value, f"flag {by_attr[attr].flag}")
     return Settings(**values)
+
+
+def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
+    known = [f.env for f in fields()] + list(OTHER_VARIABLES)
+    for name in sorted(env):
+        if name.startswith("WHEELFARM_") and name not in known:
+            closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {closest[0]}?" if closest else "; see config.example.toml"
+            raise SettingsError(f"unknown environment variable {name}{hint}")
 
 
 def _from_toml(path: Path) -> dict[str, Any]:
@@ -188,61 +433,89 @@ def _from_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    by_name = {(f.section, f.key): f for f in fields()}
     values: dict[str, Any] = {}
     for section, table in document.items():
         if not isinstance(table, dict):
             raise SettingsError(f"config file {path}: '{section}' must be a [table]")
         for key, raw in table.items():
-            attr = _FIELDS.get((section, key))
-            if attr is None:
-                raise SettingsError(f"config file {path}: unknown setting [{section}] {key}")
-            values[attr] = _convert(attr, raw, f"[{section}] {key} in {path}")
+            item = by_name.get((section, key))
+            if item is None:
+                names = [f"[{s}] {k}" for s, k in by_name]
+                closest = difflib.get_close_matches(f"[{section}] {key}", names, n=1, cutoff=0.6)
+                hint = f"; did you mean {closest[0]}?" if closest else ""
+                raise SettingsError(f"config file {path}: unknown setting [{section}] {key}{hint}")
+            values[item.attr] = _convert(item, raw, f"[{section}] {key} in {path}")
     return values
 
 
-def _boolean(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError
-
-
-def _convert(attr: str, raw: Any, origin: str) -> Any:
-    kind = _TYPES[attr]
+def _convert(item: Field, raw: Any, origin: str) -> Any:
     try:
-        if kind == "bool":
-            value: Any = _boolean(raw)
-        elif kind == "tuple[str, ...]":
-            items = raw.split(",") if isinstance(raw, str) else raw
-            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-                raise ValueError
-            value = tuple(i.strip() for i in items if i.strip())
-        elif kind == "int":
-            if isinstance(raw, bool):
-                raise ValueError
-            value = int(raw)
-        elif kind == "float":
-            if isinstance(raw, bool):
-                raise ValueError
-            value = float(raw)
-        elif kind in ("Path", "Path | None"):
-            value = Path(raw).expanduser() if str(raw) else None
-            if value is None and kind == "Path":
-                raise ValueError
-        else:
-            value = str(raw)
+        value = item.parse(raw)
     except (TypeError, ValueError):
-        raise SettingsError(f"{origin}: {raw!r} is not a valid {kind}") from None
-    if attr == "admin_listen" and value and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}", value):
+        raise SettingsError(f"{origin}: {raw!r} is not a valid {item.kind}") from None
+    if (
+        item.attr == "admin_listen"
+        and value
+        and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}", value)
+    ):
         raise SettingsError(f"{origin}: {raw!r} is not host:port")
-    if attr in _CHOICES and str(value).lower() not in _CHOICES[attr]:
-        raise SettingsError(f"{origin}: {raw!r} is not one of {', '.join(_CHOICES[attr])}")
-    if attr in _CHOICES:
+    if item.choices:
         value = str(value).lower()
-    if kind in ("int", "float") and value < 0:
+        if value not in item.choices:
+            raise SettingsError(f"{origin}: {raw!r} is not one of {', '.join(item.choices)}")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
         raise SettingsError(f"{origin}: {raw!r} must not be negative")
+    if item.attr in ("port",) and not 0 < value < 65536:
+        raise SettingsError(f"{origin}: {raw!r} is not a TCP port (1 to 65535)")
     return value
+
+
+# --- config.example.toml, generated ---------------------------------------------------------------------
+
+_EXAMPLE_HEADER = """\
+# wheelfarm settings. Every key is optional; the values shown are the defaults.
+# Precedence, later wins: these defaults < this file (--config) < WHEELFARM_<SECTION>_<KEY> environment
+# variables < command-line flags (--<section>-<key>, plus the short --host/--port/--cache-dir/--upstream).
+# Example: [cache] page_ttl = 600  ==  WHEELFARM_CACHE_PAGE_TTL=600  ==  --cache-page-ttl 600
+# This file is generated from proxy/settings.py: `wheelfarm config example > config.example.toml`.
+"""
+
+
+def example_config() -> str:
+    """config.example.toml: every setting with its description and default (a test keeps them equal)."""
+    lines = [_EXAMPLE_HEADER.rstrip("\n")]
+    section = ""
+    for item in fields():
+        if item.section != section:
+            section = item.section
+            lines += ["", f"[{section}]"]
+        lines += _wrap(item.doc + (f" One of: {', '.join(item.choices)}." if item.choices else ""))
+        if item.attr == "cache_dir" or (item.default is None and item.example is not None):
+            lines.append(f"# {item.key} = {_toml(item.example)}")
+        else:
+            shown = f"{item.key} = {_toml(item.default)}"
+            lines.append(shown + (f"   # e.g. {_toml(item.example)}" if item.example is not None else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if value is None:
+        return '""'
+    if isinstance(value, Path):
+        value = str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _wrap(text: str, width: int = 108) -> list[str]:
+    import textwrap
+
+    return ["# " + line for line in textwrap.wrap(text, width - 2, break_on_hyphens=False)]

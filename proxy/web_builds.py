@@ -10,6 +10,7 @@ failure and its log when the build failed. ``built/<sdist sha256>/<target>/...``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 
 from aiohttp import web
@@ -63,7 +64,9 @@ async def pending(request: web.Request) -> web.StreamResponse:
     record = builder.record(key)
     if record is None:
         # A link from a page cached before a restart, followed during the start-up self-check: wait for it.
-        await builder.wait_ready(services.settings.builder_hold_seconds)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(services.settings.builder_hold_seconds):
+                await builder.wait_ready()
         if not builder.serves(target):
             raise BuildNotOffered(f"no builder here builds for {target}")
         if not builder.allows(project):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -95,11 +96,56 @@ def test_bad_port_exits_2_naming_the_setting(
         check=False,
     )
     assert completed.returncode == 2
-    # One line, no traceback, e.g. "wheelfarm: flag for port: 'notanumber' is not a valid int".
+    # One line, no traceback, e.g. "wheelfarm: flag --server-port: 'notanumber' is not a valid integer".
     assert completed.stderr.startswith("wheelfarm: ")
     assert completed.stderr.count("\n") == 1
     assert setting in completed.stderr
-    assert "'notanumber' is not a valid int" in completed.stderr
+    assert "'notanumber' is not a valid integer" in completed.stderr
+
+
+@pytest.mark.parametrize("problem", ["port in use", "cache is a file", "mistyped variable"])
+def test_start_up_failures_are_one_line_and_a_non_zero_exit(tmp_path: Path, problem: str) -> None:
+    port = free_port()
+    cache, env = tmp_path / "cache", {}
+    if problem == "cache is a file":
+        cache.write_text("not a folder")
+        cache = cache / "inside"
+    if problem == "mistyped variable":
+        env = {"WHEELFARM_CACHE_PAGE_TLL": "5"}
+    with socket.socket() as taken:
+        if problem == "port in use":
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+        completed = subprocess.run(
+            [
+                str(WHEELFARM),
+                "serve",
+                "--port",
+                str(port),
+                "--cache-dir",
+                str(cache),
+                "--builder-enabled",
+                "no",
+            ],
+            env=server_env(tmp_path / "home", env),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert completed.returncode != 0
+    assert "Traceback" not in completed.stderr
+    problems = [line for line in completed.stderr.splitlines() if line.startswith("wheelfarm: ")]
+    expected = {
+        "port in use": f"wheelfarm: cannot start: the address is already in use (127.0.0.1:{port})",
+        "cache is a file": f"wheelfarm: cannot start: Not a directory: {cache}",
+        "mistyped variable": (
+            "wheelfarm: unknown environment variable WHEELFARM_CACHE_PAGE_TLL; "
+            "did you mean WHEELFARM_CACHE_PAGE_TTL?"
+        ),
+    }[problem]
+    assert problems == [expected], completed.stderr
+    assert [line for line in completed.stderr.splitlines() if not line.startswith(("wheelfarm: ", "{"))] == []
 
 
 def test_port_from_the_environment(fake_upstream: FakeUpstreamServer, tmp_path: Path) -> None:

@@ -50,15 +50,16 @@ def _processes_named(name: str) -> list[int]:
 
 
 def _workers_in(work: Path) -> list[int]:
-    """Build worker processes whose work folder is under ``work`` (their cwd)."""
+    """Build worker processes working under ``work`` (their folder is their cwd or on their command line)."""
     found = []
     for pid in (p for p in os.listdir("/proc") if p.isdigit()):
         try:
-            is_worker = b"builder.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-            if is_worker and Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(work):
-                found.append(int(pid))
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
         except OSError:
             continue
+        if b"builder.worker" in command and (cwd.is_relative_to(work) or str(work).encode() in command):
+            found.append(int(pid))
     return found
 
 
