@@ -12,7 +12,35 @@ from dataclasses import dataclass, field
 
 from proxy.names import NormalizedName
 
-JSON_API_VERSION = "1.1"  # PEP 700 fields (size, upload-time, versions) need api-version 1.1
+# 1.1: PEP 700 (size, upload-time, versions); 1.3: PEP 740 (provenance); 1.4: PEP 792 (project-status).
+# (1.2 was PEP 708's tracks and alternate-locations, optional keys we never send.)
+JSON_API_VERSION = "1.4"
+
+
+class ProjectState(enum.Enum):
+    """PEP 792 project status. A quarantined project offers no files at all (and so no builds)."""
+
+    ACTIVE = "active"
+    ARCHIVED = "archived"
+    QUARANTINED = "quarantined"
+    DEPRECATED = "deprecated"
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectStatus:
+    state: ProjectState
+    reason: str | None = None
+
+    @classmethod
+    def parse(cls, status: object, reason: object) -> ProjectStatus | None:
+        """From upstream's values; an unknown status is kept as active (PEP 792: clients treat it so)."""
+        if not isinstance(status, str) or not status:
+            return None
+        try:
+            state = ProjectState(status.strip().lower())
+        except ValueError:
+            state = ProjectState.ACTIVE
+        return cls(state, reason if isinstance(reason, str) and reason else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +89,11 @@ class ProjectPage:
     files: tuple[DistFile, ...]
     versions: tuple[str, ...] | None = None
     last_serial: int | None = None
+    status: ProjectStatus | None = None  # PEP 792; None: upstream said nothing (active)
+
+    @property
+    def quarantined(self) -> bool:
+        return self.status is not None and self.status.state is ProjectState.QUARANTINED
 
     def file_by_key(self, key: str) -> DistFile | None:
         for dist in self.files:

@@ -82,6 +82,8 @@ class PageCache:
         self._inflight: dict[NormalizedName, asyncio.Task[PageResult]] = {}
         self._known: OrderedDict[NormalizedName, _Known] = OrderedDict()
         self._failures: dict[NormalizedName, tuple[float, str]] = {}
+        # PEP 792: projects whose last page said "quarantined"; their cached files are not served either.
+        self.quarantined: set[NormalizedName] = set()
 
     async def project(self, name: NormalizedName, *, max_age: float | None = None) -> PageResult:
         """The page for ``name``; ``max_age`` overrides the TTL (0 forces a revalidation)."""
@@ -139,6 +141,10 @@ class PageCache:
         return self._remember(name, _Known(meta, page))
 
     def _remember(self, name: NormalizedName, known: _Known) -> _Known:
+        if known.page is not None and known.page.quarantined:
+            self.quarantined.add(name)
+        else:
+            self.quarantined.discard(name)
         self._known[name] = known
         self._known.move_to_end(name)
         if len(self._known) > PAGES_IN_MEMORY:

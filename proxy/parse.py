@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from html.parser import HTMLParser
 from typing import Any
@@ -9,7 +10,7 @@ from urllib.parse import urldefrag, urljoin
 
 import orjson
 
-from proxy.model import DistFile, ProjectPage
+from proxy.model import DistFile, ProjectPage, ProjectStatus
 from proxy.names import NormalizedName
 
 
@@ -28,11 +29,20 @@ def parse_project_json(body: bytes, page_url: str, name: NormalizedName) -> Proj
     meta = data["meta"] if isinstance(data.get("meta"), dict) else {}
     files = tuple(_json_file(entry, page_url, name) for entry in data["files"])
     versions = data.get("versions")
-    return ProjectPage(
-        name=name,
-        files=files,
-        versions=tuple(str(v) for v in versions) if isinstance(versions, list) else None,
-        last_serial=_int_or_none(meta.get("_last-serial")),
+    raw_status = data.get("project-status")  # PEP 792: {"status": ..., "reason": ...}
+    status = (
+        ProjectStatus.parse(raw_status.get("status"), raw_status.get("reason"))
+        if isinstance(raw_status, dict)
+        else None
+    )
+    return _quarantine(
+        ProjectPage(
+            name=name,
+            files=files,
+            versions=tuple(str(v) for v in versions) if isinstance(versions, list) else None,
+            last_serial=_int_or_none(meta.get("_last-serial")),
+            status=status,
+        )
     )
 
 
@@ -68,7 +78,15 @@ def parse_project_html(body: bytes, page_url: str, name: NormalizedName, serial:
     except Exception as exc:  # html.parser only raises on internal assertion failures
         raise UpstreamPageError(f"upstream HTML page for {name!r} cannot be parsed: {exc}") from None
     files = tuple(_html_file(attrs, page_url) for attrs in parser.anchors if attrs.get("href"))
-    return ProjectPage(name=name, files=files, versions=None, last_serial=serial)
+    status = ProjectStatus.parse(
+        parser.meta.get("pypi:project-status"), parser.meta.get("pypi:project-status-reason")
+    )
+    return _quarantine(ProjectPage(name=name, files=files, versions=None, last_serial=serial, status=status))
+
+
+def _quarantine(page: ProjectPage) -> ProjectPage:
+    """PEP 792: a quarantined project offers no files, whatever else the page lists (and so no builds)."""
+    return dataclasses.replace(page, files=()) if page.quarantined and page.files else page
 
 
 def _html_file(attrs: Mapping[str, str | None], page_url: str) -> DistFile:
@@ -104,8 +122,13 @@ class _AnchorParser(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.anchors: list[dict[str, str | None]] = []
+        self.meta: dict[str, str] = {}  # PEP 792's <meta name="pypi:project-status" content="...">
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "meta":
+            found = dict(attrs)
+            if found.get("name") and found.get("content") is not None:
+                self.meta.setdefault(str(found["name"]), str(found["content"]))
         if tag == "a":
             # A bare attribute (data-yanked with no value) arrives as None: it still means "present".
             self.anchors.append({key: (value if value is not None else "") for key, value in attrs})

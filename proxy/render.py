@@ -54,6 +54,11 @@ def project_json_dict(page: ProjectPage) -> dict[str, Any]:
     }
     if page.versions is not None:
         result["versions"] = list(page.versions)
+    if page.status is not None:  # PEP 792
+        status: dict[str, str] = {"status": page.status.state.value}
+        if page.status.reason:
+            status["reason"] = page.status.reason
+        result["project-status"] = status
     return result
 
 
@@ -69,19 +74,21 @@ def _json_file(dist: DistFile) -> dict[str, Any]:
         "requires-python": dist.requires_python,
         "yanked": dist.yanked,
     }
-    metadata: bool | dict[str, str] = (
-        dist.core_metadata
-        if isinstance(dist.core_metadata, bool)
-        else dict(sorted(dist.core_metadata.items()))
-    )
-    # PEP 714: send the new key and the old one, so clients from before the rename still see metadata.
-    entry["core-metadata"] = metadata
-    entry["dist-info-metadata"] = metadata
+    # Keys for data a file does not have are left out, as upstream leaves them out: pip 22.3 and 23.0
+    # crash on "dist-info-metadata": false (a TypeError in Link.metadata_link).
+    if dist.core_metadata:
+        metadata: bool | dict[str, str] = (
+            True if isinstance(dist.core_metadata, bool) else dict(sorted(dist.core_metadata.items()))
+        )
+        # PEP 714: the new key and the old one, so clients from before the rename still see metadata.
+        entry["core-metadata"] = metadata
+        entry["dist-info-metadata"] = metadata
     if dist.size is not None:
         entry["size"] = dist.size
     if dist.upload_time is not None:
         entry["upload-time"] = dist.upload_time
-    entry["provenance"] = dist.provenance
+    if dist.provenance is not None:
+        entry["provenance"] = dist.provenance
     if dist.extras:
         entry["_wheelfarm"] = dict(sorted(dist.extras.items()))
     return entry
@@ -94,6 +101,7 @@ def render_project_html(page: ProjectPage) -> bytes:
         "<html>",
         "  <head>",
         f'    <meta name="pypi:repository-version" content="{JSON_API_VERSION}">',
+        *_status_meta(page),
         f"    <title>Links for {name}</title>",
         "  </head>",
         "  <body>",
@@ -102,6 +110,16 @@ def render_project_html(page: ProjectPage) -> bytes:
     lines.extend(f"    {_html_anchor(dist)}<br />" for dist in page.files)
     lines.extend(["  </body>", "</html>", ""])
     return "\n".join(lines).encode()
+
+
+def _status_meta(page: ProjectPage) -> list[str]:
+    """PEP 792 in HTML: the status and its reason as meta tags."""
+    if page.status is None:
+        return []
+    lines = [f'    <meta name="pypi:project-status" content="{escape(page.status.state.value)}">']
+    if page.status.reason:
+        lines.append(f'    <meta name="pypi:project-status-reason" content="{escape(page.status.reason)}">')
+    return lines
 
 
 def _html_anchor(dist: DistFile) -> str:

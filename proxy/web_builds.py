@@ -57,7 +57,10 @@ async def pending(request: web.Request) -> web.StreamResponse:
     sha = info["sdist"]
     if not _SHA256.match(sha) or project != info["project"]:
         raise NotFound(f"no such build link: {request.path}")
-    sdist = (await services.pages.project(project)).page.file_by_key(sha)
+    page = (await services.pages.project(project)).page
+    if page.quarantined:
+        raise BuildNotOffered(f"{project} is quarantined upstream (PEP 792): no files, no builds")
+    sdist = page.file_by_key(sha)
     if sdist is None or sdist.filename.endswith(".whl"):
         raise NotFound(f"{project} lists no sdist with sha256 {sha} upstream")
     key = BuildKey(sha, target.id)

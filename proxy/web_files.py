@@ -41,6 +41,8 @@ async def file(request: web.Request) -> web.StreamResponse:
     project = project_name(raw_project)
     if project != raw_project or not services.files.valid_key(key) or not _safe_filename(filename):
         raise NotFound(f"no such file: {request.path}")
+    if project in services.pages.quarantined:
+        raise NotFound(f"{project} is quarantined upstream (PEP 792): it offers no files")
     if filename.endswith(METADATA_SUFFIX):
         source = await _metadata_source(services.pages, project, key, filename.removesuffix(METADATA_SUFFIX))
         content_type = "text/plain; charset=utf-8"

@@ -99,6 +99,9 @@ class FakeIndex:
     # Announce this serial instead of the real one (header and JSON meta), e.g. a stale CDN copy.
     last_serial: dict[str, int] = field(default_factory=dict)
     api_version: str = "1.1"
+    # PEP 792 project status: project -> (status, reason or None). Files stay listed (a careless index),
+    # so a test can see that wheelfarm itself offers none for a quarantined project.
+    statuses: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
     # Fault knobs.
     page_status: dict[str, int] = field(default_factory=dict)  # project -> answer this status instead
@@ -374,44 +377,61 @@ async def _project(request: web.Request) -> web.StreamResponse:
             raise web.HTTPNotFound(text=f"no project {name!r} on the fake index")
         files = sorted(index.projects[name], key=_sort_key)
         serial = index.project_serial(name)
+        status = index.statuses.get(name)
         if content_type == JSON_V1:
-            body = _project_json(name, files, base, index.api_version, serial)
+            body = _project_json(name, files, base, index.api_version, serial, status)
         else:
-            body = _project_html(name, files, base, index.api_version, serial)
+            body = _project_html(name, files, base, index.api_version, serial, status)
     return _page_response(request, name, body, content_type, serial)
 
 
-def _project_json(name: str, files: list[FakeFile], base: str, api_version: str, serial: int) -> bytes:
+Status = tuple[str, str | None] | None
+
+
+def _project_json(
+    name: str, files: list[FakeFile], base: str, api_version: str, serial: int, status: Status
+) -> bytes:
     versions = {str(v): v for file in files if (v := file.version) is not None}
-    document = {
+    document: dict[str, Any] = {
         "meta": {"api-version": api_version, "_last-serial": serial},
         "name": name,
         "versions": sorted(versions, key=versions.__getitem__),  # PEP 700
         "files": [_file_json(file, base) for file in files],
     }
+    if status is not None:  # PEP 792
+        document["project-status"] = {"status": status[0], **({"reason": status[1]} if status[1] else {})}
     return json.dumps(document, indent=1).encode()
 
 
 def _file_json(file: FakeFile, base: str) -> dict[str, Any]:
-    metadata = {"sha256": hashlib.sha256(file.metadata).hexdigest()} if file.metadata is not None else False
+    # Like PyPI: a key for data the file does not have is left out.
     entry: dict[str, Any] = {
         "filename": file.filename,
         "url": f"{base}/files/{quote(file.filename)}",
         "hashes": {"sha256": file.sha256},
         "requires-python": file.requires_python,
         "yanked": file.yanked,  # PEP 592 via PEP 691: false, true, or the reason
-        "core-metadata": metadata,  # PEP 714
-        "dist-info-metadata": metadata,  # PEP 658's name, kept for older clients (PEP 714)
         "size": len(file.content),  # PEP 700
-        "provenance": f"{base}/provenance/{quote(file.filename)}" if file.provenance is not None else None,
     }
+    if file.metadata is not None:
+        metadata = {"sha256": hashlib.sha256(file.metadata).hexdigest()}
+        entry["core-metadata"] = metadata  # PEP 714
+        entry["dist-info-metadata"] = metadata  # PEP 658's name, kept for older clients (PEP 714)
+    if file.provenance is not None:
+        entry["provenance"] = f"{base}/provenance/{quote(file.filename)}"  # PEP 740
     if file.upload_time is not None:
         entry["upload-time"] = file.upload_time  # PEP 700
     return entry
 
 
-def _project_html(name: str, files: list[FakeFile], base: str, api_version: str, serial: int) -> bytes:
+def _project_html(
+    name: str, files: list[FakeFile], base: str, api_version: str, serial: int, status: Status
+) -> bytes:
     links = []
+    if status is not None:  # PEP 792
+        links.append(f'<meta name="pypi:project-status" content="{html.escape(status[0])}">')
+        if status[1]:
+            links.append(f'<meta name="pypi:project-status-reason" content="{html.escape(status[1])}">')
     for file in files:
         href = f"{base}/files/{quote(file.filename)}#sha256={file.sha256}"
         attributes = [f'href="{html.escape(href)}"']

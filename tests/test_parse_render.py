@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.model import DistFile, PageFormat, ProjectPage
+from proxy.model import DistFile, PageFormat, ProjectPage, ProjectState, ProjectStatus
 from proxy.names import NormalizedName
 from proxy.parse import UpstreamPageError, parse_project_html, parse_project_json
 from proxy.render import render_project, render_project_html, render_project_json, render_root_html
@@ -61,7 +61,7 @@ def test_json_page_keeps_every_field() -> None:
 def test_rendered_json_sends_both_metadata_keys_and_rewritten_urls() -> None:
     page = proxied_page(parse_project_json(orjson.dumps(UPSTREAM_JSON), PAGE_URL, NAME))
     data = orjson.loads(render_project_json(page))
-    assert data["meta"] == {"api-version": "1.1", "_last-serial": 42}
+    assert data["meta"] == {"api-version": "1.4", "_last-serial": 42}
     wheel = data["files"][1]
     assert wheel["url"] == f"../../files/demo/{SHA}/demo-1.1-py3-none-any.whl"
     assert wheel["core-metadata"] == wheel["dist-info-metadata"] == {"sha256": META_SHA}
@@ -144,3 +144,36 @@ def test_html_round_trip_property(reason: bool | str, requires: str | None) -> N
     (after,) = parse_project_html(render_project_html(page), PAGE_URL, NAME, None).files
     assert after.yanked == dist.yanked
     assert after.requires_python == dist.requires_python
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("quarantined", ProjectState.QUARANTINED),
+        ("Archived", ProjectState.ARCHIVED),
+        ("novel", ProjectState.ACTIVE),
+    ],
+)
+def test_project_status_from_json_and_html(status: str, expected: ProjectState) -> None:
+    """PEP 792; an unknown status counts as active; a quarantined project keeps no files."""
+    document = {**UPSTREAM_JSON, "project-status": {"status": status, "reason": "why <not>"}}
+    from_json = parse_project_json(orjson.dumps(document), PAGE_URL, NAME)
+    html = (
+        f'<html><head><meta name="pypi:project-status" content="{status}">'
+        '<meta name="pypi:project-status-reason" content="why &lt;not&gt;"></head>'
+        f'<body><a href="demo-1.0.tar.gz#sha256={SHA}">demo-1.0.tar.gz</a></body></html>'
+    ).encode()
+    from_html = parse_project_html(html, PAGE_URL, NAME, None)
+    for parsed in (from_json, from_html):
+        assert parsed.status == ProjectStatus(expected, "why <not>")
+        assert (parsed.files == ()) is (expected is ProjectState.QUARANTINED)
+    rendered = orjson.loads(render_project_json(from_json))
+    assert rendered["project-status"] == {"status": expected.value, "reason": "why <not>"}
+    assert rendered["meta"]["api-version"] == "1.4"
+    assert b'content="why &lt;not&gt;"' in render_project_html(from_json)
+
+
+def test_absent_metadata_and_provenance_keys_stay_absent() -> None:
+    page = ProjectPage(NAME, (DistFile("demo-1.0.tar.gz", "https://files.example/demo-1.0.tar.gz"),))
+    (entry,) = orjson.loads(render_project_json(page))["files"]
+    assert set(entry) == {"filename", "url", "hashes", "requires-python", "yanked"}
