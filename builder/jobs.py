@@ -50,6 +50,8 @@ class Limits:
     metadata_bytes: int = 8 << 20  # the wheel's METADATA, served as its PEP 658 .metadata
     wheel_members: int = 100_000
     log_bytes: int = 16 << 20  # output kept in the build log
+    files: int = 500_000  # files and folders the build may hold (each costs an inode)
+    min_free_bytes: int = 1 << 30  # builds stop when the work folder's disk has less free space
 
 
 @dataclass(frozen=True, slots=True)

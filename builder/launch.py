@@ -4,7 +4,7 @@ It runs as a process of its own (the worker has threads; none of this is safe in
 ends by exec'ing bubblewrap with an empty environment, so no secret of ours is in any process a build can
 see, the sandbox's PID 1 included. In order:
 
-1. join the build's pids cgroup (root only: the cgroup is root's), and set the resource limits;
+1. join the build's pids and memory cgroups (root only: they are root's), and set the resource limits;
 2. when a build user is given (the proxy runs as root): enter a private mount namespace, mount a small
    tmpfs over /tmp there and bind every host folder the sandbox needs into it, because the build user may
    not be able to reach them where they are (pyenv under /root, the cache under ~/.cache); the host sees
@@ -14,7 +14,7 @@ see, the sandbox's PID 1 included. In order:
 5. exec bubblewrap, which makes the sandbox with the build user's own user namespace.
 
 SPEC_JSON: {"argv": [...], "sources": [host paths], "stage": "/tmp/...", "uid": int|null, "gid": int|null,
-"cgroup": path|null, "rlimits": {"RLIMIT_AS": n, ...}, "parent": pid}. With a build user, ``argv`` names
+"cgroups": [paths], "rlimits": {"RLIMIT_AS": n, ...}, "parent": pid}. With a build user, ``argv`` names
 source N as ``<stage>/N``.
 """
 
@@ -37,8 +37,8 @@ PR_SET_PDEATHSIG = 1
 def main() -> int:
     spec = json.loads(sys.argv[1])
     libc = ctypes.CDLL(None, use_errno=True)
-    if spec.get("cgroup"):
-        with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as procs:
+    for group in spec.get("cgroups", []):
+        with open(os.path.join(group, "cgroup.procs"), "w") as procs:
             procs.write(str(os.getpid()))
     for name, value in spec.get("rlimits", {}).items():
         resource.setrlimit(getattr(resource, name), (value, value))

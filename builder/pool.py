@@ -43,6 +43,7 @@ from builder.workdir import (
 
 log = structlog.get_logger(__name__)
 
+MIN_PYTHON = (3, 8)  # the oldest target the in-sandbox tools (frontend, import check, uv) run on
 BUILDER_VERSION = "wheelfarm-builder/2"  # a failure recorded by an older builder is tried again
 _OLD_LAYOUT = re.compile(r"^([0-9a-f]{16}-[a-z0-9_]+-\d+|jobs|\.frontend(-\d+)?)$")  # wheelfarm-builder/1
 
@@ -187,8 +188,14 @@ class LocalPool:
     async def _start_up(self) -> None:
         reason = self._why_disabled()
         if reason is None:
-            await asyncio.to_thread(self._remove_leftovers)
-            reason = await self._self_check()
+            try:
+                await asyncio.to_thread(self._remove_leftovers)
+            except OSError as exc:
+                log.warning("leftovers_not_removed", error=str(exc))
+            try:
+                reason = await self._self_check()
+            except Exception as exc:  # the check's own trouble: builds stay off, saying why
+                reason = f"the sandbox self-check could not run: {exc!r}"
         self._status = (
             PoolStatus(PoolState.READY) if reason is None else PoolStatus(PoolState.UNAVAILABLE, reason)
         )
@@ -220,11 +227,16 @@ class LocalPool:
         return None
 
     def _remove_leftovers(self) -> None:
+        """Each leftover on its own: one that cannot be removed is logged and never stops the start-up."""
         root = self._settings.work_root
         for folder in leftover_folders(root):
-            stopped = stop_leftover_worker(folder)
-            remove_leftover_cgroups(folder.name)
-            removed = remove_build_folder(root, folder)
+            try:
+                stopped = stop_leftover_worker(folder)
+                remove_leftover_cgroups(folder.name)
+                removed = remove_build_folder(root, folder)
+            except OSError as exc:
+                log.warning("leftover_build_not_removed", folder=folder.name, error=str(exc))
+                continue
             log.info("leftover_build_removed", folder=folder.name, worker_stopped=stopped, removed=removed)
         for entry in root.iterdir():
             if _OLD_LAYOUT.match(entry.name) and entry.is_dir() and not entry.is_symlink():
@@ -244,7 +256,7 @@ class LocalPool:
         result, folder = await self._run_worker(job, 0, sdist_path=sdist)
         log_tail = _log_tail(folder.log) if folder is not None else ""
         if folder is not None:
-            await asyncio.to_thread(remove_build_folder, self._settings.work_root, folder.path)
+            await self._remove(folder)
         if not result.ok:
             detail = f" ({log_tail})" if log_tail else ""
             return f"the sandbox self-check failed in {result.phase}: {result.error}{detail}"
@@ -269,7 +281,7 @@ class LocalPool:
         return self._interpreters[version]
 
     def serves(self, target: Target) -> bool:
-        if self._status.state is not PoolState.READY:
+        if self._status.state is not PoolState.READY or target.python < MIN_PYTHON:
             return False
         if not any(fnmatch.fnmatchcase(target.id, pattern) for pattern in self._settings.targets):
             return False
@@ -284,10 +296,13 @@ class LocalPool:
         return any(fnmatch.fnmatchcase(project, pattern) for pattern in self._settings.allow)
 
     def record(self, key: BuildKey) -> BuildRecord | None:
+        """The finished build of ``key``. A failure is final only when the package caused it with this
+        builder: one an older builder made, or the host's own (phase internal), may be tried again."""
         record = self._artifacts.get(key)
-        if record is not None and record.state is BuildState.FAILED and record.builder != BUILDER_VERSION:
-            return None
-        return record
+        if record is None or record.state is not BuildState.FAILED:
+            return record
+        final = record.builder == BUILDER_VERSION and record.phase != Phase.INTERNAL.value
+        return record if final else None
 
     def running(self) -> Sequence[RunningBuild]:
         return list(self._running.values())
@@ -357,20 +372,36 @@ class LocalPool:
         path = self._artifacts.folder(key) / filename
         return path if "/" not in filename and path.is_file() else None
 
+    async def _remove(self, folder: BuildFolder) -> None:
+        """Remove a build's folder; a failure is logged (start-up tries again), never a client's 500."""
+        try:
+            removed = await asyncio.to_thread(remove_build_folder, self._settings.work_root, folder.path)
+        except OSError as exc:
+            removed = False
+            log.warning("build_folder_not_removed", folder=folder.path.name, error=str(exc))
+        if not removed:
+            log.warning("build_folder_left", folder=folder.path.name)
+
     def _bump(self, project: str) -> None:
         self._generation[project] = self._generation.get(project, 0) + 1
 
     async def _build(self, job: BuildJob) -> BuildRecord:
         queued = time.time()
-        async with self._semaphore:
-            slot = self._free_slots.pop()
-            running = self._running.get(job.key)
-            if running is not None:
-                running.started_at = time.time()
-            try:
-                result, folder = await self._run_worker(job, slot)
-            finally:
-                self._free_slots.append(slot)
+        # The sdist first, outside the slots: a slow upstream must not hold a slot other builds wait for.
+        sdist, failure = await self._fetch(job)
+        folder: BuildFolder | None = None
+        if sdist is None:
+            result = failure or BuildResult.failure(Phase.FETCH, "no sdist")
+        else:
+            async with self._semaphore:
+                slot = self._free_slots.pop()
+                running = self._running.get(job.key)
+                if running is not None:
+                    running.started_at = time.time()
+                try:
+                    result, folder = await self._run_worker(job, slot, sdist_path=sdist)
+                finally:
+                    self._free_slots.append(slot)
         try:
             record = await asyncio.to_thread(
                 self._artifacts.keep,
@@ -385,7 +416,7 @@ class LocalPool:
             )
         finally:
             if folder is not None:
-                await asyncio.to_thread(remove_build_folder, self._settings.work_root, folder.path)
+                await self._remove(folder)
         for dropped in await asyncio.to_thread(self._artifacts.prune, self._settings.max_builds):
             self._bump(dropped.project)
         self._bump(job.project)
@@ -404,8 +435,18 @@ class LocalPool:
         )
         return record
 
+    async def _fetch(self, job: BuildJob) -> tuple[Path | None, BuildResult | None]:
+        """The verified sdist, or the failure to get it (within the build's time limit)."""
+        deadline = self._settings.limits.timeout_seconds
+        try:
+            return await asyncio.wait_for(self._fetch_sdist(job), deadline), None
+        except TimeoutError:
+            return None, BuildResult.failure(Phase.FETCH, f"the sdist did not arrive within {deadline:.0f} s")
+        except Exception as exc:  # any fetch failure is this build's failure, named
+            return None, BuildResult.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}")
+
     async def _run_worker(
-        self, job: BuildJob, slot: int, sdist_path: Path | None = None
+        self, job: BuildJob, slot: int, sdist_path: Path
     ) -> tuple[BuildResult, BuildFolder | None]:
         """Run one build in a worker process; the folder is this build's own (removed by the caller)."""
         settings = self._settings
@@ -414,11 +455,6 @@ class LocalPool:
             return BuildResult.failure(
                 Phase.ENVIRONMENT, f"no Python {job.target.python_version} on this builder"
             ), None
-        if sdist_path is None:
-            try:
-                sdist_path = await self._fetch_sdist(job)
-            except Exception as exc:  # any fetch failure is this build's failure, named
-                return BuildResult.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}"), None
         folder = await asyncio.to_thread(
             new_build_folder, settings.work_root, job.sdist_sha256, job.target.id
         )
@@ -460,7 +496,7 @@ class LocalPool:
         except BaseException:
             _kill_worker(process)  # shutting down: the sandbox dies with the worker (PR_SET_PDEATHSIG)
             await process.wait()
-            await asyncio.to_thread(remove_build_folder, settings.work_root, folder.path)
+            await self._remove(folder)
             raise
         try:
             return BuildResult.from_json(stdout[: 4 << 20]), folder

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 import tomllib
 import urllib.error
 import urllib.parse
@@ -161,12 +162,15 @@ def download(wheels: Sequence[ResolvedWheel], folder: Path, *, max_bytes: int, t
         partial = folder / f".{wheel.filename}.partial"
         digest = hashlib.sha256()
         length = 0
+        deadline = time.monotonic() + timeout  # the whole download, not each read: a trickle cannot hold us
         try:
-            with opener.open(wheel.url, timeout=timeout) as response, partial.open("wb") as out:
+            with opener.open(wheel.url, timeout=min(timeout, 60.0)) as response, partial.open("wb") as out:
                 while chunk := response.read(_CHUNK):
                     length += len(chunk)
                     if length > max_bytes:
                         raise RequirementError(f"{wheel.filename} is larger than {max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise RequirementError(f"{wheel.filename} did not arrive within {timeout:.0f} s")
                     digest.update(chunk)
                     out.write(chunk)
         except (OSError, urllib.error.URLError) as exc:

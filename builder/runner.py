@@ -221,7 +221,12 @@ class _Build:
                     output=self.log.output,
                     timeout=self.limits.timeout_seconds,
                 )
-                download(wheels, self.folder.wheels, max_bytes=self.limits.output_bytes, timeout=60.0)
+                download(
+                    wheels,
+                    self.folder.wheels,
+                    max_bytes=self.limits.output_bytes,
+                    timeout=self.limits.timeout_seconds,
+                )
             except RequirementError as exc:
                 raise BuildFailed(Phase.ENVIRONMENT, str(exc)) from None
             for wheel in wheels:
@@ -299,6 +304,7 @@ class _Build:
         step = Step(
             command=[
                 sys.executable,
+                "-I",  # isolated: nothing the build put in /build or the environment is imported
                 "-m",
                 "auditwheel",
                 "repair",
@@ -315,11 +321,12 @@ class _Build:
                 "HOME": f"{BUILD_ROOT}/home",
                 "SOURCE_DATE_EPOCH": str(epoch),
             },
-            cwd=BUILD_ROOT,
+            cwd="/tmp",
             timeout=self.limits.timeout_seconds,
         )
         self.log.note("repairing with auditwheel in the sandbox")
         outcome = self.sandbox.run(step)
+        _host_trouble(outcome)
         repaired = [name for name in _list_output(self.folder.tree, "repaired") if _WHEEL_NAME.match(name)]
         if not outcome.ok or len(repaired) != 1:
             self.log.note("auditwheel could not repair the wheel: it keeps its platform tag")
@@ -402,12 +409,16 @@ class _Build:
     def _run(self, phase: Phase, step: Step, what: str) -> RunOutcome:
         outcome = self.sandbox.run(step)
         limits = self.limits
+        # The build's own breaches first (they are its fault, whatever else happened), then the host's.
+        if outcome.files_exceeded:
+            raise BuildFailed(phase, f"{what} made more than the limit of {limits.files} files and folders")
         if outcome.uncountable:
             raise BuildFailed(phase, f"{what}: the work folder cannot be measured ({outcome.uncountable})")
-        if outcome.timed_out:
-            raise BuildFailed(phase, f"{what} ran out of time ({step.timeout:.0f} s)")
         if outcome.output_exceeded:
             raise BuildFailed(phase, f"{what} wrote more than the limit of {limits.output_bytes} bytes")
+        _host_trouble(outcome)
+        if outcome.timed_out:
+            raise BuildFailed(phase, f"{what} ran out of time ({step.timeout:.0f} s)")
         if outcome.returncode != 0:
             signal_note = f" (killed by signal {-outcome.returncode})" if outcome.returncode < 0 else ""
             raise BuildFailed(phase, f"{what} exited with status {outcome.returncode}{signal_note}")
@@ -493,6 +504,14 @@ class _Build:
             "started_at": _iso(self.log.started),
             "finished_at": _iso(time.time()),
         }
+
+
+def _host_trouble(outcome: RunOutcome) -> None:
+    """The host failed the step, not the package: an INTERNAL failure, which is not remembered as final."""
+    if outcome.not_started:
+        raise BuildFailed(Phase.INTERNAL, f"the sandbox could not start: {outcome.not_started}")
+    if outcome.host_trouble:
+        raise BuildFailed(Phase.INTERNAL, outcome.host_trouble)
 
 
 def _build_system(raw: object) -> dict[str, Any]:

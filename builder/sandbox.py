@@ -25,13 +25,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import launch, seccomp
 from builder.jobs import Limits
-from builder.workdir import BuildFolder, Uncountable, descendants, hostile_bytes, neutralize
+from builder.workdir import BuildFolder, Uncountable, descendants, free_bytes, measure, neutralize
 
 BUILD_ROOT = "/build"  # the tree: fixed build path, part of reproducible builds
 ENV_ROOT = "/env"  # the build environment
@@ -39,7 +39,7 @@ TOOLS_ROOT = "/wheelfarm"  # our in-sandbox scripts, read-only; their host path 
 WHEELS_ROOT = "/wheels"  # build requirement wheels, read-only
 STAGE = "/tmp/.wheelfarm-sources"  # where the launcher binds host folders for a build user (root only)
 SANDBOX_UID = 65534
-_CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
+_V1_ROOT = Path("/sys/fs/cgroup")  # v1: one folder per controller under it; v2: the unified tree itself
 _WATCH_SECONDS = 0.5
 _RESULT_LIMIT = 1 << 20
 
@@ -73,10 +73,14 @@ class RunOutcome:
     output_exceeded: bool = False
     uncountable: str = ""  # why the output could not be measured (counts as exceeded)
     result: bytes = b""  # what the step wrote to its result descriptor ($WHEELFARM_RESULT_FD)
+    files_exceeded: bool = False
+    not_started: str = ""  # the sandbox itself could not start (the host's trouble, not the package's)
+    host_trouble: str = ""  # the host failed the step (its disk is nearly full): not the package's fault
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out and not self.output_exceeded
+        breached = self.timed_out or self.output_exceeded or self.files_exceeded
+        return self.returncode == 0 and not breached and not self.not_started and not self.host_trouble
 
 
 @dataclass(eq=False)
@@ -142,26 +146,33 @@ class Sandbox:
         self._filter = seccomp.filter_program()
 
     def run(self, step: Step) -> RunOutcome:
-        mounts = sorted(step.mounts, key=lambda m: m.seen_as.count("/"))
+        # Scratch space is the build's own, on disk, in its tree: counted with everything else it writes
+        # (a tmpfs would be memory nobody counts, and its inodes too).
+        scratch = [
+            Mount(self._folder.tree / "tmp", "/tmp", writable=True),
+            Mount(self._folder.tree / "shm", "/dev/shm", writable=True),
+        ]
+        mounts = sorted([*scratch, *step.mounts], key=lambda m: m.seen_as.count("/"))
         sources = [mount.host for mount in mounts]
         staged = self._build_user is not None
         seen = [Path(f"{STAGE}/{n}") if staged else mount.host for n, mount in enumerate(mounts)]
         filter_read, filter_write = os.pipe()
         result_read, result_write = os.pipe()
         output_read, output_write = os.pipe()
+        status_read, status_write = os.pipe()  # bubblewrap says here when the step's process started
         os.write(filter_write, self._filter)  # about 1 KiB: fits the pipe
         os.close(filter_write)
         environment = {**step.environment, "WHEELFARM_RESULT_FD": str(result_write)}
-        argv = self._argv(step, list(zip(seen, mounts, strict=True)), environment, filter_read)
-        cgroup = _make_pids_cgroup(self._limits.processes, self._folder.path.name)
+        argv = self._argv(step, list(zip(seen, mounts, strict=True)), environment, filter_read, status_write)
+        cgroups = _make_cgroups(self._limits, self._folder.path.name)
         spec = {
             "argv": argv,
             "sources": [str(source) for source in sources],
             "stage": STAGE,
             "uid": self._build_user[0] if self._build_user else None,
             "gid": self._build_user[1] if self._build_user else None,
-            "cgroup": str(cgroup) if cgroup else None,
-            "rlimits": self._rlimits(cgroup is None),
+            "cgroups": [str(group) for group in cgroups.groups],
+            "rlimits": self._rlimits(cgroups.procs is None),
             "parent": os.getpid(),
         }
         try:
@@ -170,48 +181,60 @@ class Sandbox:
                 stdin=subprocess.DEVNULL,
                 stdout=output_write,
                 stderr=output_write,
-                pass_fds=(filter_read, result_write),
+                pass_fds=(filter_read, result_write, status_write),
                 env={},
                 start_new_session=True,
             )
         finally:
-            for fd in (filter_read, result_write, output_write):
+            for fd in (filter_read, result_write, output_write, status_write):
                 os.close(fd)
-        output = _Pump(output_read, self._log.output)
+        tail = _Tail(self._log.output)
+        output = _Pump(output_read, tail)
         result = _Pump(result_read, None, limit=_RESULT_LIMIT)
-        watch = _Watch(self._folder, self._limits.output_bytes, process, cgroup)
+        status = _Pump(status_read, None, limit=_RESULT_LIMIT)
+        watch = _Watch(self._folder, self._limits, process, cgroups)
         timed_out = False
         try:
             process.wait(timeout=step.timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            _kill(process, cgroup)
+            _kill(process, cgroups)
             watch.stop()
-            output.join()
-            result.join()
-            _remove_cgroup(cgroup)
+            for pump in (output, result, status):
+                pump.join(timeout=30)
+            _remove_cgroups(cgroups)
         self._log.close_output()
-        uncountable = watch.uncountable
-        if not uncountable:
+        if not (watch.uncountable or watch.exceeded or watch.too_many_files):
+            # A last look: a build can write a lot between two looks of the watch and end before the next.
             try:
                 neutralize(self._folder)
-                if hostile_bytes(self._folder) > self._limits.output_bytes:
-                    watch.exceeded = True
             except Uncountable as exc:
-                uncountable = str(exc)
+                watch.uncountable = str(exc)
+            watch.check(final=True)
+        uncountable = watch.uncountable
+        started = b'"child-pid"' in status.data
         return RunOutcome(
             process.returncode,
             timed_out=timed_out,
             output_exceeded=watch.exceeded or bool(uncountable),
+            files_exceeded=watch.too_many_files,
             uncountable=uncountable,
             result=result.data,
+            not_started="" if started or timed_out else (tail.last_line() or f"status {process.returncode}"),
+            host_trouble=watch.host_trouble,
         )
 
     def _argv(
-        self, step: Step, mounts: list[tuple[Path, Mount]], environment: Mapping[str, str], filter_fd: int
+        self,
+        step: Step,
+        mounts: list[tuple[Path, Mount]],
+        environment: Mapping[str, str],
+        filter_fd: int,
+        status_fd: int,
     ) -> list[str]:
         args = [self._bwrap, "--unshare-all", "--unshare-user", "--disable-userns"]
+        args += ["--json-status-fd", str(status_fd)]
         args += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
         args += ["--die-with-parent", "--new-session", "--as-pid-1", "--cap-drop", "ALL"]
         args += ["--seccomp", str(filter_fd)]
@@ -225,10 +248,7 @@ class Sandbox:
         for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives"):
             if os.path.exists(etc):
                 args += ["--ro-bind", etc, etc]
-        # Memory-backed scratch space: sized to the same budget as the work folder.
-        scratch = str(self._limits.output_bytes)
-        args += ["--proc", "/proc", "--dev", "/dev", "--size", scratch, "--tmpfs", "/tmp"]
-        args += ["--size", scratch, "--tmpfs", "/dev/shm"]
+        args += ["--proc", "/proc", "--dev", "/dev"]
         for source, mount in mounts:
             args += ["--bind" if mount.writable else "--ro-bind", str(source), mount.seen_as]
         args += ["--remount-ro", "/", "--chdir", step.cwd, "--clearenv"]
@@ -272,45 +292,77 @@ class _Pump(threading.Thread):
             self.data = bytes(kept)
 
 
+class _Tail:
+    """Passes output on and keeps its last line (bubblewrap's or the launcher's complaint, if it failed)."""
+
+    def __init__(self, sink: Callable[[bytes], None]) -> None:
+        self._sink = sink
+        self._last = b""
+
+    def __call__(self, chunk: bytes) -> None:
+        self._sink(chunk)
+        self._last = (self._last + chunk)[-2048:]
+
+    def last_line(self) -> str:
+        lines = [line.strip() for line in self._last.decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1][:500] if lines else ""
+
+
 class _Watch(threading.Thread):
-    """Counts what the build holds on disk every half second and stops it past the limit."""
+    """Every half second: the bytes and files the build holds, and the free space left on the disk of the
+    work folder; the build is stopped past a limit."""
 
     def __init__(
-        self, folder: BuildFolder, limit: int, process: subprocess.Popen[bytes], cgroup: Path | None
+        self, folder: BuildFolder, limits: Limits, process: subprocess.Popen[bytes], cgroups: _Cgroups
     ) -> None:
         super().__init__(daemon=True)
-        self._folder, self._limit, self._process, self._cgroup = folder, limit, process, cgroup
+        self._folder, self._limits, self._process, self._cgroups = folder, limits, process, cgroups
         self._halt = threading.Event()
         self.exceeded = False
+        self.too_many_files = False
         self.uncountable = ""
+        self.host_trouble = ""
         self.start()
 
     def run(self) -> None:
         while not self._halt.wait(_WATCH_SECONDS):
-            try:
-                processes = _cgroup_pids(self._cgroup) if self._cgroup else descendants(self._process.pid)
-                if hostile_bytes(self._folder, processes) > self._limit:
-                    self.exceeded = True
-            except Uncountable as exc:
-                self.uncountable = str(exc)
-            if self.exceeded or self.uncountable:
-                _kill(self._process, self._cgroup)
+            self.check(final=False)
+            if self.exceeded or self.too_many_files or self.uncountable or self.host_trouble:
+                _kill(self._process, self._cgroups)
                 return
+
+    def check(self, *, final: bool) -> None:
+        limits = self._limits
+        try:
+            processes = [] if final else (self._cgroups.pids() or descendants(self._process.pid))
+            usage = measure(self._folder, processes)
+            if usage.bytes > limits.output_bytes:
+                self.exceeded = True
+            elif usage.files > limits.files:
+                self.too_many_files = True
+        except Uncountable as exc:
+            self.uncountable = str(exc)
+        free = free_bytes(self._folder.path)
+        if free is not None and free < limits.min_free_bytes:
+            self.host_trouble = (
+                f"the disk of the work folder has only {free >> 20} MiB free "
+                f"(builds stop below {limits.min_free_bytes >> 20} MiB)"
+            )
 
     def stop(self) -> None:
         self._halt.set()
         self.join()
 
 
-def _kill(process: subprocess.Popen[bytes], cgroup: Path | None) -> None:
+def _kill(process: subprocess.Popen[bytes], cgroups: _Cgroups) -> None:
     """Kill the launcher (bubblewrap after exec): PID 1 of the sandbox dies with it, and so does its
-    namespace; the cgroup catches anything else."""
+    namespace; the cgroups catch anything else."""
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             process.kill()
-    for pid in _cgroup_pids(cgroup):
+    for pid in cgroups.pids():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -323,57 +375,89 @@ def _json(value: object) -> str:
     return json.dumps(value)
 
 
-def _make_pids_cgroup(limit: int, build: str) -> Path | None:
-    """A pids cgroup for this step, when we may make one (root, cgroup v1 pids or v2 with pids enabled).
-    Named after the build folder, so start-up can find the cgroups a crashed run left."""
+@dataclass(frozen=True, slots=True)
+class _Cgroups:
+    """The step's cgroups (root only): processes counted and capped per build, memory capped per build
+    (RLIMIT_AS alone caps each process, not their sum), everything killable at once."""
+
+    groups: tuple[Path, ...] = ()
+
+    @property
+    def procs(self) -> Path | None:
+        return self.groups[0] if self.groups else None
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for group in self.groups:
+            found.update(int(pid) for pid in _read(group / "cgroup.procs").split() if pid.isdigit())
+        return sorted(found)
+
+
+def _make_cgroups(limits: Limits, build: str) -> _Cgroups:
+    """pids and memory cgroups for this step, where we may make them (root; cgroup v1 controllers, or v2
+    with them enabled). Named after the build folder, so start-up can find those a crashed run left."""
     if os.geteuid() != 0:
+        return _Cgroups()
+    name = f"wheelfarm-{build}-{uuid.uuid4().hex[:8]}"
+    settings = {
+        "pids": {"pids.max": str(limits.processes)},
+        "memory": {"memory.limit_in_bytes": str(limits.memory_bytes)},
+    }
+    made: list[Path] = []
+    if (_V1_ROOT / "pids" / "cgroup.procs").exists():
+        for controller, files in settings.items():
+            group = _new_group(_V1_ROOT / controller / name, files)
+            if group is not None:
+                made.append(group)
+    elif "pids" in _read(_V1_ROOT / "cgroup.subtree_control"):
+        files = {"pids.max": str(limits.processes)}
+        if "memory" in _read(_V1_ROOT / "cgroup.subtree_control"):
+            files |= {"memory.max": str(limits.memory_bytes), "memory.swap.max": "0"}
+        group = _new_group(_V1_ROOT / name, files)
+        if group is not None:
+            made.append(group)
+    return _Cgroups(tuple(made))
+
+
+def _new_group(group: Path, files: Mapping[str, str]) -> Path | None:
+    try:
+        group.mkdir()
+        for filename, value in files.items():
+            (group / filename).write_text(value)
+    except OSError:
+        _remove_group(group)
         return None
-    for root in _CGROUP_ROOTS:
-        if not (root / "cgroup.procs").exists() or not os.access(root, os.W_OK):
-            continue
-        if root == Path("/sys/fs/cgroup") and "pids" not in _read(root / "cgroup.subtree_control"):
-            continue
-        group = root / f"wheelfarm-{build}-{uuid.uuid4().hex[:8]}"
-        try:
-            group.mkdir()
-            (group / "pids.max").write_text(str(limit))
-        except OSError:
-            with contextlib.suppress(OSError):
-                group.rmdir()
-            continue
-        return group
-    return None
+    return group
 
 
 def pids_limit_available() -> bool:
-    group = _make_pids_cgroup(16, "probe")
-    _remove_cgroup(group)
-    return group is not None or os.geteuid() != 0
+    groups = _make_cgroups(Limits(processes=16), "probe")
+    _remove_cgroups(groups)
+    return bool(groups.groups) or os.geteuid() != 0
 
 
 def leftover_cgroups(build: str) -> list[Path]:
     found: list[Path] = []
-    for root in _CGROUP_ROOTS:
+    for root in (_V1_ROOT, *(_V1_ROOT / c for c in ("pids", "memory"))):
         with contextlib.suppress(OSError):
             found += [group for group in root.glob(f"wheelfarm-{build}-*") if group.is_dir()]
     return found
 
 
-def _cgroup_pids(group: Path | None) -> list[int]:
-    if group is None:
-        return []
-    return [int(pid) for pid in _read(group / "cgroup.procs").split() if pid.isdigit()]
+def _remove_cgroups(groups: _Cgroups) -> None:
+    for group in groups.groups:
+        _remove_group(group)
 
 
-def _remove_cgroup(group: Path | None) -> None:
-    if group is None:
-        return
+def _remove_group(group: Path) -> None:
     for _ in range(100):
-        for pid in _cgroup_pids(group):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        for pid in _read(group / "cgroup.procs").split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
         try:
             group.rmdir()
+            return
+        except FileNotFoundError:
             return
         except OSError:
             time.sleep(0.05)
@@ -381,7 +465,7 @@ def _remove_cgroup(group: Path | None) -> None:
 
 def remove_leftover_cgroups(build: str) -> None:
     for group in leftover_cgroups(build):
-        _remove_cgroup(group)
+        _remove_group(group)
 
 
 def _read(path: Path) -> str:

@@ -2,8 +2,8 @@
 
 A deny list, modelled on Flatpak's: builds need compilers, Python and the file system, not the kernel
 interfaces that an escape or a denial of service goes through. libseccomp (through the pyseccomp ctypes
-binding) writes the BPF program, so the architecture checks and syscall numbers are right for every ABI of
-the host (x86_64, its x32 and i386 compat ABIs, aarch64).
+binding) writes the BPF program for the host's native ABI, with the right syscall numbers and architecture
+check: a call through another ABI (i386's ``int 0x80`` or x32 on x86_64) kills the process (SIGSYS).
 
 Refused with EPERM:
 - ptrace and reading or writing another process's memory (a build could stop or steer PID 1 and hang its

@@ -19,6 +19,7 @@ import csv
 import hashlib
 import io
 import stat
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from email.parser import BytesParser
@@ -40,6 +41,12 @@ from builder.tags import Target
 _CHUNK = 1 << 20
 _EXTENSION_SUFFIX = ".so"
 _RECORD_SIGNATURES = ("RECORD.jws", "RECORD.p7s")
+# What the worker reads whole (everything else is only hashed as it inflates): bounded so that a small wheel
+# whose RECORD inflates to gigabytes cannot take the worker's memory.
+_RECORD_BYTES = 64 << 20
+_WHEEL_FILE_BYTES = 64 << 10
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # PKZIP APPNOTE 4.3.7
+_LOCAL_SIGNATURE = b"PK\x03\x04"
 
 
 class BadWheel(ValueError):
@@ -77,6 +84,7 @@ def inspect_wheel(path: Path, *, project: str, version: str, target: Target, lim
         raise BadWheel(f"the wheel has {size} bytes, more than the limit of {limits.output_bytes}")
     try:
         with zipfile.ZipFile(path) as archive:
+            _check_layout(path, archive)
             return _inspect_members(archive, name, wheel_version, frozenset(tags), limits)
     except zipfile.BadZipFile as exc:
         raise BadWheel(f"the wheel is not a valid zip file: {exc}") from None
@@ -108,15 +116,20 @@ def _inspect_members(
     digests: dict[str, tuple[str, int]] = {}
     inflated = 0
     metadata = b""
+    read_whole = {
+        f"{dist_info}/METADATA": limits.metadata_bytes,
+        f"{dist_info}/WHEEL": _WHEEL_FILE_BYTES,
+        f"{dist_info}/RECORD": _RECORD_BYTES,
+    }
     for info in infos:
         if info.is_dir():
             continue
-        cap = limits.metadata_bytes if info.filename == f"{dist_info}/METADATA" else limits.output_bytes
+        cap = read_whole.get(info.filename, limits.output_bytes)
         data_hash, length = _inflate(archive, info, min(cap, limits.output_bytes - inflated))
         inflated += length
         digests[info.filename] = (data_hash, length)
         if info.filename == f"{dist_info}/METADATA":
-            metadata = archive.read(info)
+            metadata = archive.read(info)  # its inflated size was just counted against the cap
     _check_metadata(metadata, name, version)
     purelib = _check_wheel_file(archive.read(f"{dist_info}/WHEEL"), tags)
     _check_record(archive.read(f"{dist_info}/RECORD"), dist_info, digests)
@@ -146,15 +159,44 @@ def _check_member(info: zipfile.ZipInfo) -> None:
         raise BadWheel(f"the wheel member {shown} is not a clean relative path")
     if not path.parts:
         raise BadWheel(f"the wheel member {shown} has no name")
+    # Unix mode bits, whatever system the zip claims to come from: Info-ZIP's unzip applies them from any.
     mode = info.external_attr >> 16
     kind = stat.S_IFMT(mode)
-    if info.create_system == 3 and kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
         what = "a symbolic link" if kind == stat.S_IFLNK else "a device, FIFO or socket"
         raise BadWheel(f"the wheel member {shown} is {what}")
-    if info.create_system == 3 and mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
+    if mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
         raise BadWheel(
             f"the wheel member {shown} has the setuid, setgid or sticky bit ({oct(mode & 0o7777)})"
         )
+
+
+def _check_layout(path: Path, archive: zipfile.ZipFile) -> None:
+    """Every byte before the central directory belongs to a member it lists, in order, from offset 0: no
+    data that a tool reading local headers (as some installers do) would see and we would not."""
+    expected = 0
+    with path.open("rb") as raw:
+        for info in sorted(archive.infolist(), key=lambda member: member.header_offset):
+            if info.header_offset != expected:
+                raise BadWheel(f"the wheel has bytes no member accounts for before {info.filename!r}")
+            raw.seek(info.header_offset)
+            header = raw.read(_LOCAL_HEADER.size)
+            if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
+                raise BadWheel(f"the wheel's member {info.filename!r} has no local header")
+            fields = _LOCAL_HEADER.unpack(header)
+            name_length, extra_length = fields[9], fields[10]
+            expected = (
+                info.header_offset + _LOCAL_HEADER.size + name_length + extra_length + info.compress_size
+            )
+            if info.flag_bits & 0x08:  # a data descriptor follows the data, with or without its signature
+                raw.seek(expected)
+                signed = raw.read(4) == b"PK\x07\x08"
+                sizes = (
+                    16 if max(info.compress_size, info.file_size) >= 0xFFFFFFFF else 8
+                )  # ZIP64: 8-byte sizes
+                expected += (4 if signed else 0) + 4 + sizes
+    if expected != archive.start_dir:
+        raise BadWheel("the wheel has bytes no member accounts for before its central directory")
 
 
 def _dist_info(names: list[str], name: str, version: Version) -> str:

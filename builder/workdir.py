@@ -124,7 +124,7 @@ def prepare(folder: BuildFolder, build_user: tuple[int, int] | None) -> None:
         sub.mkdir(mode=0o700)
         if build_user is not None:
             os.chown(sub, *build_user)
-    for name in ("src", "out", "home", "repaired"):
+    for name in ("src", "out", "home", "repaired", "tmp", "shm"):
         (folder.tree / name).mkdir(mode=0o700)
         if build_user is not None:
             os.chown(folder.tree / name, *build_user)
@@ -161,13 +161,31 @@ def make_removable(root: Path) -> None:
             pass
 
 
-def hostile_bytes(folder: BuildFolder, processes: Iterable[int] = ()) -> int:
-    """Bytes on disk the build holds: its folders, plus files it deleted but keeps open."""
-    total = 0
+@dataclass(frozen=True, slots=True)
+class Usage:
+    bytes: int
+    files: int
+
+
+def measure(folder: BuildFolder, processes: Iterable[int] = ()) -> Usage:
+    """What the build holds on disk: its folders (bytes and entries), plus files it deleted but keeps open
+    or mapped (/proc; a build can also hide bytes in descriptors it sends over a socket and never receives,
+    which nothing here sees: the free-space floor of the sandbox's watch is the wall for those)."""
+    total = files = 0
     for root in folder.hostile:
         if root.exists():
-            total += sum(size for size in _walk(root, repair=True, strip=False))
-    return total + deleted_open_bytes(processes)
+            for size in _walk(root, repair=True, strip=False):
+                total += size
+                files += 1
+    return Usage(total + deleted_open_bytes(processes), files)
+
+
+def free_bytes(path: Path) -> int | None:
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
 
 
 def neutralize(folder: BuildFolder) -> None:
@@ -198,7 +216,7 @@ def remove_tree(root: Path) -> None:
     following links: files go as they are found, each folder once it is empty."""
     if not root.exists():
         return
-    with _Cursor(root, repair=True, max_depth=None) as cursor:
+    with _Cursor(root, repair=True, max_depth=None, writable=True) as cursor:
         while True:
             for entry in cursor.entries():
                 if not stat.S_ISDIR(entry.info.st_mode):
@@ -220,13 +238,24 @@ class _Cursor:
     """Walks a tree depth first holding one folder descriptor: it goes down by name (O_NOFOLLOW) and up
     by "..", checking that it arrives back in the folder (device and inode) it left."""
 
-    def __init__(self, root: Path, repair: bool, max_depth: int | None = MAX_DEPTH) -> None:
+    def __init__(
+        self, root: Path, repair: bool, max_depth: int | None = MAX_DEPTH, *, writable: bool = False
+    ) -> None:
         self._repair = repair
         self._max_depth = max_depth
+        # Removing needs write access to each folder, which a build may have taken from its owner (0555):
+        # the owner may always give it back (root needs none of this).
+        self._writable = writable and os.geteuid() != 0
         try:
+            self.fd = os.open(root, _DIR_FLAGS)
+        except PermissionError:
+            if not repair:
+                raise Uncountable(13, f"cannot open {root}") from None
+            os.chmod(root, 0o700, follow_symlinks=True)
             self.fd = os.open(root, _DIR_FLAGS)
         except OSError as exc:
             raise Uncountable(exc.errno, f"cannot open {root}: {exc.strerror}") from None
+        self._make_writable()
         info = os.fstat(self.fd)
         self._identities = [(info.st_dev, info.st_ino)]
         self._pending: list[list[str]] = []
@@ -237,6 +266,11 @@ class _Cursor:
 
     def __exit__(self, *_: object) -> None:
         os.close(self.fd)
+
+    def _make_writable(self) -> None:
+        if self._writable:
+            with contextlib.suppress(OSError):
+                os.fchmod(self.fd, 0o700)
 
     def entries(self) -> list[_Entry]:
         """This folder's entries; its sub-folders are queued for next_folder()."""
@@ -271,6 +305,7 @@ class _Cursor:
                     raise Uncountable(exc.errno, f"cannot open a folder: {exc.strerror}") from None
                 os.close(self.fd)
                 self.fd = child
+                self._make_writable()
                 info = os.fstat(child)
                 self._identities.append((info.st_dev, info.st_ino))
                 self._names.append(name)
@@ -318,14 +353,16 @@ def deleted_open_bytes(processes: Iterable[int]) -> int:
     seen: set[tuple[int, int]] = set()
     total = 0
     for pid in processes:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    info = os.stat(f"/proc/{pid}/fd/{fd}")
-                    key = (info.st_dev, info.st_ino)
-                    if stat.S_ISREG(info.st_mode) and info.st_nlink == 0 and key not in seen:
-                        seen.add(key)
-                        total += info.st_blocks * 512
+        # Open descriptors; and mappings, whose files need no descriptor (map_files: root only).
+        for folder in (f"/proc/{pid}/fd", f"/proc/{pid}/map_files"):
+            with contextlib.suppress(OSError):
+                for entry in os.listdir(folder):
+                    with contextlib.suppress(OSError):
+                        info = os.stat(f"{folder}/{entry}")
+                        key = (info.st_dev, info.st_ino)
+                        if stat.S_ISREG(info.st_mode) and info.st_nlink == 0 and key not in seen:
+                            seen.add(key)
+                            total += info.st_blocks * 512
     return total
 
 

@@ -276,6 +276,8 @@ def pool_settings(settings: Settings) -> PoolSettings:
             file_size_bytes=settings.builder_max_file_mb * mib,
             output_bytes=settings.builder_max_output_mb * mib,
             metadata_bytes=settings.builder_max_metadata_kb * 1024,
+            files=settings.builder_max_files,
+            min_free_bytes=settings.builder_min_free_mb * mib,
         ),
         build_uid=settings.builder_build_uid,
         bwrap=settings.builder_bwrap,

@@ -250,6 +250,17 @@ class Settings:
         "Everything a build holds on disk, in megabytes (also the largest wheel kept).",
         parse=_integer,
     )  # fmt: skip
+    builder_max_files: int = setting(
+        "builder", "max_files", 500_000,
+        "Files and folders a build may hold at once (each costs an inode of the work folder's disk).",
+        parse=_integer,
+    )  # fmt: skip
+    builder_min_free_mb: int = setting(
+        "builder", "min_free_mb", 1024,
+        "Builds are stopped (and tried again later) when the disk of the work folder has less free space "
+        "than this, in megabytes: the wall for bytes a build hides where no count can see them.",
+        parse=_integer,
+    )  # fmt: skip
     builder_max_metadata_kb: int = setting(
         "builder", "max_metadata_kb", 8192,
         "Largest METADATA of a built wheel (served as its PEP 658 .metadata), in kilobytes.",

@@ -25,10 +25,7 @@ def start_builder_proxy(
     settings = proxy_settings(
         cache,
         upstream.simple_url,
-        upstream_read_timeout=30.0,
-        builder_enabled=True,
-        builder_timeout=120.0,
-        **changes,
+        **{"upstream_read_timeout": 30.0, "builder_enabled": True, "builder_timeout": 120.0, **changes},
     )
     return ProxyServer(settings, clock).start()
 

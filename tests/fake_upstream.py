@@ -109,6 +109,7 @@ class FakeIndex:
     root_status: int | None = None
     html_only: bool = False  # ignore Accept and serve text/html only, like an index without PEP 691
     file_delay: float = 0.0  # seconds to sleep before each chunk of a download
+    slow_files: dict[str, float] = field(default_factory=dict)  # filename -> seconds before each chunk
     file_chunk: int = 64 * 1024
     truncate_files: dict[str, int] = field(default_factory=dict)  # filename -> bytes sent before drop
     corrupt_files: list[str] = field(default_factory=list)  # filenames served with other bytes
@@ -499,8 +500,9 @@ async def _stream(request: web.Request, name: str, content: bytes) -> web.Stream
     to_send = content if limit is None else content[:limit]
     chunk = max(index.file_chunk, 1)
     for start in range(0, len(to_send), chunk):
-        if index.file_delay:
-            await asyncio.sleep(index.file_delay)
+        delay = index.slow_files.get(name, index.file_delay)
+        if delay:
+            await asyncio.sleep(delay)
         await response.write(to_send[start : start + chunk])
     if limit is not None and limit < len(content) and request.transport is not None:
         # Drop the connection mid-body: the client sees fewer bytes than Content-Length announced.

@@ -37,6 +37,7 @@ MIB = 1 << 20
 TIMEOUT = 8.0
 MAX_FILE_MB = 20
 MAX_OUTPUT_MB = 60
+MAX_FILES = 20_000
 PROCESSES = 64
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="builds need bubblewrap (bwrap)")
@@ -169,6 +170,7 @@ def running_farm(base: Path) -> Iterator[Farm]:
             builder_max_file_mb=MAX_FILE_MB,
             builder_max_output_mb=MAX_OUTPUT_MB,
             builder_processes=PROCESSES,
+            builder_max_files=MAX_FILES,
             builder_memory_mb=1024,
             builder_workers=2,
             builder_hold_seconds=30.0,

@@ -47,8 +47,9 @@ def test_json_project_page(fake_upstream: FakeUpstreamServer, http: httpx.Client
     assert len(names) == 6
     assert files[SDIST_11]["yanked"] == YANK_REASON
     assert files["tinypure-1.0.tar.gz"]["yanked"] is False
-    assert files["tinypure-1.0.tar.gz"]["core-metadata"] is False
-    assert files["tinypure-1.0.tar.gz"]["provenance"] is None
+    # Like PyPI: no key for data a file does not have.
+    assert "core-metadata" not in files["tinypure-1.0.tar.gz"]
+    assert "provenance" not in files["tinypure-1.0.tar.gz"]
     wheel = files[WHEEL_20]
     assert wheel["requires-python"] == ">=3.8"
     assert wheel["url"] == fake_upstream.file_url(WHEEL_20)

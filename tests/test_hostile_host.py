@@ -121,6 +121,23 @@ def _worker_environments() -> list[bytes]:
     return found
 
 
+def _descendants(root: int) -> list[int]:
+    """Processes below ``root`` (the test's own: other test runs on the machine are not ours to judge)."""
+    parents: dict[int, int] = {}
+    for entry in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [root]
+    while frontier:
+        current = frontier.pop()
+        children = [pid for pid, parent in parents.items() if parent == current]
+        found += children
+        frontier += children
+    return found
+
+
 def test_one_build_cannot_change_what_a_later_build_of_another_project_installs(
     farm: Farm, tmp_path: Path
 ) -> None:
@@ -276,9 +293,9 @@ def test_the_builder_runs_no_build_code_as_root(farm: Farm) -> None:
 
 
 def _sandboxed_uids() -> set[int]:
-    """Host uids of processes running our frontend in a sandbox (its path there is /wheelfarm/...)."""
+    """Host uids of this test run's processes running our frontend in a sandbox (/wheelfarm/frontend.py)."""
     uids = set()
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+    for pid in _descendants(os.getpid()):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             if argv[1:2] != [b"/wheelfarm/frontend.py"]:
@@ -290,3 +307,41 @@ def _sandboxed_uids() -> set[int]:
             if line.startswith("Uid:"):
                 uids.add(int(line.split()[2]))  # effective uid, as the host sees it
     return uids
+
+
+def test_folders_a_build_made_read_only_are_removed_with_the_rest(farm: Farm) -> None:
+    """As the proxy's own user (the Docker image, the second CI pass), the build's files are the proxy
+    user's too, and a build may take write or read access from its own folders: they still go."""
+    body = """\
+    import os
+    for folder, mode in (("/build/home/ro", 0o555), ("/build/home/none", 0o000), ("/tmp/ro", 0o500)):
+        os.makedirs(folder + "/inner")
+        with open(folder + "/inner/file", "w") as handle:
+            handle.write("x")
+        os.chmod(folder + "/inner", mode)
+        os.chmod(folder, mode)
+"""
+    farm.backend_sdist("locked-folders", body)
+
+    farm.built_wheel("locked-folders")  # and its work folder is gone (Farm.built_wheel checks)
+
+
+def test_a_slow_upstream_cannot_hold_the_builders(farm: Farm) -> None:
+    """sdists that trickle in are fetched outside the build slots, within the time limit."""
+    slow = ["slow-sdist-a", "slow-sdist-b"]
+    for project in slow:
+        sdist = farm.backend_sdist(project, "    pass")
+        farm.index.slow_files[sdist.name] = 20.0  # a chunk every 20 s: under the read timeout (30 s)
+    farm.backend_sdist("prompt-sdist", "    pass")
+    with ThreadPoolExecutor(2) as pool:
+        trickling = [pool.submit(farm.build, project) for project in slow]
+        time.sleep(1.0)  # both are fetching now
+        started = time.monotonic()
+        farm.built_wheel("prompt-sdist")
+        prompt = time.monotonic() - started
+        outcomes = [future.result() for future in trickling]
+
+    assert prompt < 6, f"a build waited {prompt:.1f} s behind sdists still downloading"
+    for outcome in outcomes:
+        assert outcome.status_code == 422
+        assert "wheel build failed in fetch" in outcome.text

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from buildkit import TARGET
+from buildkit import TARGET, absolute, page, pending_links, start_builder_proxy
 from dists import in_tree_backend_sdist
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
-from fakes import free_port
+from fakes import FakeClock, free_port
 from hostile import needs_bwrap
 from serve import RunningServer, wheelfarm_serve
 
@@ -208,3 +208,40 @@ def test_stopping_the_proxy_stops_its_builds(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "a build outlived the proxy's orderly stop"
             time.sleep(0.05)
         assert _build_folders(tmp_path / "cache" / "work") == []
+
+
+def test_a_sandbox_that_fails_to_start_is_the_hosts_failure_and_is_tried_again(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A build whose sandbox could not start (here: bubblewrap out of processes, as another build's fork
+    bomb can cause for a non-root proxy) fails as the host's trouble, not the package's, and is not
+    remembered: the next request builds it."""
+    shelf = Path(tempfile.mkdtemp(prefix="wheelfarm-flaky-bwrap-", dir="/var/tmp"))
+    shelf.chmod(0o755)
+    flag = shelf / "fail-now"
+    flaky = shelf / "bwrap"
+    flaky.write_text(
+        f"#!/bin/sh\nif [ -e {flag} ]; then\n"
+        "  echo 'bwrap: Creating new namespace failed: Resource temporarily unavailable' >&2; exit 1\nfi\n"
+        'exec /usr/bin/bwrap "$@"\n'
+    )
+    flaky.chmod(0o755)
+    proxy = start_builder_proxy(fake_upstream, clock, tmp_path / "cache", builder_bwrap=str(flaky))
+    try:
+        assert proxy.health()["builder"]["state"] == "ready"
+        flag.touch()
+        failed = httpx.get(absolute(proxy, "tinypure", pending_links(page(proxy, "tinypure"))[0]["url"]))
+        flag.unlink()
+        again = pending_links(page(proxy, "tinypure"))
+        built = httpx.get(absolute(proxy, "tinypure", again[0]["url"]), timeout=120) if again else None
+    finally:
+        proxy.stop()
+        shutil.rmtree(shelf)
+
+    assert failed.status_code == 422
+    assert "wheel build failed in internal: the sandbox could not start: bwrap: Creating new namespace" in (
+        failed.text
+    )
+    assert again, "the host's failure was remembered as the package's: no build link any more"
+    assert built is not None
+    assert built.status_code == 200

@@ -9,12 +9,13 @@ the seccomp filter refuses ptrace, namespaces, mounts and other kernel attack su
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 
 import pytest
 from dists import make_sdist
-from hostile import MAX_FILE_MB, MAX_OUTPUT_MB, MIB, TIMEOUT, Farm, last_line, marker, needs_bwrap
+from hostile import MAX_FILE_MB, MAX_FILES, MAX_OUTPUT_MB, MIB, TIMEOUT, Farm, last_line, marker, needs_bwrap
 
 pytestmark = needs_bwrap
 
@@ -263,3 +264,131 @@ def test_a_build_that_breaks_the_count_fails(farm: Farm) -> None:
 
     assert failure.phase == "build"
     assert "cannot be measured" in failure.error
+
+
+RECORD_BOMB = '"x" * (80 << 20)'  # a RECORD that inflates to 80 MiB from a few hundred kilobytes
+
+
+def test_a_record_that_inflates_past_its_cap_is_refused_without_reading_it_whole(farm: Farm) -> None:
+    project = marker("recordbomb").lower()
+    farm.backend_sdist(project, wheel_body(project, "", record=RECORD_BOMB))
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "inspect"
+    # Capped at 64 MiB, or lower by what is left of the wheel's own limit (60 MiB on this farm).
+    limit = re.search(r"RECORD' inflates past the limit of (\d+) bytes", failure.error)
+    assert limit is not None, failure.error
+    assert int(limit[1]) <= 64 << 20
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "refusal"),
+    [
+        # Mode bits count whatever system the zip says made it (Info-ZIP's unzip applies them from any).
+        ("other-system-link", 'entries.append(("link", b"/etc/shadow", 0o120777))', "is a symbolic link"),
+        ("other-system-setuid", 'entries.append(("tool", b"#!/bin/sh\\n", 0o104755))', "setuid, setgid"),
+    ],
+)
+def test_unix_modes_are_checked_whatever_system_made_the_zip(
+    farm: Farm, case: str, extra: str, refusal: str
+) -> None:
+    project = marker(case).lower()
+    body = wheel_body(project, extra).replace(
+        "entry.create_system, entry.external_attr = 3,", "entry.create_system, entry.external_attr = 5,"
+    )
+    assert "create_system, entry.external_attr = 5" in body
+    farm.backend_sdist(project, body)
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "inspect"
+    assert refusal in failure.error
+
+
+def test_bytes_before_the_first_member_are_refused(farm: Farm) -> None:
+    """Data a reader of local headers would see and a reader of the central directory would not."""
+    project = marker("smuggled").lower()
+    body = wheel_body(project, 'entries.append(("mod.py", b"A = 1", None))').replace(
+        "    return filename\n",
+        "    path = os.path.join(wheel_directory, filename)\n"
+        "    with open(path, 'rb') as handle:\n"
+        "        data = handle.read()\n"
+        "    with open(path, 'wb') as handle:\n"
+        "        handle.write(b'PK\\\\x03\\\\x04' + b'smuggled' * 16 + data)\n"
+        "    return filename\n",
+    )
+    farm.backend_sdist(project, body)
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "inspect"
+    assert "bytes no member accounts for" in failure.error
+
+
+def test_the_repair_step_imports_nothing_the_build_planted(farm: Farm) -> None:
+    """auditwheel runs on every wheel with a platform tag: isolated, from outside the build's tree."""
+    project = marker("hijack").lower()
+    tag = "py3-none-linux_x86_64"
+    plant = """\
+os.makedirs("/build/auditwheel", exist_ok=True)
+for name in ("__init__.py", "__main__.py"):
+    with open(f"/build/auditwheel/{name}", "w") as handle:
+        handle.write("print('HIJACKED AUDITWHEEL', flush=True)\\n")
+entries[1] = (entries[1][0], wheel_file.replace(b"py3-none-any", b"TAG"), None)
+entries.append(("mod.py", b"A = 1", None))
+""".replace("TAG", tag)
+    name = project.replace("-", "_")
+    farm.backend_sdist(project, wheel_body(project, plant, filename=f"{name}-1.0-{tag}.whl"))
+
+    farm.built_wheel(project)
+
+    log = farm.build_log(project)
+    assert "repairing with auditwheel in the sandbox" in log
+    assert "HIJACKED AUDITWHEEL" not in log
+
+
+def test_a_build_cannot_use_up_the_inodes(farm: Farm) -> None:
+    body = f"""\
+    import os
+    os.makedirs("many")
+    for number in range({MAX_FILES + 5000}):
+        open(f"many/{{number}}", "w").close()
+    time.sleep(1.5)
+"""
+    project = marker("inodes").lower()
+    farm.backend_sdist(project, "    import time\n" + body)
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "build"
+    assert f"made more than the limit of {MAX_FILES} files and folders" in failure.error
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="a memory cgroup per build needs root; RLIMIT_AS caps each process"
+)
+def test_memory_is_capped_per_build_not_per_process(farm: Farm) -> None:
+    body = """\
+    import os, time
+    children = []
+    for _ in range(4):  # 4 x 400 MiB resident, each under the 1024 MiB address-space limit
+        pid = os.fork()
+        if pid == 0:
+            block = bytearray(400 << 20)
+            for offset in range(0, len(block), 4096):
+                block[offset] = 1
+            time.sleep(30)
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    raise RuntimeError("ALL CHILDREN KEPT THEIR MEMORY")
+"""
+    project = marker("memhog").lower()
+    farm.backend_sdist(project, body)
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "build"
+    assert "ALL CHILDREN KEPT THEIR MEMORY" not in failure.log
