@@ -1,12 +1,20 @@
-# wheelfarm proxy image: runs as an unprivileged user, keeps its cache on a volume.
+# wheelfarm proxy and builder image: runs as an unprivileged user, keeps its cache on a volume, builds
+# wheels for CPython 3.9 to 3.13 in bubblewrap sandboxes (user namespaces of uid 10001).
 #   docker build -t wheelfarm .
-#   docker run -p 8080:8080 -v wheelfarm-cache:/var/cache/wheelfarm wheelfarm
+#   docker run -p 8080:8080 -v wheelfarm-cache:/var/cache/wheelfarm \
+#     --security-opt seccomp=unconfined --security-opt systempaths=unconfined wheelfarm
+# (README.md, "Docker": why bubblewrap needs those two options, and what to do without them.)
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
+
+# The sandbox (bubblewrap, libseccomp for its filter) and what native builds need (a C toolchain).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap libseccomp2 build-essential \
+    && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --system --uid 10001 --home-dir /var/lib/wheelfarm --create-home wheelfarm \
     && mkdir -p /var/cache/wheelfarm \
@@ -17,6 +25,15 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY proxy ./proxy
 COPY builder ./builder
 RUN pip install -c constraints.txt . && rm -rf /root/.cache
+
+# More interpreters, more targets: CPython 3.11 is the image's own; 3.9, 3.10, 3.12 and 3.13 come from
+# python-build-standalone through uv, linked as python3.X on PATH, where the builder finds them.
+ENV UV_PYTHON_INSTALL_DIR=/opt/python
+RUN uv python install 3.9 3.10 3.12 3.13 \
+    && for version in 3.9 3.10 3.12 3.13; do \
+         ln -s "$(uv python find --no-project --managed-python "$version")" "/usr/local/bin/python$version"; \
+       done \
+    && rm -rf /root/.cache
 
 USER wheelfarm
 VOLUME ["/var/cache/wheelfarm"]

@@ -20,6 +20,32 @@ $(WHEELHOUSE)/.done: constraints.txt
 	$(BIN)/pip download -q --no-deps --only-binary :all: -c constraints.txt -d $(WHEELHOUSE) flit_core setuptools
 	touch $@
 
+# The clients of tests/test_compat_matrix.py, downloaded once (a new version here needs `rm -rf tests/.clients`
+# first): wheels of the pip releases of the matrix, which the tests install offline into venvs of each
+# interpreter; flit_core 3.9.0, a build backend Pythons 3.6 and 3.7 can run (their clients build tinypure
+# themselves, as they would with PyPI's older flit_core); poetry and pdm in venvs of their own, with their
+# dependencies as they were on CLIENTS_DATE (pdm's hishel as its own lock pins it: hishel 2 broke pdm); and
+# dep-logic<0.7, which pdm fetches from the index on first use with a Python older than 3.10.
+CLIENTS := tests/.clients
+COMPAT_PIPS := 20.3.4 21.3.1 22.3.1 23.0.1 23.2.1 24.3.1 26.3
+POETRY_VERSION := 2.5.1
+PDM_VERSION := 2.29.4
+CLIENTS_DATE := 2026-12-01T00:00:00Z
+$(CLIENTS)/.done: | venv
+	rm -rf $(CLIENTS)
+	for version in $(COMPAT_PIPS); do \
+		$(BIN)/pip download -q --no-deps --only-binary :all: -d $(CLIENTS)/pip pip==$$version || exit 1; \
+	done
+	$(BIN)/pip download -q --no-deps --only-binary :all: -d $(CLIENTS)/backends flit_core==3.9.0
+	$(BIN)/pip install -q --only-binary :all: --python-version 3.8 --target $(CLIENTS)/pdm-compat 'dep-logic<0.7'
+	$(BIN)/uv venv -q --python $(BIN)/python $(CLIENTS)/poetry
+	UV_NATIVE_TLS=1 $(BIN)/uv pip install -q --python $(CLIENTS)/poetry/bin/python --exclude-newer $(CLIENTS_DATE) \
+		poetry==$(POETRY_VERSION)
+	$(BIN)/uv venv -q --python $(BIN)/python $(CLIENTS)/pdm
+	UV_NATIVE_TLS=1 $(BIN)/uv pip install -q --python $(CLIENTS)/pdm/bin/python --exclude-newer $(CLIENTS_DATE) \
+		pdm==$(PDM_VERSION) 'hishel[httpx2]==1.4.0'
+	touch $@
+
 venv: $(BIN)/wheelfarm
 
 # The builder's sandbox (a Debian package); the test suite runs real sandboxed builds.
@@ -42,7 +68,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: lint typecheck $(WHEELHOUSE)/.done $(BWRAP) $(CHROMIUM)
+test: lint typecheck $(WHEELHOUSE)/.done $(CLIENTS)/.done $(BWRAP) $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-unprivileged; fi
 
@@ -57,7 +83,7 @@ UNPRIVILEGED_TESTS := tests/test_builds.py tests/test_hostile_archives.py tests/
 test-unprivileged: venv $(WHEELHOUSE)/.done $(BWRAP)
 	id -u $(CI_USER) >/dev/null 2>&1 || useradd --system --uid 10001 --user-group --home-dir $(CI_HOME) $(CI_USER)
 	rm -rf $(CI_HOME) && mkdir -p $(CI_HOME)/src
-	tar --exclude=./.venv --exclude=./.git --exclude=./bench/.venv --exclude='*/__pycache__' -cf - . | tar -xf - -C $(CI_HOME)/src
+	tar --exclude=./.venv --exclude=./.git --exclude=./bench/.venv --exclude=./tests/.clients --exclude='*/__pycache__' -cf - . | tar -xf - -C $(CI_HOME)/src
 	chown -R $(CI_USER):$(CI_USER) $(CI_HOME)
 	cd $(CI_HOME)/src && runuser -u $(CI_USER) -- env -i PATH=/usr/bin:/bin HOME=$(CI_HOME) \
 		UV_CACHE_DIR=$(CI_HOME)/uv-cache $(CURDIR)/$(BIN)/uv venv -q --python /usr/bin/python3.11 $(CI_HOME)/venv

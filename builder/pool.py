@@ -93,6 +93,10 @@ class Builder(Protocol):
 
     def serves(self, target: Target) -> bool: ...
 
+    def targets_like(self, target: Target) -> Sequence[Target]:
+        """The targets this builder serves on ``target``'s platform, one per Python version it has."""
+        ...
+
     def allows(self, project: str) -> bool: ...
 
     def record(self, key: BuildKey) -> BuildRecord | None:
@@ -163,6 +167,7 @@ class LocalPool:
         self._host_arch = platform.machine().lower()
         self._host_family = "manylinux" if platform.libc_ver()[0] == "glibc" else "musllinux"
         self._status = PoolStatus(PoolState.CHECKING)
+        self._versions: tuple[int, ...] = ()  # Python 3 minor versions with an interpreter here
         self._check: asyncio.Task[None] | None = None
         self.on_finished: Callable[[BuildRecord], None] | None = None
         settings.work_root.mkdir(parents=True, exist_ok=True)
@@ -187,6 +192,8 @@ class LocalPool:
 
     async def _start_up(self) -> None:
         reason = self._why_disabled()
+        found = await asyncio.to_thread(available_versions, self._settings.interpreters)
+        self._versions = tuple(int(version.split(".")[1]) for version in found)
         if reason is None:
             try:
                 await asyncio.to_thread(self._remove_leftovers)
@@ -289,6 +296,10 @@ class LocalPool:
         if not target.platform.startswith(family + "_") or not target.platform.endswith("_" + arch):
             return False  # another architecture or libc: we could not build a wheel that runs there
         return self.interpreter(target) is not None
+
+    def targets_like(self, target: Target) -> Sequence[Target]:
+        versions = self._versions
+        return [t for t in (Target((3, minor), target.platform) for minor in versions) if self.serves(t)]
 
     def allows(self, project: str) -> bool:
         if any(fnmatch.fnmatchcase(project, pattern) for pattern in self._settings.deny):

@@ -127,6 +127,25 @@ def target_from_user_agent(user_agent: str | None) -> Target | None:
     return target_from_environment(data) if isinstance(data, dict) else None
 
 
+# uv commands that write a lock file (uv says which in its User-Agent's installer.subcommand).
+_LOCKING_SUBCOMMANDS = frozenset({"lock", "sync", "add", "remove", "run", "export", "tree"})
+
+
+@functools.lru_cache(maxsize=1024)
+def locking_client(user_agent: str | None) -> bool:
+    """Is this client writing a lock file for every Python (uv lock and the commands that lock)?"""
+    if not user_agent or not user_agent.startswith("uv/"):
+        return False
+    match = _USER_AGENT.match(user_agent.strip())
+    try:
+        data = orjson.loads(match["json"]) if match else None
+    except orjson.JSONDecodeError:
+        return False
+    installer = _dict(data.get("installer")) if isinstance(data, dict) else {}
+    subcommand = installer.get("subcommand")
+    return isinstance(subcommand, list) and bool(subcommand) and subcommand[0] in _LOCKING_SUBCOMMANDS
+
+
 def target_from_environment(data: dict[str, Any]) -> Target | None:
     implementation = _dict(data.get("implementation"))
     if str(implementation.get("name", "")).lower() != "cpython":

@@ -31,7 +31,7 @@ from proxy.model import DistFile, ProjectPage
 BUILT_FROM_PAGE = "../../built/"
 BUILD_FROM_PAGE = "../../build/"
 
-Offer = Callable[[Version, DistFile], DistFile | None]
+Offer = Callable[[Version, DistFile, Target], tuple[DistFile, ...]]
 
 
 def releases_needing_wheels(page: ProjectPage, target: Target) -> Iterator[tuple[Version, DistFile]]:
@@ -62,19 +62,23 @@ def releases_needing_wheels(page: ProjectPage, target: Target) -> Iterator[tuple
             yield version, sdist
 
 
-def apply_overlay(page: ProjectPage, target: Target, offer: Offer) -> ProjectPage:
-    additions: dict[str, DistFile] = {}
-    for version, sdist in releases_needing_wheels(page, target):
-        extra = offer(version, sdist)
-        if extra is not None:
-            additions[sdist.filename] = extra
+def apply_overlay(page: ProjectPage, targets: tuple[Target, ...], offer: Offer) -> ProjectPage:
+    """``page`` with what ``offer`` gives for each release that needs a wheel for one of ``targets``,
+    listed right after the release's sdist (in the order of ``targets``), each file name once."""
+    additions: dict[str, list[DistFile]] = defaultdict(list)
+    listed = {dist.filename for dist in page.files}
+    for target in targets:
+        for version, sdist in releases_needing_wheels(page, target):
+            for extra in offer(version, sdist, target):
+                if extra.filename not in listed:
+                    listed.add(extra.filename)
+                    additions[sdist.filename].append(extra)
     if not additions:
         return page
     files: list[DistFile] = []
     for dist in page.files:
         files.append(dist)
-        if dist.filename in additions:
-            files.append(additions[dist.filename])
+        files.extend(additions.get(dist.filename, ()))
     return dataclasses.replace(page, files=tuple(files))
 
 
@@ -94,6 +98,12 @@ def built_file(record: BuildRecord, sdist: DistFile) -> DistFile:
             "provenance": folder + "provenance.json",
         },
     )
+
+
+def built_alias(record: BuildRecord, sdist: DistFile, pending: str) -> DistFile:
+    """The built wheel once more under the name its build-pending link had: a lock that recorded that name
+    (poetry matches locked files by name) still finds it, with the real URL and sha256."""
+    return dataclasses.replace(built_file(record, sdist), filename=pending)
 
 
 def pending_filename(project: str, version: Version, target: Target) -> str:

@@ -80,9 +80,9 @@ def _json_file(dist: DistFile) -> dict[str, Any]:
         metadata: bool | dict[str, str] = (
             True if isinstance(dist.core_metadata, bool) else dict(sorted(dist.core_metadata.items()))
         )
-        # PEP 714: the new key and the old one, so clients from before the rename still see metadata.
+        # PEP 714: only the new key in JSON. pip 22.3 to 23.1 crash (TypeError in Link.metadata_link) on a
+        # "dist-info-metadata" object, the reason for the rename; HTML keeps both attribute names.
         entry["core-metadata"] = metadata
-        entry["dist-info-metadata"] = metadata
     if dist.size is not None:
         entry["size"] = dist.size
     if dist.upload_time is not None:

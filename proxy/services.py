@@ -15,7 +15,7 @@ from builder.tags import Target
 from proxy.files import FileStore
 from proxy.metrics import Metrics
 from proxy.model import DistFile, PageFormat, ProjectPage
-from proxy.overlay import apply_overlay, built_file, pending_file
+from proxy.overlay import apply_overlay, built_alias, built_file, pending_file, pending_filename
 from proxy.pages import PageCache, PageResult
 from proxy.render import Rendered, render_project
 from proxy.rootlist import RootList
@@ -25,26 +25,31 @@ from proxy.urls import proxied_page
 RENDERED_PAGES_IN_MEMORY = 4096
 
 
-def overlaid_page(page: ProjectPage, target: Target | None, builder: Builder | None) -> ProjectPage:
-    """The page a client of ``target`` sees: proxied URLs, plus built wheels and pending links."""
+def overlaid_page(page: ProjectPage, targets: tuple[Target, ...], builder: Builder | None) -> ProjectPage:
+    """The page a client sees: proxied URLs, plus built wheels and pending links for ``targets`` (its own;
+    for a locking client, every target the farm serves on its platform)."""
     proxied = proxied_page(page)
-    if target is None or builder is None:
+    if not targets or builder is None:
         return proxied
     project = page.name
 
-    def offer(version: Version, sdist: DistFile) -> DistFile | None:
+    def offer(version: Version, sdist: DistFile, target: Target) -> tuple[DistFile, ...]:
         assert sdist.sha256 is not None
         record = builder.record(BuildKey(sdist.sha256, target.id))
         if record is not None and record.state is BuildState.DONE:
             tags = frozenset(parse_wheel_filename(record.wheel_filename)[3])
-            return built_file(record, sdist) if target.supports(tags) else None
+            if not target.supports(tags):
+                return ()
+            pending = pending_filename(project, version, target)
+            built = built_file(record, sdist)
+            return (built,) if pending == built.filename else (built, built_alias(record, sdist, pending))
         if record is not None:
-            return None  # failed: remembered until a retry is asked for (or the builder changes)
+            return ()  # failed: remembered until a retry is asked for (or the builder changes)
         if builder.serves(target) and builder.allows(project):
-            return pending_file(project, version, sdist, target)
-        return None
+            return (pending_file(project, version, sdist, target),)
+        return ()
 
-    return apply_overlay(proxied, target, offer)
+    return apply_overlay(proxied, targets, offer)
 
 
 @dataclass(eq=False)
@@ -57,14 +62,14 @@ class RenderedPages:
     )
 
     def get(
-        self, result: PageResult, fmt: PageFormat, target: Target | None, builder: Builder | None
+        self, result: PageResult, fmt: PageFormat, targets: tuple[Target, ...], builder: Builder | None
     ) -> Rendered:
         name = result.page.name
-        builds = builder.generation.get(name, 0) if builder is not None and target is not None else 0
-        key = (name, fmt, result.version, target.id if target else "", builds)
+        builds = builder.generation.get(name, 0) if builder is not None and targets else 0
+        key = (name, fmt, result.version, ",".join(t.id for t in targets), builds)
         rendered = self._entries.get(key)
         if rendered is None:
-            rendered = render_project(overlaid_page(result.page, target, builder), fmt)
+            rendered = render_project(overlaid_page(result.page, targets, builder), fmt)
             self._entries[key] = rendered
             if len(self._entries) > self.limit:
                 self._entries.popitem(last=False)

@@ -222,9 +222,22 @@ class Settings:
         "pip's 15 s read timeout); after that it gets 503 with Retry-After.",
         parse=_number,
     )  # fmt: skip
+    builder_uv_hold_seconds: float = setting(
+        "builder", "uv_hold_seconds", 25.0,
+        "The same for uv, whose read timeout is 30 s (UV_HTTP_TIMEOUT).",
+        parse=_number,
+    )  # fmt: skip
     builder_retry_after: int = setting(
-        "builder", "retry_after", 5, "The Retry-After, in seconds, of a 503 for a build still running.",
+        "builder", "retry_after", 5,
+        "The shortest Retry-After, in seconds, of a 503 for a build still running; it grows with the "
+        "build's age so that pip's default retries last max_wait (README, \"Long builds\").",
         parse=_integer,
+    )  # fmt: skip
+    builder_max_wait: float = setting(
+        "builder", "max_wait", 900.0,
+        "Seconds a client is kept waiting for a build (held, then asked to come back); past it clients are "
+        "told to try later while the build goes on.",
+        parse=_number,
     )  # fmt: skip
     builder_sandbox: str = setting(
         "builder", "sandbox", "required",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 
 from aiohttp import web
 from packaging.utils import InvalidSdistFilename, parse_sdist_filename
@@ -24,6 +25,7 @@ from builder.tags import InvalidTarget, Target
 from proxy.errors import BadRequest, NotFound, WheelfarmError
 from proxy.model import DistFile
 from proxy.services import CACHE_OUTCOME, SERVICES, Services
+from proxy.waiting import Waiting
 from proxy.web_files import CHUNK, IMMUTABLE
 from proxy.web_pages import project_name
 
@@ -76,16 +78,49 @@ async def pending(request: web.Request) -> web.StreamResponse:
             raise BuildNotOffered(f"the builder's policy does not allow building {project}")
         task = builder.start(_job(project, sdist, target))
         request[CACHE_OUTCOME] = "building"
-        done, _ = await asyncio.wait({task}, timeout=services.settings.builder_hold_seconds)
-        if not done:
-            retry = str(services.settings.builder_retry_after)
-            return web.Response(
-                status=503,
-                headers={"Retry-After": retry, "Cache-Control": "no-store"},
-                text=f"building {sdist.filename} for {target}; retry in {retry} s\n",
-            )
+        waiting = _waiting(services)
+        age = _age(builder, key)
+        if not waiting.gave_up(age):
+            await asyncio.wait({task}, timeout=waiting.hold(request.headers.get("User-Agent")))
+        if not task.done():
+            return _still_building(waiting, _age(builder, key), sdist, target)
         record = task.result()
     return _answer(request, services, record)
+
+
+def _waiting(services: Services) -> Waiting:
+    settings = services.settings
+    return Waiting(
+        hold_seconds=settings.builder_hold_seconds,
+        uv_hold_seconds=settings.builder_uv_hold_seconds,
+        retry_after=settings.builder_retry_after,
+        max_wait=settings.builder_max_wait,
+    )
+
+
+def _age(builder: Builder, key: BuildKey) -> float:
+    """Seconds since the build of ``key`` was asked for (0 if it is not running)."""
+    for running in builder.running():
+        if running.job.key == key:
+            return max(0.0, time.time() - running.queued_at)
+    return 0.0
+
+
+def _still_building(waiting: Waiting, age: float, sdist: DistFile, target: Target) -> web.Response:
+    """503: pip honours Retry-After (RFC 9110 section 10.2.3); uv retries on its own schedule."""
+    if waiting.gave_up(age):
+        text = (
+            f"{sdist.filename} has been building for {target} for {age:.0f} s, longer than this proxy keeps "
+            "clients waiting ([builder] max_wait); it goes on building: try again later, or build ahead "
+            "(wheelfarm build ahead)\n"
+        )
+        return web.Response(status=503, headers={"Cache-Control": "no-store"}, text=text)
+    retry = str(waiting.retry_after_for(age))
+    return web.Response(
+        status=503,
+        headers={"Retry-After": retry, "Cache-Control": "no-store"},
+        text=f"building {sdist.filename} for {target} ({age:.0f} s so far); retry in {retry} s\n",
+    )
 
 
 def _job(project: str, sdist: DistFile, target: Target) -> BuildJob:

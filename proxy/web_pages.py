@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from builder.tags import InvalidTarget, Target, target_from_user_agent
+from builder.tags import InvalidTarget, Target, locking_client, target_from_user_agent
 from proxy.errors import BadRequest, NotAcceptable
+from proxy.locking import lock_view
 from proxy.model import PageFormat
 from proxy.names import InvalidProjectName, NormalizedName, normalize
 from proxy.negotiate import SUPPORTED_MEDIA_TYPES, choose_format
@@ -75,7 +76,14 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     target, vary = page_target(request)
     result = await services.pages.project(name)
     request[CACHE_OUTCOME] = result.outcome.value
-    rendered = services.rendered.get(result, fmt, target, services.builder)
+    targets: tuple[Target, ...] = (target,) if target is not None else ()
+    if (
+        target is not None
+        and services.builder is not None
+        and locking_client(request.headers.get("User-Agent"))
+    ):
+        targets = await lock_view(services, result.page, target)
+    rendered = services.rendered.get(result, fmt, targets, services.builder)
     compressed = _accepts_gzip(request)
     etag = rendered.gzip_etag if compressed else rendered.etag
     # One header dict, handed to the response whole: a warm page costs ~150 microseconds, and setting

@@ -128,10 +128,13 @@ def clean_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, s
     return env
 
 
-def make_venv(path: Path, env: Mapping[str, str], *, timeout: float = 60.0) -> Path:
-    """A new, empty virtualenv (no pip inside) at `path`, of the interpreter running the tests."""
+def make_venv(
+    path: Path, env: Mapping[str, str], *, interpreter: Path | None = None, timeout: float = 60.0
+) -> Path:
+    """A new, empty virtualenv (no pip inside) at `path`, of `interpreter` (default: the one running the
+    tests)."""
     subprocess.run(
-        [sys.executable, "-m", "venv", "--without-pip", str(path)],
+        [str(interpreter or sys.executable), "-m", "venv", "--without-pip", str(path)],
         env=dict(env),
         capture_output=True,
         check=True,

@@ -416,8 +416,7 @@ def _file_json(file: FakeFile, base: str) -> dict[str, Any]:
     }
     if file.metadata is not None:
         metadata = {"sha256": hashlib.sha256(file.metadata).hexdigest()}
-        entry["core-metadata"] = metadata  # PEP 714
-        entry["dist-info-metadata"] = metadata  # PEP 658's name, kept for older clients (PEP 714)
+        entry["core-metadata"] = metadata  # PEP 714 (JSON has only the new name, like PyPI)
     if file.provenance is not None:
         entry["provenance"] = f"{base}/provenance/{quote(file.filename)}"  # PEP 740
     if file.upload_time is not None:

@@ -107,7 +107,7 @@ def test_overlay_picks_sdist_only_releases_for_the_target() -> None:
     )
     chosen = [(str(version), sdist.filename) for version, sdist in releases_needing_wheels(page, target)]
     assert chosen == [("2.0", "demo-2.0.tar.gz"), ("4.0", "demo-4.0.tar.gz"), ("6.0", "demo-6.0.tar.gz")]
-    overlaid = apply_overlay(page, target, lambda version, sdist: dist(f"x-{version}.whl"))
+    overlaid = apply_overlay(page, (target,), lambda version, sdist, target: (dist(f"x-{version}.whl"),))
     names = [f.filename for f in overlaid.files]
     assert names[names.index("demo-2.0.tar.gz") + 1] == "x-2.0.whl"
     assert len(names) == len(page.files) + 3
