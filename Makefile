@@ -68,8 +68,11 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Two test processes (pytest-xdist), each test module in one of them: many tests wait on real builds and
+# clients, so the suite takes about half the time on the 2 cores CI has.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 test: lint typecheck $(WHEELHOUSE)/.done $(CLIENTS)/.done $(BWRAP) $(CHROMIUM)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-unprivileged; fi
 
 # The builds and the hostile suite once more as an unprivileged user (uid 10001, as in the Docker image),
@@ -79,7 +82,7 @@ CI_USER := wheelfarm-ci
 CI_HOME := /var/tmp/wheelfarm-ci
 UNPRIVILEGED_TESTS := tests/test_builds.py tests/test_hostile_archives.py tests/test_hostile_escapes.py \
 	tests/test_hostile_limits.py tests/test_hostile_host.py tests/test_hostile_outputs.py \
-	tests/test_hostile_lifecycle.py
+	tests/test_hostile_lifecycle.py tests/test_packaging.py
 test-unprivileged: venv $(WHEELHOUSE)/.done $(BWRAP)
 	id -u $(CI_USER) >/dev/null 2>&1 || useradd --system --uid 10001 --user-group --home-dir $(CI_HOME) $(CI_USER)
 	rm -rf $(CI_HOME) && mkdir -p $(CI_HOME)/src
@@ -91,7 +94,8 @@ test-unprivileged: venv $(WHEELHOUSE)/.done $(BWRAP)
 		UV_CACHE_DIR=$(CI_HOME)/uv-cache UV_NATIVE_TLS=1 $(CURDIR)/$(BIN)/uv pip install -q --python $(CI_HOME)/venv/bin/python \
 		-c constraints.txt '.[test]' pip
 	cd $(CI_HOME)/src && runuser -u $(CI_USER) -- env -i PATH=$(CI_HOME)/venv/bin:/usr/bin:/bin HOME=$(CI_HOME) \
-		LANG=C.UTF-8 PIP_CONFIG_FILE=/dev/null $(CI_HOME)/venv/bin/pytest -p no:cacheprovider $(UNPRIVILEGED_TESTS)
+		LANG=C.UTF-8 PIP_CONFIG_FILE=/dev/null $(CI_HOME)/venv/bin/pytest -p no:cacheprovider $(PYTEST_PARALLEL) \
+		$(UNPRIVILEGED_TESTS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
