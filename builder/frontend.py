@@ -5,7 +5,10 @@ read-only), and the interpreter may be any CPython from 3.8 on. pyproject_hooks 
 subprocess of the same interpreter, exactly as pip and build do. The answer goes to the descriptor
 ``$WHEELFARM_RESULT_FD`` (never a file in the tree, which the backend could replace with a link).
 
-    python frontend.py requires|wheel REQUEST.json
+    python frontend.py auto|wheel REQUEST.json
+
+``auto`` asks get_requires_for_build_wheel and, when the backend asks for nothing, goes on to build_wheel
+in the same sandbox; each answer is one JSON line, so the host knows which hook had answered.
 """
 
 import json
@@ -28,15 +31,16 @@ def main() -> int:
         backend_path=request.get("backend_path"),
         python_executable=sys.executable,
     )
-    result: dict[str, object]
-    if hook == "requires":
-        result = {"requires": list(caller.get_requires_for_build_wheel({}))}
-    elif hook == "wheel":
-        result = {"wheel": caller.build_wheel(request["output_dir"], {})}
-    else:
-        raise SystemExit("unknown hook " + hook)
     with os.fdopen(result_fd, "w", encoding="utf-8") as answer:
-        json.dump(result, answer, default=str)
+        if hook == "auto":
+            requires = list(caller.get_requires_for_build_wheel({}))
+            answer.write(json.dumps({"requires": requires}, default=str) + "\n")
+            answer.flush()
+            if requires:
+                return 0  # the host installs them, then asks for the wheel
+        elif hook != "wheel":
+            raise SystemExit("unknown hook " + hook)
+        answer.write(json.dumps({"wheel": caller.build_wheel(request["output_dir"], {})}, default=str) + "\n")
     return 0
 
 

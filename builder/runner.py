@@ -124,12 +124,14 @@ class _Build:
             "output_dir": f"{BUILD_ROOT}/out",
         }
         (self.folder.tools / "hook-request.json").write_text(json.dumps(hook_request))
-        answer = self._hook("requires", Phase.REQUIRES, source, epoch)
+        # One sandbox for both hooks when the backend asks for nothing more (most do); else two, with the
+        # environment phase between them.
+        answer = self._hook("auto", source, epoch)
         dynamic = self._requirements(answer.get("requires", []), "the backend's get_requires_for_build_wheel")
-        if dynamic:
+        if "wheel" not in answer:
             self.log.note(f"the backend asks for more build requirements: {dynamic}")
             self._environment(requires + dynamic, create=False)
-        answer = self._hook("wheel", Phase.BUILD, source, epoch)
+            answer = self._hook("wheel", source, epoch)
         built = answer.get("wheel")
         if not isinstance(built, str) or not _WHEEL_NAME.match(built):
             raise BuildFailed(
@@ -237,20 +239,35 @@ class _Build:
         uv_env = {
             "PATH": "/usr/bin:/bin",
             "HOME": "/tmp",
-            "UV_CACHE_DIR": "/tmp/uv-cache",
+            "UV_CACHE_DIR": f"{ENV_ROOT}/.uv-cache",  # on the environment's own mount: hard links work
             "UV_NO_CONFIG": "1",
             "UV_OFFLINE": "1",
             "UV_PYTHON_DOWNLOADS": "never",
         }
-        commands = []
+        venv = [UV_ROOT, "venv", "--quiet", "--allow-existing", "--python", self.interpreter, ENV_ROOT]
+        install = [UV_ROOT, "pip", "install", "--quiet", "--python", f"{ENV_ROOT}/bin/python"]
+        # Hard links from uv's cache, which is this build's own (inside the environment), removed right
+        # after: the files then live in the environment only, read-only to the backend.
+        install += ["--no-deps", "--no-index", "--link-mode", "hardlink"]
+        files = [f"{WHEELS_ROOT}/{wheel.filename}" for wheel in wheels]
+        script = (
+            'set -e; if [ -n "$1" ]; then "$0" venv --quiet --allow-existing --python "$1" /env; fi; shift; '
+        )
+        script += 'if [ "$#" -gt 0 ]; then "$0" "$@"; fi; rm -rf "$UV_CACHE_DIR"'
         if create:
-            commands.append([UV_ROOT, "venv", "--quiet", "--python", self.interpreter, ENV_ROOT])
+            self.log.note("$ " + " ".join(venv) + "   (in the sandbox, offline)")
         if wheels:
-            install = [UV_ROOT, "pip", "install", "--quiet", "--python", f"{ENV_ROOT}/bin/python"]
-            install += ["--no-deps", "--no-index", "--link-mode", "copy"]
-            commands.append(install + [f"{WHEELS_ROOT}/{wheel.filename}" for wheel in wheels])
+            self.log.note("$ " + " ".join(install + files) + "   (in the sandbox, offline)")
+        commands = []
+        if create or wheels:
+            # One sandbox; the shell only sequences the steps (file names are arguments, never parsed).
+            arguments = [
+                UV_ROOT,
+                self.interpreter if create else "",
+                *(install[1:] + files if wheels else []),
+            ]
+            commands.append(["/bin/sh", "-c", script, *arguments])
         for command in commands:
-            self.log.note("$ " + " ".join(command) + "   (in the sandbox, offline)")
             step = Step(
                 command=command,
                 mounts=[
@@ -265,7 +282,9 @@ class _Build:
             )
             self._run(Phase.ENVIRONMENT, step, "installing the build environment")
 
-    def _hook(self, hook: str, phase: Phase, source: str, epoch: int) -> dict[str, Any]:
+    def _hook(self, hook: str, source: str, epoch: int) -> dict[str, Any]:
+        """Run the frontend: ``auto`` (get_requires_for_build_wheel, then build_wheel if it asked for
+        nothing) or ``wheel``. The failed phase is the hook that had not answered yet."""
         environment = {
             "PATH": f"{ENV_ROOT}/bin:/usr/bin:/bin",
             "HOME": f"{BUILD_ROOT}/home",
@@ -292,9 +311,16 @@ class _Build:
             cwd=source,
             timeout=self.limits.timeout_seconds,
         )
-        self.log.note(f"running the backend hook {hook} in the sandbox")
-        outcome = self._run(phase, step, f"the backend's {hook} hook")
-        return self._answer(phase, outcome)
+        shown = "hooks requires and wheel" if hook == "auto" else "hook wheel"
+        self.log.note(f"running the backend {shown} in the sandbox")
+        outcome = self.sandbox.run(step)
+        answer = _answer_lines(outcome.result)
+        building = hook == "wheel" or "requires" in answer
+        phase = Phase.BUILD if building else Phase.REQUIRES
+        self._check(phase, step, outcome, f"the backend's {'wheel' if building else 'requires'} hook")
+        if not answer:
+            raise BuildFailed(phase, "the step gave no answer")
+        return answer
 
     def _repair(self, built: str, epoch: int) -> tuple[str, str]:
         """auditwheel gives native wheels a manylinux tag naming the glibc they need, and their libraries."""
@@ -408,6 +434,10 @@ class _Build:
 
     def _run(self, phase: Phase, step: Step, what: str) -> RunOutcome:
         outcome = self.sandbox.run(step)
+        self._check(phase, step, outcome, what)
+        return outcome
+
+    def _check(self, phase: Phase, step: Step, outcome: RunOutcome, what: str) -> None:
         limits = self.limits
         # The build's own breaches first (they are its fault, whatever else happened), then the host's.
         if outcome.files_exceeded:
@@ -422,7 +452,6 @@ class _Build:
         if outcome.returncode != 0:
             signal_note = f" (killed by signal {-outcome.returncode})" if outcome.returncode < 0 else ""
             raise BuildFailed(phase, f"{what} exited with status {outcome.returncode}{signal_note}")
-        return outcome
 
     def _answer(self, phase: Phase, outcome: RunOutcome) -> dict[str, Any]:
         try:
@@ -504,6 +533,19 @@ class _Build:
             "started_at": _iso(self.log.started),
             "finished_at": _iso(time.time()),
         }
+
+
+def _answer_lines(raw: bytes) -> dict[str, Any]:
+    """The frontend answers one JSON object per line (requires, then wheel): merged, bad lines skipped."""
+    merged: dict[str, Any] = {}
+    for line in raw.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            merged.update(value)
+    return merged
 
 
 def _host_trouble(outcome: RunOutcome) -> None:

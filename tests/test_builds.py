@@ -68,7 +68,7 @@ def test_client_installs_a_built_wheel_and_the_next_install_reuses_it(
     assert provenance["sandbox"]["kind"] == "bubblewrap"
     assert provenance["target"] == TARGET
     log = httpx.get(absolute(builder_proxy, "tinypure", built["_wheelfarm"]["build-log"])).text
-    assert "running the backend hook wheel in the sandbox" in log
+    assert "running the backend hooks requires and wheel in the sandbox" in log
     second = install(client, builder_proxy.simple_url, ["tinypure==3.0"], tmp_path / "second").check()
     assert second.installed()["tinypure"] == "3.0"
     assert dict(builder.generation) == builds  # no second build
