@@ -48,10 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def host_target(python: tuple[int, int]) -> Target:
-    libc, version = platform.libc_ver()
-    major, minor = (int(part) for part in version.split(".")[:2]) if version else (0, 0)
-    family = "manylinux" if libc == "glibc" else "musllinux"
-    return Target(python, f"{family}_{major}_{minor}_{platform.machine().lower()}")
+    """This machine's target for CPython ``python``: its most specific platform tag (packaging.tags reads
+    glibc's or musl's version), e.g. cp311-manylinux_2_36_x86_64."""
+    from packaging.tags import platform_tags
+
+    for tag in platform_tags():
+        if tag.startswith(("manylinux_", "musllinux_")):
+            return Target(python, tag)
+    raise InvalidTarget(f"{platform.system()} {platform.machine()}")
 
 
 def run(args: argparse.Namespace) -> int:

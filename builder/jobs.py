@@ -20,6 +20,7 @@ class Phase(enum.Enum):
 
     FETCH = "fetch"  # copying and verifying the sdist
     EXTRACT = "extract"  # unpacking it (in the sandbox) and reading pyproject.toml
+    TOOLCHAIN = "toolchain"  # it needs a compiler this builder lacks: the whole project is not offered
     ENVIRONMENT = "environment"  # resolving, downloading and installing the build requirements
     REQUIRES = "requires"  # the backend's get_requires_for_build_wheel
     BUILD = "build"  # the backend's build_wheel

@@ -157,6 +157,11 @@ class LocalPool:
     def __init__(self, settings: PoolSettings, artifacts: Artifacts, fetch_sdist: SdistFetcher) -> None:
         self._settings = settings
         self._artifacts = artifacts
+        # Projects a build found to need a toolchain this builder lacks (Phase.TOOLCHAIN): none of their
+        # releases is offered for builds here, so no other client meets a build that cannot work.
+        self._lacking: dict[str, str] = {}
+        for record in artifacts.all():
+            self._note_lacking(record)
         self._fetch_sdist = fetch_sdist
         self._semaphore = asyncio.Semaphore(settings.workers)
         self._free_slots = list(range(settings.workers))
@@ -302,6 +307,8 @@ class LocalPool:
         return [t for t in (Target((3, minor), target.platform) for minor in versions) if self.serves(t)]
 
     def allows(self, project: str) -> bool:
+        if project in self._lacking:
+            return False
         if any(fnmatch.fnmatchcase(project, pattern) for pattern in self._settings.deny):
             return False
         return any(fnmatch.fnmatchcase(project, pattern) for pattern in self._settings.allow)
@@ -368,8 +375,14 @@ class LocalPool:
         record = self._artifacts.get(key)
         removed = self._artifacts.forget(key)
         if record is not None:
+            if record.phase == Phase.TOOLCHAIN.value:
+                self._lacking.pop(record.project, None)  # a retry asks again
             self._bump(record.project)
         return removed
+
+    def _note_lacking(self, record: BuildRecord) -> None:
+        if record.phase == Phase.TOOLCHAIN.value and record.builder == BUILDER_VERSION:
+            self._lacking[record.project] = record.error
 
     async def close(self) -> None:
         tasks: list[asyncio.Task[Any]] = [running.task for running in self._running.values()]
@@ -430,6 +443,7 @@ class LocalPool:
                 await self._remove(folder)
         for dropped in await asyncio.to_thread(self._artifacts.prune, self._settings.max_builds):
             self._bump(dropped.project)
+        self._note_lacking(record)
         self._bump(job.project)
         if self.on_finished is not None:
             self.on_finished(record)

@@ -114,6 +114,7 @@ class _Build:
         self._fetch()
         project, epoch, system = self._extract()
         requires = self._requirements(system["requires"], "[build-system] requires")
+        _check_toolchain(system["build-backend"], requires)
         self._environment(requires, create=True)
         source = f"{BUILD_ROOT}/src/{project}"
         hook_request = {
@@ -451,7 +452,12 @@ class _Build:
             raise BuildFailed(phase, f"{what} ran out of time ({step.timeout:.0f} s)")
         if outcome.returncode != 0:
             signal_note = f" (killed by signal {-outcome.returncode})" if outcome.returncode < 0 else ""
-            raise BuildFailed(phase, f"{what} exited with status {outcome.returncode}{signal_note}")
+            cause = failure_cause(outcome.tail)
+            raise BuildFailed(
+                phase,
+                f"{what} exited with status {outcome.returncode}{signal_note}"
+                + (f": {cause}" if cause else ""),
+            )
 
     def _answer(self, phase: Phase, outcome: RunOutcome) -> dict[str, Any]:
         try:
@@ -533,6 +539,43 @@ class _Build:
             "started_at": _iso(self.log.started),
             "finished_at": _iso(time.time()),
         }
+
+
+# What a backend prints last when it fails: an exception, or a compiler's or setuptools' "error:" line.
+_CAUSE = re.compile(r"^(?:[\w.]+(?:Error|Exception|Exit)\b.*|.*\berror:.*|.*\bERROR\b.*|.*Error: .*)$")
+_NOISE = re.compile(r"^(?:Traceback \(most recent call last\):|File \".*|\^+|~+|\s*)$")
+
+
+def failure_cause(output: str) -> str:
+    """The meaningful end of a failed step's output, in one line: its last exception or error line (and the
+    one before, when the exception says only that a subprocess failed), else its last line."""
+    lines = [line.strip() for line in output.splitlines()]
+    lines = [line for line in lines if line and not _NOISE.match(line) and not line.startswith("[")]
+    # pyproject_hooks' own CalledProcessError only says that the backend's process failed: not a cause.
+    causes = [line for line in lines if _CAUSE.match(line) and "_in_process.py" not in line]
+    chosen = causes[-2:] if len(causes) > 1 and "CalledProcessError" in causes[-1] else causes[-1:]
+    text = " | ".join(chosen or lines[-1:])
+    return text[:400]
+
+
+# Backends and build requirements that compile Rust: cargo must be in the sandbox (/usr/bin), and it is
+# not on most builders; such a project is then not offered for builds at all (Phase.TOOLCHAIN).
+_RUST_BACKENDS = ("maturin",)
+_RUST_REQUIREMENTS = ("maturin", "setuptools-rust", "puccinialin")
+
+
+def _check_toolchain(backend: str, requires: list[str]) -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    names = {canonicalize_name(Requirement(text).name) for text in requires}
+    rust = backend.split(".")[0].split(":")[0] in _RUST_BACKENDS or bool(names & set(_RUST_REQUIREMENTS))
+    if rust and not os.access("/usr/bin/cargo", os.X_OK):
+        raise BuildFailed(
+            Phase.TOOLCHAIN,
+            "it builds Rust code (maturin or setuptools-rust) and this builder has no Rust toolchain "
+            "(cargo in /usr/bin); its releases are not offered for builds here",
+        )
 
 
 def _answer_lines(raw: bytes) -> dict[str, Any]:

@@ -75,6 +75,7 @@ class RunOutcome:
     result: bytes = b""  # what the step wrote to its result descriptor ($WHEELFARM_RESULT_FD)
     files_exceeded: bool = False
     not_started: str = ""  # the sandbox itself could not start (the host's trouble, not the package's)
+    tail: str = ""  # the step's last lines of output (the cause of a failure, usually)
     host_trouble: str = ""  # the host failed the step (its disk is nearly full): not the package's fault
 
     @property
@@ -222,6 +223,7 @@ class Sandbox:
             uncountable=uncountable,
             result=result.data,
             not_started="" if started or timed_out else (tail.last_line() or f"status {process.returncode}"),
+            tail=tail.text(),
             host_trouble=watch.host_trouble,
         )
 
@@ -301,7 +303,10 @@ class _Tail:
 
     def __call__(self, chunk: bytes) -> None:
         self._sink(chunk)
-        self._last = (self._last + chunk)[-2048:]
+        self._last = (self._last + chunk)[-8192:]
+
+    def text(self) -> str:
+        return self._last.decode(errors="replace")
 
     def last_line(self) -> str:
         lines = [line.strip() for line in self._last.decode(errors="replace").splitlines() if line.strip()]

@@ -90,7 +90,8 @@ def record_view(record: BuildRecord, running: bool = False) -> dict[str, Any]:
         "state": record.state.value,
         "started_at": record.started_at,
         "finished_at": record.finished_at,
-        "duration_seconds": round(record.duration, 3),
+        "duration_seconds": round(record.duration, 3),  # the build itself
+        "queued_seconds": round(record.queued_seconds, 3),  # before it: waiting for a worker
         "log": folder + "build.log",
         "orphaned_since": record.orphaned_since,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -90,7 +91,11 @@ class AccessLog(AbstractAccessLogger):
         if metrics is not None and match_info is not None:
             route = match_info.route.resource
             metrics.count_request(
-                route.canonical if route else "unmatched", response.status, sent, request.get(CACHE_OUTCOME)
+                route.canonical if route else "unmatched",
+                response.status,
+                sent,
+                request.get(CACHE_OUTCOME),
+                time,
             )
         if not self._lines:
             return
@@ -190,11 +195,27 @@ def create_app(
             metrics=app_metrics,
             builder=pool,
         )
+        page_sizes: dict[str, float] = {"pages.bytes": 0, "pages.entries": 0}
+
+        def cache_sizes() -> dict[str, float]:
+            built = [r for r in pool.records() if r.wheel_filename] if pool is not None else []
+            return {
+                **page_sizes,
+                "files.bytes": files.index.total_bytes,
+                "files.entries": len(files.index),
+                "files.evictions": files.evictions,
+                "built.bytes": sum(r.wheel_size for r in built),
+                "built.entries": len(built),
+            }
+
+        app_metrics.watch_cache(cache_sizes)
         log.info("proxy_ready", upstream=settings.upstream_simple_url, cache_dir=str(cache_dir))
-        sweeper = asyncio.create_task(_sweep_orphans(pool, the_clock)) if pool is not None else None
+        background = [asyncio.create_task(_measure_pages(store, page_sizes))]
+        if pool is not None:
+            background.append(asyncio.create_task(_sweep_orphans(pool, the_clock)))
         yield
-        if sweeper is not None:
-            sweeper.cancel()
+        for task in background:
+            task.cancel()
         if isinstance(pool, LocalPool):
             await pool.close()
         await files.close()
@@ -221,6 +242,15 @@ def create_app(
 
 
 SWEEP_INTERVAL_SECONDS = 600.0
+PAGE_STATS_INTERVAL_SECONDS = 60.0
+
+
+async def _measure_pages(store: PageStore, sizes: dict[str, float]) -> None:
+    """The page cache's size for /metrics, measured in a thread now and then (SQLite, not per scrape)."""
+    while True:
+        with contextlib.suppress(OSError):
+            sizes["pages.entries"], sizes["pages.bytes"] = await store.stats()
+        await asyncio.sleep(PAGE_STATS_INTERVAL_SECONDS)
 
 
 def _writable_folder(folder: Path) -> None:

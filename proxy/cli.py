@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
             else "{" + ",".join(item.choices) + "}",
             help=f"{item.doc}{shown} [{item.section}] {item.key}, ${item.env}".replace("%", "%%"),
         )
+    target = commands.add_parser(
+        "target", help="this interpreter's target id, and the index URLs that give it the farm's wheels"
+    )
+    target.add_argument(
+        "--url", default="http://127.0.0.1:8080", help="the proxy's address (default http://127.0.0.1:8080)"
+    )
     config = commands.add_parser("config", help="settings: print config.example.toml")
     config.add_argument("config_command", choices=["example"], help="example: every setting, documented")
     builder = commands.add_parser("builder", help="the wheel builder on its own")
@@ -68,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(example_config())
         return 0
+    if args.command == "target":
+        return _print_target(args.url.rstrip("/"))
     overrides = {item.attr: getattr(args, item.attr) for item in fields()}
     try:
         settings = load_settings(args.config, overrides=overrides)
@@ -114,3 +122,21 @@ def _startup_problem(exc: OSError, settings: object) -> str:
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"cannot listen on {getattr(settings, 'host', '')}: {exc.strerror}"
     return f"{exc.strerror or exc}{where}"
+
+
+def _print_target(url: str) -> int:
+    """The running interpreter's target, then where each kind of client points (README, "Which client?")."""
+    from builder.cli import host_target
+    from builder.tags import InvalidTarget
+
+    try:
+        target = host_target(sys.version_info[:2])
+    except InvalidTarget as exc:
+        print(
+            f"wheelfarm: no target for this machine ({exc}): the farm builds for Linux only", file=sys.stderr
+        )
+        return 1
+    print(target.id)
+    print(f"pip and uv (they send their target in the User-Agent): {url}/simple/")
+    print(f"poetry, pdm and other clients: {url}/t/{target.id}/simple/")
+    return 0

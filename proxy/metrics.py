@@ -5,6 +5,7 @@ The admin summary reads its hit/miss/stale counts from the same counters, so the
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import time
 from collections import defaultdict
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from builder.artifacts import BuildRecord
@@ -21,6 +22,9 @@ from proxy.upstream import Upstream, UpstreamFile, UpstreamPage
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BUILD_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
+# Request durations: warm pages take well under a millisecond of our time, a held build-pending link up to
+# the client's read timeout, a big download minutes.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0, 60.0)
 
 
 class RequestCounts:
@@ -34,6 +38,16 @@ class RequestCounts:
         self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
         self.outcomes: defaultdict[str, int] = defaultdict(int)
         self.bytes_served = 0
+        # Per route: a count per bucket of REQUEST_BUCKETS (the last one: slower than all), and the sum.
+        self.durations: dict[str, list[int]] = {}
+        self.duration_sums: defaultdict[str, float] = defaultdict(float)
+
+    def observe(self, route: str, seconds: float) -> None:
+        buckets = self.durations.get(route)
+        if buckets is None:
+            buckets = self.durations[route] = [0] * (len(REQUEST_BUCKETS) + 1)
+        buckets[bisect.bisect_left(REQUEST_BUCKETS, seconds)] += 1
+        self.duration_sums[route] += seconds
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -49,6 +63,16 @@ class RequestCounts:
         yield requests
         yield outcomes
         yield CounterMetricFamily("wheelfarm_bytes_served", "Bytes sent to clients", value=self.bytes_served)
+        durations = HistogramMetricFamily(
+            "wheelfarm_request_duration_seconds", "Time to answer a request, by route", labels=["route"]
+        )
+        for route, buckets in sorted(self.durations.items()):
+            cumulative, total = [], 0
+            for bound, count in zip([*map(str, REQUEST_BUCKETS), "+Inf"], buckets, strict=True):
+                total += count
+                cumulative.append((bound, total))
+            durations.add_metric([route], cumulative, sum_value=self.duration_sums[route])
+        yield durations
 
 
 class Metrics:
@@ -64,7 +88,11 @@ class Metrics:
         )
         self.builds = Counter("wheelfarm_builds", "Finished builds", ["state"], registry=self.registry)
         self.build_seconds = Histogram(
-            "wheelfarm_build_duration_seconds", "Build durations (queue included)", buckets=_BUILD_BUCKETS,
+            "wheelfarm_build_duration_seconds", "How long builds ran (waiting in the queue excluded)",
+            buckets=_BUILD_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.queue_seconds = Histogram(
+            "wheelfarm_build_queue_seconds", "How long builds waited for a worker", buckets=_BUILD_BUCKETS,
             registry=self.registry,
         )  # fmt: skip
         self.queue_depth = Gauge(
@@ -72,12 +100,17 @@ class Metrics:
         )
         self.running = Gauge("wheelfarm_builds_running", "Builds in a worker now", registry=self.registry)
 
-    def count_request(self, route: str, status: int, sent: int, outcome: str | None) -> None:
+    def count_request(self, route: str, status: int, sent: int, outcome: str | None, seconds: float) -> None:
         counts = self.counts
         counts.requests[route, status] += 1
         counts.bytes_served += sent
+        counts.observe(route, seconds)
         if outcome:
             counts.outcomes[outcome] += 1
+
+    def watch_cache(self, values: Callable[[], dict[str, float]]) -> None:
+        """Cache sizes and evictions, read when scraped (``values`` is cheap: in-memory indexes)."""
+        self.registry.register(_CacheSizes(values))
 
     def watch_builds(self, queued: Callable[[], int], running: Callable[[], int]) -> None:
         self.queue_depth.set_function(queued)
@@ -86,12 +119,39 @@ class Metrics:
     def build_finished(self, record: BuildRecord) -> None:
         self.builds.labels(record.state.value).inc()
         self.build_seconds.observe(record.duration)
+        self.queue_seconds.observe(record.queued_seconds)
 
     def cache_counts(self) -> dict[str, int]:
         return dict(sorted(self.counts.outcomes.items()))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CacheSizes:
+    """wheelfarm_cache_bytes{store}, wheelfarm_cache_entries{store}, wheelfarm_cache_evictions{store}."""
+
+    def __init__(self, values: Callable[[], dict[str, float]]) -> None:
+        self._values = values
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._values()
+        sizes = GaugeMetricFamily("wheelfarm_cache_bytes", "Bytes kept, by store", labels=["store"])
+        entries = GaugeMetricFamily("wheelfarm_cache_entries", "Entries kept, by store", labels=["store"])
+        evictions = CounterMetricFamily(
+            "wheelfarm_cache_evictions", "Entries evicted to stay under the size limit", labels=["store"]
+        )
+        for key, value in sorted(values.items()):
+            store, _, kind = key.partition(".")
+            if kind == "bytes":
+                sizes.add_metric([store], value)
+            elif kind == "entries":
+                entries.add_metric([store], value)
+            else:
+                evictions.add_metric([store], value)
+        yield sizes
+        yield entries
+        yield evictions
 
 
 class TimedUpstream:

@@ -17,6 +17,7 @@ import pytest
 from buildkit import ADMIN_TOKEN, TARGET, absolute, page, pending_links
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer, free_port, proxy_settings
+from prometheus_client.parser import text_string_to_metric_families
 
 TOKEN = ADMIN_TOKEN
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -276,11 +277,26 @@ def test_metrics_names_and_counts(admin_proxy: ProxyServer) -> None:
         "wheelfarm_builds_total",
         "wheelfarm_build_duration_seconds_bucket",
         "wheelfarm_build_queue_depth",
+        "wheelfarm_build_queue_seconds_bucket",
         "wheelfarm_builds_running",
     ):
         assert name in text, name
     assert 'wheelfarm_requests_total{route="/simple/{project}/",status="200"} 1.0' in text
     assert 'wheelfarm_cache_outcomes_total{outcome="miss"}' in text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    files_route = (("route", "/files/{project}/{key}/{filename}"),)
+    assert samples["wheelfarm_request_duration_seconds_count", files_route] == 1
+    assert samples["wheelfarm_request_duration_seconds_bucket", (("le", "+Inf"), *files_route)] == 1
+    assert samples["wheelfarm_request_duration_seconds_sum", files_route] > 0
+    assert samples["wheelfarm_cache_entries", (("store", "files"),)] == 1
+    assert samples["wheelfarm_cache_bytes", (("store", "files"),)] > 0
+    assert samples["wheelfarm_cache_evictions_total", (("store", "files"),)] == 0
+    assert ("wheelfarm_cache_bytes", (("store", "built"),)) in samples
+    assert ("wheelfarm_cache_bytes", (("store", "pages"),)) in samples
 
 
 def test_admin_on_its_own_listener(fake_upstream: FakeUpstreamServer, tmp_path: Path) -> None:

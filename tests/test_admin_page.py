@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from buildkit import ADMIN_TOKEN, absolute, page, pending_links
+from cdp import Browser
 from fakes import ProxyServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -318,3 +319,24 @@ def is_red(pixel: tuple[int, int, int]) -> bool:
 def is_green(pixel: tuple[int, int, int]) -> bool:
     r, g, b = pixel
     return g > 90 and r < 60 and b < 90
+
+
+def test_admin_page_fits_a_phone(built_admin_proxy: ProxyServer, tmp_path: Path) -> None:
+    """At 390 x 844 CSS pixels (a phone) nothing is wider than the screen, and each build is a card whose
+    values are labelled with their column's name."""
+    with Browser(tmp_path / "phone") as browser:
+        browser.open(f"{built_admin_proxy.url}/admin/", 390, 844)
+        browser.wait_for("document.getElementById('status')?.textContent.startsWith('updated')")
+        browser.wait_for("document.querySelectorAll('#finished tr[data-state]').length === 2")
+        page_width = browser.evaluate("document.documentElement.scrollWidth")
+        widest = browser.evaluate(
+            "Math.max(...[...document.querySelectorAll('body *')].map(e => e.getBoundingClientRect().right))"
+        )
+        labels = browser.evaluate(
+            "[...document.querySelectorAll('#finished tr[data-state=failed] td')].map(td => td.dataset.label)"
+        )
+        header_shown = browser.evaluate("getComputedStyle(document.querySelector('#finished thead')).display")
+    assert page_width <= 390, f"the page is {page_width} px wide on a 390 px screen"
+    assert widest <= 390.5, f"an element reaches {widest} px"
+    assert labels[:5] == ["Project", "Version", "Target", "State", "Duration"]
+    assert header_shown == "none"  # the column names are on the cards instead

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 from buildkit import PIP_UA, TARGET, absolute, files, page, start_builder_proxy
 from clients import Client, each_client, install
-from fake_upstream import FakeIndex, FakeUpstreamServer
+from dists import make_sdist
+from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer
 
 
@@ -97,6 +98,9 @@ def test_failed_build_is_reported_then_remembered(builder_proxy: ProxyServer, tm
     assert response.status_code == 422
     assert "wheel build failed in build" in response.text
     assert response.reason_phrase.startswith("wheel build failed in build")
+    # The cause itself, from the end of the build's output, in the body and the reason phrase pip prints.
+    assert "exited with status 1: RuntimeError: no compiler for you" in response.text
+    assert "RuntimeError: no compiler for you" in response.reason_phrase
     log_url = response.text.split("build log: ")[1].strip()
     log = httpx.get(log_url).text
     assert "RuntimeError: no compiler for you" in log
@@ -176,3 +180,23 @@ def test_builder_cli_builds_alone_and_reproducibly(
         assert (out / f"{summary['wheel']}.provenance.json").is_file()
         assert (out / "tinypure-3.0.tar.gz.build.log").is_file()
     assert wheels[0] == wheels[1]  # SOURCE_DATE_EPOCH and the fixed build path make it reproducible
+
+
+def test_a_project_that_needs_a_missing_toolchain_is_not_offered_again(
+    builder_proxy: ProxyServer, build_index: FakeIndex, tmp_path: Path
+) -> None:
+    """Once a build shows the project compiles Rust (maturin, setuptools-rust) and the builder has no cargo,
+    no release of it gets a build-pending link: only that first client met a build that could not work."""
+    pyproject = '[build-system]\nrequires = ["maturin>=1,<2"]\nbuild-backend = "maturin"\n'
+    for version in ("1.0", "2.0"):
+        sdist = make_sdist(tmp_path, "rusty", version, {"pyproject.toml": pyproject, "Cargo.toml": ""})
+        build_index.add_file("rusty", FakeFile.from_path(sdist))
+    pending = [e for e in page(builder_proxy, "rusty")["files"] if e.get("_wheelfarm", {}).get("pending")]
+    assert len(pending) == 2
+
+    first = httpx.get(absolute(builder_proxy, "rusty", pending[-1]["url"]), timeout=60)
+
+    assert first.status_code == 422
+    assert "wheel build failed in toolchain: it builds Rust code" in first.text
+    after = [e for e in page(builder_proxy, "rusty")["files"] if e.get("_wheelfarm", {}).get("pending")]
+    assert after == []  # neither the failed release nor the other one

@@ -5,16 +5,21 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Final
 
 import httpx
 import pytest
+from aiohttp import web
 from clients import Client, install
 from fake_upstream import FakeIndex, FakeUpstreamServer
 from fakes import free_port
 from serve import WHEELFARM, server_env, wheelfarm_serve
+from servers import ServerThread
+
+from builder.tags import target_from_user_agent
 
 REQUEST_LOG_KEYS: Final = {"method", "path", "status", "bytes", "duration_ms", "cache", "request_id"}
 
@@ -162,3 +167,31 @@ def test_port_from_the_environment(fake_upstream: FakeUpstreamServer, tmp_path: 
     # stderr is not a terminal, so the default format ("auto") is JSON too.
     (starting,) = [line for line in server.log_lines() if line["event"] == "starting"]
     assert starting["port"] == port
+
+
+def test_wheelfarm_target_prints_what_pip_tells_the_proxy(tmp_path: Path) -> None:
+    """`wheelfarm target` names this interpreter's target exactly as the proxy reads it from pip."""
+    agents: list[str] = []
+
+    async def capture(request: web.Request) -> web.Response:
+        agents.append(request.headers.get("User-Agent", ""))
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/simple/{project}/", capture)
+    with ServerThread(app) as index:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp_path), "--index-url",
+             f"{index.url}/simple/", "no-such-project"],
+            env=server_env(tmp_path / "home"), capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+    printed = subprocess.run(
+        [str(WHEELFARM), "target", "--url", "http://wheelfarm.example:8080"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.splitlines()  # fmt: skip
+
+    assert agents, "pip asked the index for nothing"
+    target = target_from_user_agent(agents[0])
+    assert target is not None
+    assert printed[0] == target.id
+    assert printed[2] == f"poetry, pdm and other clients: http://wheelfarm.example:8080/t/{target.id}/simple/"
