@@ -6,6 +6,7 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -28,6 +29,14 @@ class Phase(enum.Enum):
     INSPECT = "inspect"  # the wheel's structure, names, sizes, RECORD and tags
     IMPORT = "import"  # importing the wheel with the target's interpreter
     INTERNAL = "internal"  # our bug or the host's trouble, never the package's
+
+
+def public_url(url: str) -> str:
+    """``url`` without userinfo (RFC 3986 section 3.2.1): what provenance records and logs may show."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +70,7 @@ class BuildRequest:
     version: str
     sdist_filename: str
     sdist_sha256: str
-    sdist_url: str  # where upstream has it (for provenance)
+    sdist_url: str  # where upstream has it, without credentials (for provenance)
     sdist_path: str  # the verified copy in the proxy's file store; copied into the work folder
     target: str
     interpreter: str  # path of the CPython that builds for the target

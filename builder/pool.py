@@ -29,7 +29,7 @@ import structlog
 from builder import selfcheck
 from builder.artifacts import Artifacts, BuildRecord
 from builder.interpreters import available_versions, find_interpreter
-from builder.jobs import BuildKey, BuildRequest, BuildResult, BuildState, Limits, Phase
+from builder.jobs import BuildKey, BuildRequest, BuildResult, BuildState, Limits, Phase, public_url
 from builder.sandbox import bwrap_path, remove_leftover_cgroups
 from builder.tags import Target
 from builder.users import build_user, host_root, mapped
@@ -488,7 +488,7 @@ class LocalPool:
             version=job.version,
             sdist_filename=job.sdist_filename,
             sdist_sha256=job.sdist_sha256,
-            sdist_url=job.sdist_url,
+            sdist_url=public_url(job.sdist_url),
             sdist_path=str(sdist_path),
             target=job.target.id,
             interpreter=str(interpreter),

@@ -25,6 +25,7 @@ from proxy.buildahead import BadRequirement, applies_to, choose_sdist, parse_req
 from proxy.errors import BadRequest, NotFound, WheelfarmError
 from proxy.model import file_key
 from proxy.names import InvalidProjectName, normalize
+from proxy.redact import redact
 from proxy.services import SERVICES, Services, builder_status
 from proxy.web_builds import serve_built
 
@@ -128,7 +129,8 @@ async def summary(request: web.Request) -> web.Response:
             "builds": _build_counts(services),
             "cache": {**counts, "hit_ratio": round(counts.get("hit", 0) / lookups, 4) if lookups else None},
             "builder": builder_status(services.builder),
-            "upstream": services.settings.upstream_simple_url,
+            "memory": {**services.pages.sizes(), "rendered": len(services.rendered)},
+            "upstream": redact(services.settings.upstream_simple_url),
         }
     )
 

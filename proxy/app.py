@@ -29,11 +29,12 @@ from proxy.metrics import Metrics, TimedUpstream
 from proxy.model import ProjectPage
 from proxy.names import NormalizedName
 from proxy.pages import PageCache
+from proxy.redact import redact
 from proxy.rootlist import RootList
 from proxy.services import CACHE_OUTCOME, REQUEST_ID, SERVICES, Services, builder_status
 from proxy.settings import Settings
 from proxy.store import PageStore
-from proxy.upstream import HttpUpstream, Upstream, make_session
+from proxy.upstream import HttpUpstream, Upstream, host_policy, make_session
 from proxy.web_builds import built, pending
 from proxy.web_files import GrowingFileResponse, file
 from proxy.web_pages import project_page, root_page
@@ -165,7 +166,12 @@ def create_app(
             session = make_session(settings)
             # A page fetch gets a total deadline too: sock_read alone lets a trickling upstream hold a client.
             source = HttpUpstream(
-                session, settings.upstream_simple_url, page_timeout=settings.upstream_read_timeout
+                session,
+                settings.upstream_simple_url,
+                page_timeout=settings.upstream_read_timeout,
+                policy=host_policy(settings),
+                max_page_bytes=settings.upstream_max_page_mb << 20,
+                max_root_bytes=settings.upstream_max_root_mb << 20,
             )
         source = TimedUpstream(source, app_metrics)
         cache_dir = settings.cache_dir
@@ -209,7 +215,7 @@ def create_app(
             }
 
         app_metrics.watch_cache(cache_sizes)
-        log.info("proxy_ready", upstream=settings.upstream_simple_url, cache_dir=str(cache_dir))
+        log.info("proxy_ready", upstream=redact(settings.upstream_simple_url), cache_dir=str(cache_dir))
         background = [asyncio.create_task(_measure_pages(store, page_sizes))]
         if pool is not None:
             background.append(asyncio.create_task(_sweep_orphans(pool, the_clock)))

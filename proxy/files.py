@@ -138,6 +138,11 @@ class FileStore:
     async def evict_unused_since(self, seconds: float) -> int:
         return await self.evict(self.index.unused_since(self._clock.now() - seconds))
 
+    @property
+    def upstream(self) -> Upstream:
+        """Where files come from (web_files passes unverifiable ones straight through)."""
+        return self._upstream
+
     def download(self, source: FileSource) -> Download:
         """Start the download of ``source``, or join the one already running."""
         running = self._downloads.get(source.key)

@@ -8,6 +8,7 @@ a client that hangs up does not cancel it for the others.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import hashlib
 from collections import OrderedDict
@@ -31,6 +32,8 @@ PAGES_IN_MEMORY = 2048
 # After upstream failed for a project, serve the stale page without asking again for this long, so a dead
 # upstream costs one timeout per project per interval rather than one per request.
 FAILURE_BACKOFF_SECONDS = 15.0
+FAILURES_REMEMBERED = 10_000  # every in-memory map is bounded: names are the clients' to choose
+QUARANTINED_REMEMBERED = 100_000
 
 
 class CacheOutcome(enum.Enum):
@@ -81,9 +84,17 @@ class PageCache:
         self._settings = settings
         self._inflight: dict[NormalizedName, asyncio.Task[PageResult]] = {}
         self._known: OrderedDict[NormalizedName, _Known] = OrderedDict()
-        self._failures: dict[NormalizedName, tuple[float, str]] = {}
+        self._failures: OrderedDict[NormalizedName, tuple[float, str]] = OrderedDict()
         # PEP 792: projects whose last page said "quarantined"; their cached files are not served either.
         self.quarantined: set[NormalizedName] = set()
+
+    def sizes(self) -> dict[str, int]:
+        """How much this cache holds in memory (the admin summary shows it; each is bounded)."""
+        return {
+            "pages": len(self._known),
+            "failures": len(self._failures),
+            "quarantined": len(self.quarantined),
+        }
 
     async def project(self, name: NormalizedName, *, max_age: float | None = None) -> PageResult:
         """The page for ``name``; ``max_age`` overrides the TTL (0 forces a revalidation)."""
@@ -105,7 +116,14 @@ class PageCache:
             task = asyncio.create_task(self._refresh(name, known))
             self._inflight[name] = task
             task.add_done_callback(lambda _: self._inflight.pop(name, None))
-        return await asyncio.shield(task)
+        if known is None or not self._may_serve_stale(known) or max_age == 0:
+            return await asyncio.shield(task)
+        # A page past its TTL: a slow upstream must not outlast the client's patience (pip's read timeout
+        # is 15 s). Past revalidate_wait the cached page is served at once; the refresh goes on.
+        done, _ = await asyncio.wait({task}, timeout=self._settings.cache_revalidate_wait)
+        if done:
+            return task.result()
+        return _result(name, known, CacheOutcome.STALE, "upstream is slow; the page is being revalidated")
 
     async def store_stats(self) -> tuple[int, int]:
         """(pages cached, bytes on disk)."""
@@ -135,14 +153,17 @@ class PageCache:
             if body is None:
                 return None
             try:
-                page = _parse(name, body, meta["url"], meta["content_type"], meta["serial"])
+                page = await asyncio.to_thread(
+                    _parse, name, body, meta["url"], meta["content_type"], meta["serial"]
+                )
             except UpstreamPageError:
                 return None  # written by an older version that read it differently: fetch again
         return self._remember(name, _Known(meta, page))
 
     def _remember(self, name: NormalizedName, known: _Known) -> _Known:
         if known.page is not None and known.page.quarantined:
-            self.quarantined.add(name)
+            if len(self.quarantined) < QUARANTINED_REMEMBERED:
+                self.quarantined.add(name)
         else:
             self.quarantined.discard(name)
         self._known[name] = known
@@ -155,10 +176,18 @@ class PageCache:
         etag = cached.meta["etag"] if cached is not None and cached.meta["found"] else None
         try:
             answer = await self._upstream.fetch_project(name, etag)
-            # Parse before storing: a page we cannot read must not replace one we can.
-            page = _parse_answer(name, answer) if answer.status is FetchStatus.FOUND else None
+            # Parse before storing: a page we cannot read must not replace one we can. In a thread: a page of
+            # thousands of files takes long enough to stall every other request.
+            page = (
+                await asyncio.to_thread(_parse_answer, name, answer)
+                if answer.status is FetchStatus.FOUND
+                else None
+            )
         except (UpstreamError, UpstreamPageError) as exc:
             self._failures[name] = (self._clock.now(), str(exc))
+            self._failures.move_to_end(name)
+            while len(self._failures) > FAILURES_REMEMBERED:
+                self._failures.popitem(last=False)
             if cached is not None and self._may_serve_stale(cached):
                 log.warning("upstream_failed_serving_stale", project=name, error=str(exc))
                 return _result(name, cached, CacheOutcome.STALE, str(exc))
@@ -209,7 +238,7 @@ def _parse(name: NormalizedName, body: bytes, url: str, content_type: str, seria
     if "json" in content_type:
         page = parse_project_json(body, url, name)
         if page.last_serial is None and serial is not None:
-            page = ProjectPage(page.name, page.files, page.versions, serial)
+            page = dataclasses.replace(page, last_serial=serial)
         return page
     return parse_project_html(body, url, name, serial)
 

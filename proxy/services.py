@@ -57,6 +57,10 @@ class RenderedPages:
     """Rendered bytes per (project, format, page version, target, builds): a warm page is rendered once."""
 
     limit: int = RENDERED_PAGES_IN_MEMORY
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
     _entries: OrderedDict[tuple[str, PageFormat, str, str, int], Rendered] = field(
         default_factory=OrderedDict
     )

@@ -149,6 +149,29 @@ class Settings:
     upstream_max_connections: int = setting(
         "upstream", "max_connections", 32, "Most connections open to upstream at once.", parse=_integer
     )
+    upstream_file_hosts: tuple[str, ...] = setting(
+        "upstream", "file_hosts", ("files.pythonhosted.org",),
+        "Hosts (or \"*.domain\") files may come from besides the upstream's own host: a page pointing "
+        "anywhere else is refused (no server-side request forgery through a hostile page).",
+        parse=_strings,
+    )  # fmt: skip
+    upstream_allow_private_networks: bool = setting(
+        "upstream", "allow_private_networks", False,
+        "Allow file hosts that resolve to loopback, link-local or private addresses (an internal mirror). "
+        "The configured upstream itself may be anywhere.",
+        parse=_boolean,
+    )  # fmt: skip
+    upstream_max_page_mb: int = setting(
+        "upstream", "max_page_mb", 64,
+        "Largest project page accepted from upstream, in megabytes, compressed and decompressed alike "
+        "(PyPI's largest are a few megabytes); a bigger one is refused with 502 and the cached copy served.",
+        parse=_integer,
+    )  # fmt: skip
+    upstream_max_root_mb: int = setting(
+        "upstream", "max_root_mb", 1024,
+        "Largest root project list (/simple/) accepted, in megabytes (PyPI's is about 40 MB in JSON).",
+        parse=_integer,
+    )  # fmt: skip
     upstream_ca_bundle: Path | None = setting(
         "upstream", "ca_bundle", None,
         "Extra CA certificates (PEM) trusted for upstream, for corporate TLS interception. The system "
@@ -174,6 +197,18 @@ class Settings:
     cache_not_found_ttl: float = setting(
         "cache", "not_found_ttl", 60.0, "Seconds an upstream 404 is remembered.", parse=_number
     )
+    cache_revalidate_wait: float = setting(
+        "cache", "revalidate_wait", 3.0,
+        "Seconds a client waits for the revalidation of a page past its TTL before it gets the cached page "
+        "at once (marked stale) while the revalidation goes on: pip gives up after 15 s.",
+        parse=_number,
+    )  # fmt: skip
+    cache_files_without_hash: str = setting(
+        "cache", "files_without_hash", "stream",
+        "A file upstream lists without a sha256 cannot be verified: \"stream\" passes it through and keeps "
+        "nothing; \"cache\" keeps it, under its URL.",
+        parse=_text, choices=("stream", "cache"),
+    )  # fmt: skip
     cache_stale_if_error: float = setting(
         "cache", "stale_if_error", 7 * 24 * 3600.0,
         "When upstream fails or times out, a cached page up to this many seconds old is served instead "

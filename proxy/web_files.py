@@ -19,12 +19,14 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 
-from proxy.errors import NotFound
+from proxy.errors import NotFound, WheelfarmError
 from proxy.files import Download, DownloadState, FileSource, FileStore
 from proxy.model import DistFile, file_key
 from proxy.names import NormalizedName
 from proxy.pages import PageCache
+from proxy.redact import redact
 from proxy.services import CACHE_OUTCOME, SERVICES
+from proxy.settings import Settings
 from proxy.urls import METADATA_SUFFIX, PROVENANCE_SUFFIX
 from proxy.web_pages import project_name
 
@@ -52,14 +54,48 @@ async def file(request: web.Request) -> web.StreamResponse:
         )
         content_type = "application/json"
     else:
-        cached = await services.files.cached(key)
+        cached = await services.files.cached(key) if _keeps(services.settings, key) else None
         if cached is not None:  # content addressed: a cached blob needs no page lookup
             request[CACHE_OUTCOME] = "hit"
             return _cached_response(services.files, key, cached, "application/octet-stream")
         dist = await _listed_file(services.pages, project, key, filename)
         source = FileSource(key, dist.url, dist.sha256, dist.size)
+        if source.sha256 is None and not _keeps(services.settings, key):
+            return await _pass_through(request, services.files, source, "application/octet-stream")
         return await _serve_missing(request, services.files, source, "application/octet-stream")
+    if source.sha256 is None and not _keeps(services.settings, source.key):
+        return await _pass_through(request, services.files, source, content_type)
     return await serve(request, services.files, source, content_type)
+
+
+def _keeps(settings: Settings, key: str) -> bool:
+    """Is this file kept? One upstream gave no sha256 for (a ``url-`` key) only when the operator says so:
+    it cannot be verified, so by default it is passed through and nothing is kept."""
+    return not key.startswith("url-") or settings.cache_files_without_hash == "cache"
+
+
+async def _pass_through(
+    request: web.Request, store: FileStore, source: FileSource, content_type: str
+) -> web.StreamResponse:
+    """Stream a file that cannot be verified from upstream to the client, keeping nothing of it."""
+    request[CACHE_OUTCOME] = "miss"
+    async with store.upstream.open_file(source.url) as upstream_file:
+        response = web.StreamResponse(
+            headers={"Content-Type": content_type, "Cache-Control": "no-store", "X-Wheelfarm-Cache": "miss"}
+        )
+        if upstream_file.length is not None:
+            response.content_length = upstream_file.length
+        await response.prepare(request)
+        try:
+            async for chunk in upstream_file.chunks:
+                await response.write(chunk)
+        except WheelfarmError as exc:  # upstream broke off: the client must not take it for a whole file
+            log.warning("pass_through_aborted", url=redact(source.url), reason=exc.message)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+    await response.write_eof()
+    return response
 
 
 async def serve(

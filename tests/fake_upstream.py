@@ -61,6 +61,9 @@ class FakeFile:
     upload_time: str | None = DEFAULT_UPLOAD_TIME
     # PEP 740: the provenance JSON document, served at `/provenance/<filename>`.
     provenance: bytes | None = field(default=None, repr=False)
+    # Hostile modes: list the file at this URL instead of the index's own, and/or without any hash.
+    listed_url: str | None = None
+    unhashed: bool = False
 
     @property
     def sha256(self) -> str:
@@ -102,6 +105,9 @@ class FakeIndex:
     # PEP 792 project status: project -> (status, reason or None). Files stay listed (a careless index),
     # so a test can see that wheelfarm itself offers none for a quarantined project.
     statuses: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    # Hostile modes: answer a project page with exactly this (status, headers, body): redirects, gzip
+    # bombs, huge pages.
+    page_overrides: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
 
     # Fault knobs.
     page_status: dict[str, int] = field(default_factory=dict)  # project -> answer this status instead
@@ -371,6 +377,9 @@ async def _project(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(index.page_delay)
     if name in index.page_status:
         return _status_response(index.page_status[name])
+    if name in index.page_overrides:
+        code, headers, raw = index.page_overrides[name]
+        return web.Response(status=code, headers=headers, body=raw)
     content_type = _chosen_type(request)
     base = str(request.url.origin())
     with index.lock:
@@ -408,8 +417,8 @@ def _file_json(file: FakeFile, base: str) -> dict[str, Any]:
     # Like PyPI: a key for data the file does not have is left out.
     entry: dict[str, Any] = {
         "filename": file.filename,
-        "url": f"{base}/files/{quote(file.filename)}",
-        "hashes": {"sha256": file.sha256},
+        "url": file.listed_url or f"{base}/files/{quote(file.filename)}",
+        "hashes": {} if file.unhashed else {"sha256": file.sha256},
         "requires-python": file.requires_python,
         "yanked": file.yanked,  # PEP 592 via PEP 691: false, true, or the reason
         "size": len(file.content),  # PEP 700
@@ -433,7 +442,8 @@ def _project_html(
         if status[1]:
             links.append(f'<meta name="pypi:project-status-reason" content="{html.escape(status[1])}">')
     for file in files:
-        href = f"{base}/files/{quote(file.filename)}#sha256={file.sha256}"
+        href = file.listed_url or f"{base}/files/{quote(file.filename)}"
+        href += "" if file.unhashed else f"#sha256={file.sha256}"
         attributes = [f'href="{html.escape(href)}"']
         if file.requires_python is not None:
             attributes.append(f'data-requires-python="{html.escape(file.requires_python)}"')  # PEP 503
