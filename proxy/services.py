@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from proxy.settings import Settings
 from proxy.urls import proxied_page
 
 RENDERED_PAGES_IN_MEMORY = 4096
+RENDER_IN_THREAD_FROM = 2000  # files; smaller pages render in well under a millisecond, inline
 
 
 def overlaid_page(page: ProjectPage, targets: tuple[Target, ...], builder: Builder | None) -> ProjectPage:
@@ -65,7 +67,7 @@ class RenderedPages:
         default_factory=OrderedDict
     )
 
-    def get(
+    async def get(
         self, result: PageResult, fmt: PageFormat, targets: tuple[Target, ...], builder: Builder | None
     ) -> Rendered:
         name = result.page.name
@@ -73,7 +75,13 @@ class RenderedPages:
         key = (name, fmt, result.version, ",".join(t.id for t in targets), builds)
         rendered = self._entries.get(key)
         if rendered is None:
-            rendered = render_project(overlaid_page(result.page, targets, builder), fmt)
+            page = result.page
+            if len(page.files) < RENDER_IN_THREAD_FROM:
+                rendered = render_project(overlaid_page(page, targets, builder), fmt)
+            else:  # thousands of files: seconds of work that must not stall every other request
+                rendered = await asyncio.to_thread(
+                    lambda: render_project(overlaid_page(page, targets, builder), fmt)
+                )
             self._entries[key] = rendered
             if len(self._entries) > self.limit:
                 self._entries.popitem(last=False)

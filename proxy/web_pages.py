@@ -83,7 +83,7 @@ async def project_page(request: web.Request) -> web.StreamResponse:
         and locking_client(request.headers.get("User-Agent"))
     ):
         targets = await lock_view(services, result.page, target)
-    rendered = services.rendered.get(result, fmt, targets, services.builder)
+    rendered = await services.rendered.get(result, fmt, targets, services.builder)
     compressed = _accepts_gzip(request)
     etag = rendered.gzip_etag if compressed else rendered.etag
     # One header dict, handed to the response whole: a warm page costs ~150 microseconds, and setting

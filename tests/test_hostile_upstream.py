@@ -9,6 +9,7 @@ import gzip
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -208,3 +209,32 @@ def test_credentials_in_the_upstream_url_are_shown_nowhere(
     assert summary.json()["upstream"].startswith("http://***@127.0.0.1:")
     for text in (summary.text, page.text, metrics.text, missing.text, logged.out, logged.err):
         assert "hunter2-secret" not in text
+
+
+def test_a_page_of_hundreds_of_thousands_of_files_does_not_stall_other_requests(
+    fake_upstream: FakeUpstreamServer, fake_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> None:
+    files = [
+        {
+            "filename": f"big-{n}.0.tar.gz",
+            "url": f"/files/big-{n}.0.tar.gz",
+            "hashes": {"sha256": f"{n:064x}"},
+        }
+        for n in range(200_000)
+    ]
+    body = json.dumps({"meta": {"api-version": "1.1"}, "name": "big", "files": files}).encode()
+    fake_index.page_overrides["big"] = (200, {"Content-Type": JSON}, body)
+    settings = proxy_settings(tmp_path / "cache", fake_upstream.simple_url, upstream_read_timeout=60.0)
+    with ProxyServer(settings, clock) as proxy, ThreadPoolExecutor(1) as pool:
+        big = pool.submit(httpx.get, f"{proxy.url}/simple/big/", headers={"Accept": JSON}, timeout=120)
+        slowest = 0.0
+        while not big.done():
+            started = time.monotonic()
+            assert httpx.get(f"{proxy.url}/healthz", timeout=10).status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.05)
+        answer = big.result()
+
+    assert answer.status_code == 200
+    assert len(answer.json()["files"]) == 200_000
+    assert slowest < 1.0, f"a health check waited {slowest:.2f} s behind the big page"
