@@ -47,9 +47,11 @@ def extract_sdist(archive: Path, destination: Path, limits: ExtractLimits = Extr
     """Extract ``archive`` into ``destination`` and return the project folder (the single top-level one)."""
     name = archive.name.lower()
     if name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")):
-        _extract_tar(archive, destination, limits)
+        target = destination / _flat_folder(archive.name, _tar_names(archive))
+        _extract_tar(archive, target, limits)
     elif name.endswith(".zip"):
-        _extract_zip(archive, destination, limits)
+        target = destination / _flat_folder(archive.name, _zip_names(archive))
+        _extract_zip(archive, target, limits)
     else:
         raise UnsafeArchive(f"{archive.name}: not an sdist archive (.tar.gz or .zip)")
     entries = [entry for entry in destination.iterdir() if entry.name not in ("pax_global_header",)]
@@ -59,6 +61,39 @@ def extract_sdist(archive: Path, destination: Path, limits: ExtractLimits = Extr
     if not (project / "pyproject.toml").is_file() and not (project / "setup.py").is_file():
         raise UnsafeArchive(f"{archive.name}: no pyproject.toml or setup.py in {project.name}/")
     return project
+
+
+def _flat_folder(archive: str, names: list[str]) -> str:
+    """Where the members go: "" when they share one top-level folder (the layout the sdist spec asks
+    for), else a folder named after the archive. Old maturin and some hand-made sdists put the project
+    at the archive's root; pip unpacks those as they are (its ``has_leading_dir``), so we do too."""
+    tops = {PurePosixPath(posixpath.normpath(n)).parts[:1] for n in names if posixpath.normpath(n) != "."}
+    tops.discard(("pax_global_header",))
+    nested = {parts[0] for parts in tops if parts} if tops else set()
+    if len(nested) == 1 and any(len(PurePosixPath(posixpath.normpath(n)).parts) > 1 for n in names):
+        return ""
+    stem = archive
+    for suffix in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return stem.strip(".") or "sdist"
+
+
+def _tar_names(archive: Path) -> list[str]:
+    try:
+        with tarfile.open(archive) as tar:
+            return tar.getnames()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UnsafeArchive(f"{archive.name}: cannot extract: {exc}") from None
+
+
+def _zip_names(archive: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            return zipped.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UnsafeArchive(f"{archive.name}: cannot extract: {exc}") from None
 
 
 def _check_name(archive: str, name: str) -> None:

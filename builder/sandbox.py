@@ -31,7 +31,7 @@ from pathlib import Path
 
 from builder import launch, seccomp
 from builder.jobs import Limits
-from builder.workdir import BuildFolder, Uncountable, descendants, free_bytes, measure, neutralize
+from builder.workdir import BuildFolder, CountRaced, Uncountable, descendants, free_bytes, measure, neutralize
 
 BUILD_ROOT = "/build"  # the tree: fixed build path, part of reproducible builds
 ENV_ROOT = "/env"  # the build environment
@@ -41,6 +41,7 @@ STAGE = "/tmp/.wheelfarm-sources"  # where the launcher binds host folders for a
 SANDBOX_UID = 65534
 _V1_ROOT = Path("/sys/fs/cgroup")  # v1: one folder per controller under it; v2: the unified tree itself
 _WATCH_SECONDS = 0.5
+_RACED_COUNTS = 20  # 10 s of a tree that changes under every count
 _RESULT_LIMIT = 1 << 20
 
 
@@ -327,6 +328,7 @@ class _Watch(threading.Thread):
         self.too_many_files = False
         self.uncountable = ""
         self.host_trouble = ""
+        self._raced = 0  # counts in a row that the tree changed under
         self.start()
 
     def run(self) -> None:
@@ -341,10 +343,17 @@ class _Watch(threading.Thread):
         try:
             processes = [] if final else (self._cgroups.pids() or descendants(self._process.pid))
             usage = measure(self._folder, processes)
+            self._raced = 0
             if usage.bytes > limits.output_bytes:
                 self.exceeded = True
             elif usage.files > limits.files:
                 self.too_many_files = True
+        except CountRaced as exc:
+            # A moving tree is normal for a moment (an installer renaming folders into place); one that
+            # never holds still long enough to be counted is a build hiding what it writes.
+            self._raced += 1
+            if final or self._raced >= _RACED_COUNTS:
+                self.uncountable = f"{exc.strerror} ({self._raced} counts in a row)"
         except Uncountable as exc:
             self.uncountable = str(exc)
         free = free_bytes(self._folder.path)

@@ -23,6 +23,7 @@ first (the worker is their owner or root), and files a build deleted but keeps o
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -45,6 +46,12 @@ class UnsafeOutput(ValueError):
 
 class Uncountable(OSError):
     """The work folder cannot be measured (too deep, or an error): treated as over the limit."""
+
+
+class CountRaced(Uncountable):
+    """The tree changed under the count (a folder moved, or replaced by a file or link between listing and
+    opening it). Installers do this all the time (uv renames its staging folders into place), so one such
+    count is no verdict; a build that keeps it up is (``sandbox._Watch``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +309,8 @@ class _Cursor:
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
+                    if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                        raise CountRaced(exc.errno, "a folder was replaced while it was counted") from None
                     raise Uncountable(exc.errno, f"cannot open a folder: {exc.strerror}") from None
                 os.close(self.fd)
                 self.fd = child
@@ -320,7 +329,7 @@ class _Cursor:
             name = self._names.pop()
             info = os.fstat(parent)
             if (info.st_dev, info.st_ino) != self._identities[-1]:
-                raise Uncountable(0, "a folder was moved while the work folder was counted")
+                raise CountRaced(0, "a folder was moved while the work folder was counted")
             if remove_done:
                 with contextlib.suppress(FileNotFoundError, OSError):
                     os.rmdir(name, dir_fd=self.fd)

@@ -76,9 +76,10 @@ def build_sdist(project_dir: Path, version: str, out_dir: Path) -> Path:
         return Path(build.ProjectBuilder(srcdir, python_executable=sys.executable).build("sdist", out_dir))
 
 
-def make_sdist(out_dir: Path, name: str, version: str, files: dict[str, str]) -> Path:
+def make_sdist(out_dir: Path, name: str, version: str, files: dict[str, str], *, flat: bool = False) -> Path:
     """An sdist written by hand (no backend runs on the host): ``files`` maps paths inside the
-    ``name-version/`` folder to their text. PKG-INFO is added. For hostile and broken test sdists."""
+    ``name-version/`` folder to their text (``flat``: at the archive's root, as old maturin wrote them).
+    PKG-INFO is added. For hostile and broken test sdists."""
     out_dir.mkdir(parents=True, exist_ok=True)
     root = f"{name}-{version}"
     path = out_dir / f"{root}.tar.gz"
@@ -86,7 +87,7 @@ def make_sdist(out_dir: Path, name: str, version: str, files: dict[str, str]) ->
     with tarfile.open(path, "w:gz") as tar:
         for member, text in sorted(contents.items()):
             data = text.encode()
-            info = tarfile.TarInfo(f"{root}/{member}")
+            info = tarfile.TarInfo(member if flat else f"{root}/{member}")
             info.size = len(data)
             info.mtime = 1_700_000_000
             info.mode = 0o644
@@ -102,6 +103,7 @@ def in_tree_backend_sdist(
     *,
     requires: tuple[str, ...] = (),
     requires_body: str = "    return []",
+    flat: bool = False,
 ) -> Path:
     """An sdist whose PEP 517 backend is its own ``backend.py``: its ``build_wheel`` runs
     ``build_wheel_body`` (indented Python), then writes a real, minimal wheel; its
@@ -113,7 +115,7 @@ def in_tree_backend_sdist(
         f"[build-system]\nrequires = {json.dumps(list(requires))}\n"
         'build-backend = "backend"\nbackend-path = ["."]\n'
     )
-    return make_sdist(out_dir, name, version, {"pyproject.toml": pyproject, "backend.py": backend})
+    return make_sdist(out_dir, name, version, {"pyproject.toml": pyproject, "backend.py": backend}, flat=flat)
 
 
 _IN_TREE_BACKEND = """\

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import tarfile
 import sys
 import time
 import zipfile
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 from buildkit import PIP_UA, TARGET, absolute, files, page, start_builder_proxy
 from clients import Client, each_client, install
-from dists import make_sdist
+from dists import in_tree_backend_sdist, make_sdist
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer
 
@@ -200,3 +201,19 @@ def test_a_project_that_needs_a_missing_toolchain_is_not_offered_again(
     assert "wheel build failed in toolchain: it builds Rust code" in first.text
     after = [e for e in page(builder_proxy, "rusty")["files"] if e.get("_wheelfarm", {}).get("pending")]
     assert after == []  # neither the failed release nor the other one
+
+
+def test_an_sdist_without_a_top_level_folder_builds_as_pip_would_unpack_it(
+    builder_proxy: ProxyServer, build_index: FakeIndex, tmp_path: Path
+) -> None:
+    """Old maturin sdists (orjson 3.0) hold the project at the archive's root; pip builds them."""
+    sdist = in_tree_backend_sdist(tmp_path, "flatpkg", "1.0", "    pass", flat=True)
+    with tarfile.open(sdist) as tar:
+        assert "pyproject.toml" in tar.getnames()
+    build_index.add_file("flatpkg", FakeFile.from_path(sdist))
+
+    result = install(Client.PIP, builder_proxy.simple_url, ["flatpkg"], tmp_path / "pip").check()
+
+    assert result.installed()["flatpkg"] == "1.0"
+    assert "Building wheel for flatpkg" not in result.output  # the farm built it, not pip
+    assert "flatpkg-1.0-py3-none-any.whl" in files(page(builder_proxy, "flatpkg"))

@@ -266,6 +266,44 @@ def test_a_build_that_breaks_the_count_fails(farm: Farm) -> None:
     assert "cannot be measured" in failure.error
 
 
+_MOVER = """\
+    import os, time
+    os.makedirs("left"); os.makedirs("right")
+    os.chdir("left"); os.makedirs("/".join(["m"] * 300)); os.chdir("..")
+    side, ends, written = ["left", "right"], time.monotonic() + {seconds}, 0
+    while time.monotonic() < ends:  # the deep folder changes parents under the count, again and again
+        os.rename(side[0] + "/m", side[1] + "/m")
+        side.reverse()
+        if written < {chunks}:  # and grows while it moves
+            with open(side[0] + "/m/" + str(written), "wb") as f:
+                f.write(bytes({chunk_mb} << 20))
+            written += 1
+"""
+
+
+def test_a_tree_that_moves_under_the_count_for_a_moment_still_builds(farm: Farm) -> None:
+    """Installers rename folders into place while the watch counts (uv did, building python-Levenshtein,
+    and the build failed as "cannot be measured"): a tree that moves for a moment is counted again."""
+    project = marker("briefmove").lower()
+    farm.backend_sdist(project, _MOVER.format(seconds=3, chunks=0, chunk_mb=0))
+
+    farm.built_wheel(project)
+
+
+def test_a_tree_that_never_holds_still_cannot_hide_what_it_writes(farm: Farm) -> None:
+    project = marker("hotpotato").lower()
+    chunks = 2 * MAX_OUTPUT_MB // MAX_FILE_MB + 1  # twice the output limit, in files under the file limit
+    farm.backend_sdist(project, _MOVER.format(seconds=60, chunks=chunks, chunk_mb=MAX_FILE_MB - 1))
+
+    failure = farm.failed_build(project)
+
+    assert failure.phase == "build"
+    assert any(
+        cause in failure.error
+        for cause in ("wrote more than the limit", "cannot be measured", "ran out of time")
+    ), failure.error
+
+
 RECORD_BOMB = '"x" * (80 << 20)'  # a RECORD that inflates to 80 MiB from a few hundred kilobytes
 
 
