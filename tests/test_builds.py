@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import tarfile
 import sys
+import tarfile
 import time
 import zipfile
 from pathlib import Path
