@@ -22,6 +22,7 @@ from builder.jobs import Limits
 from builder.pool import Builder, BuildJob, LocalPool, PoolSettings
 from proxy.admin import create_admin_app
 from proxy.clock import Clock, SystemClock
+from proxy.diskspace import DiskFullReport
 from proxy.errors import UpstreamError, WheelfarmError
 from proxy.files import DownloadState, FileSource, FileStore
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -169,8 +170,16 @@ def create_app(
             )
         source = TimedUpstream(source, app_metrics)
         cache_dir = settings.cache_dir
-        store = PageStore(cache_dir / "pages", max_bytes=settings.cache_max_page_mb << 20)
-        files = FileStore(cache_dir / "files", source, the_clock, max_bytes=settings.cache_max_file_mb << 20)
+        disk = DiskFullReport()  # pages and files share the disk: one rate-limited voice for both
+        store = PageStore(cache_dir / "pages", max_bytes=settings.cache_max_page_mb << 20, disk=disk)
+        files = FileStore(
+            cache_dir / "files",
+            source,
+            the_clock,
+            max_bytes=settings.cache_max_file_mb << 20,
+            min_free_bytes=settings.cache_min_free_mb << 20,
+            disk=disk,
+        )
         await files.load()
         pool = builder
         if pool is None and settings.builder_enabled:
@@ -209,6 +218,7 @@ def create_app(
             }
 
         app_metrics.watch_cache(cache_sizes)
+        app_metrics.watch_disk(disk)
         log.info("proxy_ready", upstream=settings.upstream_simple_url, cache_dir=str(cache_dir))
         background = [asyncio.create_task(_measure_pages(store, page_sizes))]
         if pool is not None:
@@ -216,6 +226,7 @@ def create_app(
         yield
         for task in background:
             task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if isinstance(pool, LocalPool):
             await pool.close()
         await files.close()

@@ -3,6 +3,9 @@
 Files are immutable, so a verified file is kept forever under its sha256. A download writes to a temporary
 file in the store's own folder, hashes while writing, and is renamed into place only when hash and size
 match. Every client asking for a file that is being downloaded reads the same temporary file as it grows.
+
+Disks fill up. A download the disk has no room for is refused before the first byte (507) when its size is
+announced, and cut when the disk fills mid-stream; either way nothing partial is kept.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import structlog
 
 from proxy.blobindex import BlobIndex
 from proxy.clock import Clock
-from proxy.errors import UpstreamError, WheelfarmError
+from proxy.diskspace import DiskFullReport, Stage, free_bytes, is_disk_full, mib
+from proxy.errors import InsufficientStorage, UpstreamError, WheelfarmError
 from proxy.upstream import Upstream
 
 log = structlog.get_logger(__name__)
@@ -52,7 +56,7 @@ class Download:
     source: FileSource
     temp_path: Path
     final_path: Path
-    length: int | None = None
+    length: int | None = None  # announced: by the page (PEP 700 size) or upstream's Content-Length
     written: int = 0
     state: DownloadState = DownloadState.RUNNING
     error: WheelfarmError | None = None
@@ -74,10 +78,29 @@ class Download:
         async with self.changed:
             self.changed.notify_all()
 
+    @property
+    def name(self) -> str:
+        return self.source.url.rsplit("/", 1)[-1]
+
+    @property
+    def still_to_write(self) -> int:
+        expected = self.length if self.length is not None else self.source.size
+        return max(0, (expected or 0) - self.written) if self.state is DownloadState.RUNNING else 0
+
 
 class FileStore:
-    def __init__(self, root: Path, upstream: Upstream, clock: Clock, max_bytes: int = 0) -> None:
-        """``max_bytes`` > 0 bounds the store: least recently used files are evicted past it."""
+    def __init__(
+        self,
+        root: Path,
+        upstream: Upstream,
+        clock: Clock,
+        max_bytes: int = 0,
+        *,
+        min_free_bytes: int = 0,
+        disk: DiskFullReport | None = None,
+    ) -> None:
+        """``max_bytes`` > 0 bounds the store: least recently used files are evicted past it. A download that
+        would leave less than ``min_free_bytes`` free on the disk is refused; ``disk`` hears of each."""
         self._blobs = root / "blobs"
         self._partial = root / "partial"
         self._blobs.mkdir(parents=True, exist_ok=True)
@@ -87,6 +110,8 @@ class FileStore:
         self._upstream = upstream
         self._clock = clock
         self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self.disk = disk if disk is not None else DiskFullReport()
         self.index = BlobIndex(clock)
         self.evictions = 0
         self._downloads: dict[str, Download] = {}
@@ -143,7 +168,14 @@ class FileStore:
         running = self._downloads.get(source.key)
         if running is not None and running.state is DownloadState.RUNNING:
             return running
-        fd, temp_name = tempfile.mkstemp(dir=self._partial, prefix=source.key[:16] + ".")
+        try:
+            fd, temp_name = tempfile.mkstemp(dir=self._partial, prefix=source.key[:16] + ".")
+        except OSError as exc:
+            name = source.url.rsplit("/", 1)[-1]
+            if is_disk_full(exc):
+                self.disk.report("files", Stage.BEFORE_DOWNLOAD, file=name, error=str(exc))
+                raise InsufficientStorage(f"no room on the proxy's cache disk to store {name}") from None
+            raise WheelfarmError(f"cannot store {name}: {exc}") from None
         os.close(fd)
         download = Download(source, Path(temp_name), self.path_for(source.key))
         self._downloads[source.key] = download
@@ -154,11 +186,15 @@ class FileStore:
 
     async def _run(self, download: Download) -> None:
         source = download.source
-        self.upstream_downloads += 1
         digest = hashlib.sha256()
         try:
+            if source.size is not None:  # known from the page: refuse before even asking upstream
+                await self._ensure_room(download, source.size)
+            self.upstream_downloads += 1
             async with self._upstream.open_file(source.url) as upstream_file:
                 download.length = source.size if source.size is not None else upstream_file.length
+                if source.size is None and download.length is not None:
+                    await self._ensure_room(download, download.length)
                 download.started.set()
                 with download.temp_path.open("r+b") as sink:
                     async for chunk in upstream_file.chunks:
@@ -175,7 +211,14 @@ class FileStore:
         except WheelfarmError as exc:
             self._fail(download, exc)
         except OSError as exc:
-            self._fail(download, WheelfarmError(f"cannot store {source.url.rsplit('/', 1)[-1]}: {exc}"))
+            if is_disk_full(exc):
+                self.disk.report("files", Stage.DURING_DOWNLOAD, file=download.name, written=download.written)
+                error: WheelfarmError = InsufficientStorage(
+                    f"the proxy's cache disk filled up while storing {download.name}; it was not cached"
+                )
+            else:
+                error = WheelfarmError(f"cannot store {download.name}: {exc}")
+            self._fail(download, error)
         except asyncio.CancelledError:
             self._fail(download, UpstreamError("download cancelled (proxy shutting down)"))
             raise
@@ -184,6 +227,22 @@ class FileStore:
             if self._downloads.get(source.key) is download:
                 del self._downloads[source.key]
             await download._notify()
+
+    async def _ensure_room(self, download: Download, size: int) -> None:
+        """Refuse, before any byte, a file the cache disk cannot hold next to what downloads in flight still
+        have to write and the ``min_free_bytes`` kept for pages and the page index."""
+        free = await asyncio.to_thread(free_bytes, self._partial)
+        promised = sum(d.still_to_write for d in self._downloads.values() if d is not download)
+        if free - promised - size >= self.min_free_bytes:
+            return
+        self.disk.report(
+            "files", Stage.BEFORE_DOWNLOAD, file=download.name, size=size, free=free, promised=promised
+        )
+        raise InsufficientStorage(
+            f"not enough room on the proxy's cache disk for {download.name} ({mib(size)}): {mib(free)} free, "
+            f"{mib(promised)} of it promised to downloads in progress and {mib(self.min_free_bytes)} kept "
+            "free ([cache] min_free_mb). Nothing was downloaded; try again once the operator has freed space."
+        )
 
     def _verify(self, download: Download, sha256: str) -> None:
         source = download.source
@@ -200,7 +259,8 @@ class FileStore:
     def _fail(self, download: Download, error: WheelfarmError) -> None:
         download.state = DownloadState.FAILED
         download.error = error
-        log.warning("file_download_failed", key=download.source.key, error=error.message)
+        if not isinstance(error, InsufficientStorage):  # those the disk report has logged, rate-limited
+            log.warning("file_download_failed", key=download.source.key, error=error.message)
         download.temp_path.unlink(missing_ok=True)
 
     async def close(self) -> None:

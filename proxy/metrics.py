@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from builder.artifacts import BuildRecord
+from proxy.diskspace import DiskFullReport
 from proxy.names import NormalizedName
 from proxy.upstream import Upstream, UpstreamFile, UpstreamPage
 
@@ -112,6 +113,10 @@ class Metrics:
         """Cache sizes and evictions, read when scraped (``values`` is cheap: in-memory indexes)."""
         self.registry.register(_CacheSizes(values))
 
+    def watch_disk(self, disk: DiskFullReport) -> None:
+        """Writes the cache disk had no room for, read when scraped."""
+        self.registry.register(_DiskFull(disk))
+
     def watch_builds(self, queued: Callable[[], int], running: Callable[[], int]) -> None:
         self.queue_depth.set_function(queued)
         self.running.set_function(running)
@@ -152,6 +157,24 @@ class _CacheSizes:
         yield sizes
         yield entries
         yield evictions
+
+
+class _DiskFull:
+    """wheelfarm_disk_full{store, stage} (since the start)."""
+
+    def __init__(self, disk: DiskFullReport) -> None:
+        self._disk = disk
+
+    def collect(self) -> Iterator[Metric]:
+        full = CounterMetricFamily(
+            "wheelfarm_disk_full",
+            "Writes the cache disk had no room for, by store and stage (before_download: refused with a 507; "
+            "during_download: cut; write: a page kept in memory only)",
+            labels=["store", "stage"],
+        )
+        for store, stage in sorted(self._disk.counts, key=lambda pair: (pair[0], pair[1].value)):
+            full.add_metric([store, stage.value], self._disk.counts[store, stage])
+        yield full
 
 
 class TimedUpstream:

@@ -191,6 +191,12 @@ class Settings:
         "Most megabytes of cached pages (SQLite index plus bodies); the least recently read go first.",
         parse=_integer,
     )  # fmt: skip
+    cache_min_free_mb: int = setting(
+        "cache", "min_free_mb", 64,
+        "A file download that would leave less than this many megabytes free on the cache disk is refused "
+        "before its first byte (HTTP 507), so pages and the page index keep room to be written.",
+        parse=_integer,
+    )  # fmt: skip
     logging_level: str = setting(
         "logging",
         "level",
