@@ -31,6 +31,7 @@ from proxy.model import ProjectPage
 from proxy.names import NormalizedName
 from proxy.pages import PageCache
 from proxy.rootlist import RootList
+from proxy.scrub import Scrubber
 from proxy.services import CACHE_OUTCOME, REQUEST_ID, SERVICES, Services, builder_status
 from proxy.settings import Settings
 from proxy.store import PageStore
@@ -219,10 +220,14 @@ def create_app(
 
         app_metrics.watch_cache(cache_sizes)
         app_metrics.watch_disk(disk)
+        app_metrics.watch_integrity(files.counts)
         log.info("proxy_ready", upstream=settings.upstream_simple_url, cache_dir=str(cache_dir))
         background = [asyncio.create_task(_measure_pages(store, page_sizes))]
         if pool is not None:
             background.append(asyncio.create_task(_sweep_orphans(pool, the_clock)))
+        if settings.cache_scrub_mb_per_minute > 0:
+            scrubber = Scrubber(files, settings.cache_scrub_mb_per_minute << 20)
+            background.append(asyncio.create_task(scrubber.run()))
         yield
         for task in background:
             task.cancel()

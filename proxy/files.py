@@ -4,8 +4,11 @@ Files are immutable, so a verified file is kept forever under its sha256. A down
 file in the store's own folder, hashes while writing, and is renamed into place only when hash and size
 match. Every client asking for a file that is being downloaded reads the same temporary file as it grows.
 
-Disks fill up. A download the disk has no room for is refused before the first byte (507) when its size is
-announced, and cut when the disk fills mid-stream; either way nothing partial is kept.
+Disks rot and fill up. A file found on disk at start is rehashed on its first hit before it is served (later
+hits cost nothing more); the scrub and operators rehash the rest (proxy/scrub.py). A blob whose bytes no
+longer match is moved to ``quarantine/`` and downloaded again on the next request. A download the disk has
+no room for is refused before the first byte (507) when its size is announced, and cut when the disk fills
+mid-stream; either way nothing partial is kept.
 """
 
 from __future__ import annotations
@@ -26,6 +29,15 @@ from proxy.blobindex import BlobIndex
 from proxy.clock import Clock
 from proxy.diskspace import DiskFullReport, Stage, free_bytes, is_disk_full, mib
 from proxy.errors import InsufficientStorage, UpstreamError, WheelfarmError
+from proxy.integrity import (
+    Check,
+    IntegrityCounts,
+    drop_digest,
+    hash_file,
+    quarantine,
+    read_digest,
+    write_digest,
+)
 from proxy.upstream import Upstream
 
 log = structlog.get_logger(__name__)
@@ -103,6 +115,8 @@ class FileStore:
         would leave less than ``min_free_bytes`` free on the disk is refused; ``disk`` hears of each."""
         self._blobs = root / "blobs"
         self._partial = root / "partial"
+        self._quarantine = root / "quarantine"
+        self._digests = root / "digests"  # sha256 of url- keyed blobs, written as they are published
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._partial.mkdir(parents=True, exist_ok=True)
         for leftover in self._partial.iterdir():  # downloads a previous process did not finish
@@ -114,8 +128,10 @@ class FileStore:
         self.disk = disk if disk is not None else DiskFullReport()
         self.index = BlobIndex(clock)
         self.evictions = 0
+        self.counts = IntegrityCounts()
         self._downloads: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # referenced, so running downloads are not collected
+        self._checks: dict[str, asyncio.Task[Check]] = {}  # one rehash per blob at a time, shared
         self.upstream_downloads = 0
 
     @staticmethod
@@ -131,15 +147,69 @@ class FileStore:
         await asyncio.to_thread(self.index.load, self._blobs)
 
     async def cached(self, key: str) -> Path | None:
+        """The path of a stored, checked blob; None when it must be downloaded (absent, or found bad)."""
         path = self.path_for(key)
-        if key in self.index:
-            self.index.touched(key)
-            return path
+        entry = self.index.touched(key)
+        if entry is not None:
+            if entry.verified:  # the warm path: one dict lookup and a flag
+                return path
+            return path if await self.verify(key) is Check.GOOD else None
         if key in self._downloads:
             # Not there yet (the index learns of a file when its download ends): no disk check, which would
             # cost every client joining a download a thread hop just when they all arrive at once.
             return None
-        return path if await asyncio.to_thread(path.is_file) else None
+        size = await asyncio.to_thread(_size_of, path)
+        if size is None:
+            return None
+        # On disk yet unknown to the index (another process sharing the folder stored it): check it first.
+        self.index.added(key, size, verified=False)
+        return path if await self.verify(key) is Check.GOOD else None
+
+    async def verify(self, key: str) -> Check:
+        """Rehash a stored blob; a bad one is quarantined. Concurrent callers share one check, which runs as
+        its own task so a client that hangs up does not cancel it for the others."""
+        task = self._checks.get(key)
+        if task is None:
+            task = asyncio.create_task(self._check(key))
+            self._checks[key] = task
+            task.add_done_callback(lambda _: self._checks.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _check(self, key: str) -> Check:
+        expected: str | None = key
+        if key.startswith("url-"):
+            expected = await asyncio.to_thread(read_digest, self._digests, key)
+            if expected is None:
+                return Check.UNVERIFIABLE
+        path = self.path_for(key)
+        hashed = await asyncio.to_thread(hash_file, path)
+        if hashed is None:
+            if key not in self._downloads:
+                self.index.removed(key)
+            return Check.MISSING
+        self.counts.checked += 1
+        self.counts.checked_bytes += hashed.identity.size
+        if hashed.sha256 == expected:
+            self.index.verified(key)
+            return Check.GOOD
+        moved = await asyncio.to_thread(quarantine, path, self._quarantine, key, hashed.identity)
+        if moved is None:
+            return Check.MISSING  # replaced since it was read (downloaded again): not the file judged
+        self.index.removed(key)
+        if key.startswith("url-"):
+            await asyncio.to_thread(drop_digest, self._digests, key)
+        self.counts.quarantined += 1
+        # Logged once: the blob is gone from where it was served, so nothing finds it bad a second time.
+        log.error(
+            "file_corrupt_quarantined",
+            key=key,
+            expected_sha256=expected,
+            found_sha256=hashed.sha256,
+            read_error=hashed.error,
+            bytes=hashed.identity.size,
+            moved_to=str(moved),
+        )
+        return Check.CORRUPT
 
     async def evict(self, keys: list[str]) -> int:
         """Remove these files (skipping any in use now); the number removed."""
@@ -147,8 +217,7 @@ class FileStore:
         for key in keys:
             if key not in self.index or self.index.in_use(key) or key in self._downloads:
                 continue
-            path = self.path_for(key)
-            await asyncio.to_thread(path.unlink, True)
+            await asyncio.to_thread(self._remove, key)
             self.index.removed(key)
             removed += 1
             log.info("file_evicted", key=key)
@@ -162,6 +231,11 @@ class FileStore:
 
     async def evict_unused_since(self, seconds: float) -> int:
         return await self.evict(self.index.unused_since(self._clock.now() - seconds))
+
+    def _remove(self, key: str) -> None:
+        self.path_for(key).unlink(missing_ok=True)
+        if key.startswith("url-"):
+            drop_digest(self._digests, key)
 
     def download(self, source: FileSource) -> Download:
         """Start the download of ``source``, or join the one already running."""
@@ -203,7 +277,8 @@ class FileStore:
                         download.written += len(chunk)
                         await download._notify()
             self._verify(download, digest.hexdigest())
-            await asyncio.to_thread(_publish, download.temp_path, download.final_path)
+            digests = self._digests if source.key.startswith("url-") else None
+            await asyncio.to_thread(_publish, download, digest.hexdigest(), digests)
             self.index.added(source.key, download.written)
             download.state = DownloadState.DONE
             log.info("file_cached", key=source.key, bytes=download.written)
@@ -264,9 +339,10 @@ class FileStore:
         download.temp_path.unlink(missing_ok=True)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        tasks = [*self._tasks, *self._checks.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _write_all(sink: BinaryIO, chunk: bytes) -> None:
@@ -275,6 +351,16 @@ def _write_all(sink: BinaryIO, chunk: bytes) -> None:
     sink.flush()
 
 
-def _publish(temp_path: Path, final_path: Path) -> None:
-    final_path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(temp_path, final_path)  # atomic on one filesystem: readers see no file or the whole file
+def _publish(download: Download, sha256: str, digests: Path | None) -> None:
+    if digests is not None:  # first: a url- blob is never in place without what to check it against
+        write_digest(digests, download.source.key, sha256)
+    download.final_path.parent.mkdir(parents=True, exist_ok=True)
+    # Atomic on one filesystem: readers see no file or the whole file.
+    os.replace(download.temp_path, download.final_path)
+
+
+def _size_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None

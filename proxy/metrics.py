@@ -18,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from builder.artifacts import BuildRecord
 from proxy.diskspace import DiskFullReport
+from proxy.integrity import IntegrityCounts
 from proxy.names import NormalizedName
 from proxy.upstream import Upstream, UpstreamFile, UpstreamPage
 
@@ -113,6 +114,10 @@ class Metrics:
         """Cache sizes and evictions, read when scraped (``values`` is cheap: in-memory indexes)."""
         self.registry.register(_CacheSizes(values))
 
+    def watch_integrity(self, counts: IntegrityCounts) -> None:
+        """Rehashes and quarantines of cached files, read when scraped."""
+        self.registry.register(_Integrity(counts))
+
     def watch_disk(self, disk: DiskFullReport) -> None:
         """Writes the cache disk had no room for, read when scraped."""
         self.registry.register(_DiskFull(disk))
@@ -157,6 +162,32 @@ class _CacheSizes:
         yield sizes
         yield entries
         yield evictions
+
+
+class _Integrity:
+    """wheelfarm_files_checked, _checked_bytes, _quarantined and wheelfarm_scrub_bytes (since the start)."""
+
+    def __init__(self, counts: IntegrityCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts
+        yield CounterMetricFamily(
+            "wheelfarm_files_checked",
+            "Cached files rehashed (first hit after a start, scrub, verify)",
+            value=counts.checked,
+        )
+        yield CounterMetricFamily(
+            "wheelfarm_files_checked_bytes", "Bytes of cached files rehashed", value=counts.checked_bytes
+        )
+        yield CounterMetricFamily(
+            "wheelfarm_files_quarantined",
+            "Cached files whose bytes no longer matched their hash, moved aside and fetched again",
+            value=counts.quarantined,
+        )
+        yield CounterMetricFamily(
+            "wheelfarm_scrub_bytes", "Bytes the background scrub rehashed", value=counts.scrub_bytes
+        )
 
 
 class _DiskFull:
