@@ -31,7 +31,7 @@ from proxy.model import ProjectPage
 from proxy.names import NormalizedName
 from proxy.pages import PageCache
 from proxy.rootlist import RootList
-from proxy.scrub import Scrubber
+from proxy.scrub import Scrubber, Verifier
 from proxy.services import CACHE_OUTCOME, REQUEST_ID, SERVICES, Services, builder_status
 from proxy.settings import Settings
 from proxy.store import PageStore
@@ -182,6 +182,7 @@ def create_app(
             disk=disk,
         )
         await files.load()
+        verifier = Verifier(files, the_clock)
         pool = builder
         if pool is None and settings.builder_enabled:
             pool = await start_local_pool(settings, files)
@@ -203,6 +204,7 @@ def create_app(
             root=RootList(source, store, cache_dir / "root", the_clock, settings),
             files=files,
             metrics=app_metrics,
+            verifier=verifier,
             builder=pool,
         )
         page_sizes: dict[str, float] = {"pages.bytes": 0, "pages.entries": 0}
@@ -232,6 +234,7 @@ def create_app(
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        await verifier.close()
         if isinstance(pool, LocalPool):
             await pool.close()
         await files.close()

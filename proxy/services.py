@@ -19,6 +19,7 @@ from proxy.overlay import apply_overlay, built_alias, built_file, pending_file, 
 from proxy.pages import PageCache, PageResult
 from proxy.render import Rendered, render_project
 from proxy.rootlist import RootList
+from proxy.scrub import Verifier
 from proxy.settings import Settings
 from proxy.urls import proxied_page
 
@@ -93,6 +94,7 @@ class Services:
     root: RootList
     files: FileStore
     metrics: Metrics
+    verifier: Verifier
     builder: Builder | None = None
     rendered: RenderedPages = field(default_factory=RenderedPages)
 

@@ -1,5 +1,5 @@
 """Bit rot in the file store: a blob whose bytes no longer match its hash is found (first hit after a start,
-background scrub), quarantined, never served again, and fetched again from upstream."""
+background scrub, operator's verify), quarantined, never served again, and fetched again from upstream."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from conftest import PROVENANCE, PROVENANCE_FILE
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer, free_port, proxy_settings, wait_for
 from test_admin_api import fetch_file
+from test_admin_cli import admin_args, wheelfarm
 
 from proxy.settings import Settings
 
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 WHEEL = "rotpkg-1.0-py3-none-any.whl"
 SDIST = "rotpkg-1.0.tar.gz"
 
@@ -120,3 +122,61 @@ def test_scrub_quarantines_rot_nobody_asked_for(
         assert fetch_file(proxy, "rotpkg", WHEEL).content == wheel.content
         assert fake_index.file_requests[WHEEL] == 2
         assert fake_index.file_requests[SDIST] == 1
+
+
+def test_verify_action_needs_the_token_and_reports_counts(
+    fake_upstream: FakeUpstreamServer, fake_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> None:
+    wheel, sdist = rot_index(fake_index)
+    with ProxyServer(settings_for(fake_upstream, tmp_path / "cache"), clock) as proxy:
+        fetch_file(proxy, "rotpkg", WHEEL)
+        fetch_file(proxy, "rotpkg", SDIST)
+        rotted = flip_a_byte(blob(proxy, wheel))  # under a running proxy: only a rehash can tell
+        endpoint = proxy.url + "/admin/api/verify"
+        for header in ({}, {"Authorization": "Bearer wrong"}):
+            refused = httpx.post(endpoint, headers=header)
+            assert refused.status_code == 401
+            assert "token" in refused.text
+        assert quarantined(proxy) == {}
+        started = httpx.post(endpoint, headers=AUTH)
+        assert started.status_code == 202, started.text
+        assert started.json()["verify"]["total"] == 2
+
+        def report() -> dict[str, Any]:
+            answer: dict[str, Any] = httpx.get(endpoint).json()["verify"]
+            return answer
+
+        wait_for(lambda: report()["state"] == "done", "the verify run")
+        done = report()
+        assert (done["checked"], done["corrupt"], done["missing"], done["unverifiable"]) == (2, 1, 0, 0)
+        assert done["quarantined"] == [wheel.sha256]
+        assert done["bytes_checked"] == len(rotted) + len(sdist.content)
+        assert list(quarantined(proxy).values()) == [rotted]
+        summary = httpx.get(proxy.url + "/admin/api/summary").json()["files"]
+        assert (summary["count"], summary["quarantined"]) == (1, 1)
+        served = fetch_file(proxy, "rotpkg", WHEEL)
+        assert served.content == wheel.content
+        assert served.headers["X-Wheelfarm-Cache"] == "miss"
+        assert fake_index.file_requests[WHEEL] == 2
+
+
+def test_cache_verify_command(
+    fake_upstream: FakeUpstreamServer, fake_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> None:
+    wheel, _ = rot_index(fake_index)
+    with ProxyServer(settings_for(fake_upstream, tmp_path / "cache"), clock) as proxy:
+        fetch_file(proxy, "rotpkg", WHEEL)
+        fetch_file(proxy, "rotpkg", SDIST)
+        flip_a_byte(blob(proxy, wheel))
+        denied = wheelfarm("cache", "verify", *admin_args(proxy, token=None))
+        assert denied.code == 2
+        assert "token is missing" in denied.stderr
+        found = wheelfarm("cache", "verify", "--interval", "0.05", *admin_args(proxy))
+        assert found.code == 1, found.output
+        assert "checked 2 files" in found.stdout
+        assert "1 corrupt" in found.stdout
+        assert wheel.sha256 in found.stdout
+        clean = wheelfarm("cache", "verify", "--interval", "0.05", "--json", *admin_args(proxy))
+        assert clean.code == 0, clean.output
+        assert '"corrupt": 0' in clean.stdout
+        assert '"checked": 1' in clean.stdout
