@@ -124,6 +124,7 @@ async def summary(request: web.Request) -> web.Response:
                 "bytes": services.files.index.total_bytes,
                 "max_bytes": services.files.max_bytes,
                 "evictions": services.files.evictions,
+                "quarantined": services.files.counts.quarantined,  # since the proxy started
             },
             "built_wheels": {"count": len(built), "bytes": sum(r.wheel_size for r in built)},
             "builds": _build_counts(services),
@@ -310,6 +311,18 @@ async def evict(request: web.Request) -> web.Response:
     return reply({"evicted_files": removed})
 
 
+async def verify_start(request: web.Request) -> web.Response:
+    """Rehash every cached file (corrupt ones are quarantined); 202 with the run's report so far. A run
+    already going on is joined, not doubled."""
+    return reply({"verify": services_of(request).verifier.start().view()}, status=202)
+
+
+async def verify_report(request: web.Request) -> web.Response:
+    """The report of the running or last verify run (null before the first)."""
+    last = services_of(request).verifier.last
+    return reply({"verify": last.view() if last is not None else None})
+
+
 async def built_file(request: web.Request) -> web.StreamResponse:
     return serve_built(request, services_of(request))
 
@@ -354,6 +367,8 @@ def create_admin_app(main: web.Application, middlewares: list[Any], *, standalon
     admin.router.add_post("/api/builds/{sdist}/{target}/retry", retry_build)
     admin.router.add_post("/api/build-ahead", build_ahead)
     admin.router.add_post("/api/evict", evict)
+    admin.router.add_get("/api/verify", verify_report)
+    admin.router.add_post("/api/verify", verify_start)
     if standalone:
         # The API links logs and wheels as /built/...: on a listener of its own, admin serves them too.
         admin.router.add_get("/built/{sdist}/{target}/{filename}", built_file)

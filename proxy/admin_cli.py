@@ -3,8 +3,8 @@
 A small HTTP client on the standard library's urllib (the installed package needs nothing more). Every
 command takes ``--url`` (the admin base URL, or ``WHEELFARM_ADMIN_URL``), ``--token`` (or
 ``WHEELFARM_ADMIN_TOKEN``, the same variable ``wheelfarm serve`` reads its token from) and ``--json`` (the
-server's JSON instead of text). Exit codes: 0 done, 1 a build failed (or waiting gave up), 2 a usage, HTTP or
-connection error.
+server's JSON instead of text). Exit codes: 0 done, 1 a build failed (or waiting gave up) or ``cache verify``
+found corrupt files, 2 a usage, HTTP or connection error.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
@@ -28,6 +29,7 @@ from proxy.admin_text import (
     _size,
     _summary_lines,
     _table,
+    _verify_lines,
     _when,
 )
 from proxy.admin_watch import build_ahead
@@ -86,6 +88,18 @@ def cache_evict(client: AdminClient, args: argparse.Namespace, out: TextIO) -> E
     else:
         out.write(f"evicted {data['evicted_files']} files unused for {args.unused_for:g} days\n")
     return ExitCode.OK
+
+
+def cache_verify(client: AdminClient, args: argparse.Namespace, out: TextIO) -> ExitCode:
+    run = client.post("api/verify", {})["verify"]
+    while not args.no_wait and run["state"] != "done":
+        time.sleep(args.interval)
+        run = client.get("api/verify")["verify"]
+    if args.json:
+        _json(run, out)
+    else:
+        out.write("\n".join(_verify_lines(run)) + "\n")
+    return ExitCode.FAILED if run["corrupt"] else ExitCode.OK
 
 
 def build_list(client: AdminClient, args: argparse.Namespace, out: TextIO) -> ExitCode:
@@ -152,6 +166,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     evict = leaf(cache, "evict", cache_evict, "delete cached files nobody downloaded for a while")
     evict.add_argument(
         "--unused-for", type=_amount, required=True, metavar="DAYS", help="days (e.g. 30 or 0.5)"
+    )
+    verify = leaf(
+        cache,
+        "verify",
+        cache_verify,
+        "rehash every cached file; corrupt ones are quarantined and fetched again (exit code 1 if any)",
+    )
+    verify.add_argument("--no-wait", action="store_true", help="start the run and return")
+    verify.add_argument(
+        "--interval", type=_amount, default=1.0, metavar="SECONDS", help="seconds between polls (default: 1)"
     )
 
     build = commands.add_parser("build", help="build wheels ahead of time; list, retry, delete builds")

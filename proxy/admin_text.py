@@ -61,15 +61,35 @@ def _summary_lines(data: dict[str, Any], full: bool) -> list[str]:
     limit = f" of {_size(files['max_bytes'])}" if files.get("max_bytes") else ""
     ratio = "-" if cache.get("hit_ratio") is None else f"{cache['hit_ratio']:.1%}"
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(cache.items()) if k != "hit_ratio")
+    trimmed = f"{files.get('evictions', 0)} evicted"
+    if files.get("quarantined"):
+        trimmed += f", {files['quarantined']} quarantined"
     rows = [
         ["pages", f"{data['pages']['count']} ({_size(data['pages']['bytes'])})"],
-        ["files", f"{files['count']} ({_size(files['bytes'])}{limit}, {files.get('evictions', 0)} evicted)"],
+        ["files", f"{files['count']} ({_size(files['bytes'])}{limit}, {trimmed})"],
         ["built wheels", f"{built['count']} ({_size(built['bytes'])})"],
         ["hit ratio", f"{ratio} ({outcomes})" if full and outcomes else ratio],
     ]
     if not full:
         rows.append(["builds", _counts(data.get("builds") or {}) or "no builder"])
     return _table(rows, indent="")
+
+
+def _verify_lines(run: dict[str, Any]) -> list[str]:
+    """A verify run's report: counts, then the keys of the files it quarantined."""
+    counts = (
+        f"checked {run['checked']} files ({_size(run['bytes_checked'])}): {run['corrupt']} corrupt, "
+        f"{run['missing']} gone meanwhile, {run['unverifiable']} unverifiable"
+    )
+    if run["state"] != "done":
+        counts = f"verifying {run['total']} files, started; so far " + counts
+    lines = [counts]
+    if run["quarantined"]:
+        lines.append(
+            "quarantined (moved to files/quarantine/ in the cache folder; fetched again when next asked for):"
+        )
+        lines += ["  " + _printable(str(key)) for key in run["quarantined"]]
+    return lines
 
 
 def _counts(builds: dict[str, int]) -> str:

@@ -22,6 +22,7 @@ from builder.jobs import Limits
 from builder.pool import Builder, BuildJob, LocalPool, PoolSettings
 from proxy.admin import create_admin_app
 from proxy.clock import Clock, SystemClock
+from proxy.diskspace import DiskFullReport
 from proxy.errors import UpstreamError, WheelfarmError
 from proxy.files import DownloadState, FileSource, FileStore
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -31,6 +32,7 @@ from proxy.names import NormalizedName
 from proxy.pages import PageCache
 from proxy.redact import redact
 from proxy.rootlist import RootList
+from proxy.scrub import Scrubber, Verifier
 from proxy.services import CACHE_OUTCOME, REQUEST_ID, SERVICES, Services, builder_status
 from proxy.settings import Settings
 from proxy.store import PageStore
@@ -175,9 +177,18 @@ def create_app(
             )
         source = TimedUpstream(source, app_metrics)
         cache_dir = settings.cache_dir
-        store = PageStore(cache_dir / "pages", max_bytes=settings.cache_max_page_mb << 20)
-        files = FileStore(cache_dir / "files", source, the_clock, max_bytes=settings.cache_max_file_mb << 20)
+        disk = DiskFullReport()  # pages and files share the disk: one rate-limited voice for both
+        store = PageStore(cache_dir / "pages", max_bytes=settings.cache_max_page_mb << 20, disk=disk)
+        files = FileStore(
+            cache_dir / "files",
+            source,
+            the_clock,
+            max_bytes=settings.cache_max_file_mb << 20,
+            min_free_bytes=settings.cache_min_free_mb << 20,
+            disk=disk,
+        )
         await files.load()
+        verifier = Verifier(files, the_clock)
         pool = builder
         if pool is None and settings.builder_enabled:
             pool = await start_local_pool(settings, files)
@@ -199,6 +210,7 @@ def create_app(
             root=RootList(source, store, cache_dir / "root", the_clock, settings),
             files=files,
             metrics=app_metrics,
+            verifier=verifier,
             builder=pool,
         )
         page_sizes: dict[str, float] = {"pages.bytes": 0, "pages.entries": 0}
@@ -215,13 +227,20 @@ def create_app(
             }
 
         app_metrics.watch_cache(cache_sizes)
+        app_metrics.watch_disk(disk)
+        app_metrics.watch_integrity(files.counts)
         log.info("proxy_ready", upstream=redact(settings.upstream_simple_url), cache_dir=str(cache_dir))
         background = [asyncio.create_task(_measure_pages(store, page_sizes))]
         if pool is not None:
             background.append(asyncio.create_task(_sweep_orphans(pool, the_clock)))
+        if settings.cache_scrub_mb_per_minute > 0:
+            scrubber = Scrubber(files, settings.cache_scrub_mb_per_minute << 20)
+            background.append(asyncio.create_task(scrubber.run()))
         yield
         for task in background:
             task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await verifier.close()
         if isinstance(pool, LocalPool):
             await pool.close()
         await files.close()

@@ -2,7 +2,8 @@
 
 Least recently used files go first; a file being served or built from is leased and never evicted. Access
 times live in memory (a restart starts them at each file's download time): writing them to the files
-would change the validators clients already hold.
+would change the validators clients already hold. So does whether a file was checked since this process
+started: a file found on disk at start is not trusted until its first hit rehashes it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from proxy.clock import Clock
 class BlobEntry:
     size: int
     last_access: float
+    verified: bool  # hashed by this process (downloaded, or rehashed since the start)
 
 
 class BlobIndex:
@@ -38,7 +40,7 @@ class BlobIndex:
             for entry in os.scandir(folder):
                 with contextlib.suppress(OSError):
                     stat = entry.stat()
-                    self.added(entry.name, stat.st_size, stat.st_mtime)
+                    self.added(entry.name, stat.st_size, stat.st_mtime, verified=False)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -46,15 +48,26 @@ class BlobIndex:
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
-    def added(self, key: str, size: int, when: float | None = None) -> None:
+    def added(self, key: str, size: int, when: float | None = None, *, verified: bool = True) -> None:
         self.removed(key)
-        self._entries[key] = BlobEntry(size, self._clock.now() if when is None else when)
+        self._entries[key] = BlobEntry(size, self._clock.now() if when is None else when, verified)
         self.total_bytes += size
 
-    def touched(self, key: str) -> None:
+    def touched(self, key: str) -> BlobEntry | None:
+        """Note a use of ``key`` now; its entry (None: not stored)."""
         entry = self._entries.get(key)
         if entry is not None:
             entry.last_access = self._clock.now()
+        return entry
+
+    def verified(self, key: str) -> None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.verified = True
+
+    def sorted_keys(self) -> list[str]:
+        """A sorted snapshot (a stable order for a pass over the store)."""
+        return sorted(self._entries)
 
     def removed(self, key: str) -> None:
         entry = self._entries.pop(key, None)

@@ -38,3 +38,10 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamNotFound(NotFound):
     """Upstream said 404 for something it once listed."""
+
+
+class InsufficientStorage(WheelfarmError):
+    """The cache disk has no room for a file (RFC 4918 section 11.5: the server cannot store what the request
+    needs). Not 503: no retry a client makes on its own frees the disk, so it should fail at once."""
+
+    status = 507

@@ -17,6 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from builder.artifacts import BuildRecord
+from proxy.diskspace import DiskFullReport
+from proxy.integrity import IntegrityCounts
 from proxy.names import NormalizedName
 from proxy.upstream import Upstream, UpstreamFile, UpstreamPage
 
@@ -112,6 +114,14 @@ class Metrics:
         """Cache sizes and evictions, read when scraped (``values`` is cheap: in-memory indexes)."""
         self.registry.register(_CacheSizes(values))
 
+    def watch_integrity(self, counts: IntegrityCounts) -> None:
+        """Rehashes and quarantines of cached files, read when scraped."""
+        self.registry.register(_Integrity(counts))
+
+    def watch_disk(self, disk: DiskFullReport) -> None:
+        """Writes the cache disk had no room for, read when scraped."""
+        self.registry.register(_DiskFull(disk))
+
     def watch_builds(self, queued: Callable[[], int], running: Callable[[], int]) -> None:
         self.queue_depth.set_function(queued)
         self.running.set_function(running)
@@ -152,6 +162,50 @@ class _CacheSizes:
         yield sizes
         yield entries
         yield evictions
+
+
+class _Integrity:
+    """wheelfarm_files_checked, _checked_bytes, _quarantined and wheelfarm_scrub_bytes (since the start)."""
+
+    def __init__(self, counts: IntegrityCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts
+        yield CounterMetricFamily(
+            "wheelfarm_files_checked",
+            "Cached files rehashed (first hit after a start, scrub, verify)",
+            value=counts.checked,
+        )
+        yield CounterMetricFamily(
+            "wheelfarm_files_checked_bytes", "Bytes of cached files rehashed", value=counts.checked_bytes
+        )
+        yield CounterMetricFamily(
+            "wheelfarm_files_quarantined",
+            "Cached files whose bytes no longer matched their hash, moved aside and fetched again",
+            value=counts.quarantined,
+        )
+        yield CounterMetricFamily(
+            "wheelfarm_scrub_bytes", "Bytes the background scrub rehashed", value=counts.scrub_bytes
+        )
+
+
+class _DiskFull:
+    """wheelfarm_disk_full{store, stage} (since the start)."""
+
+    def __init__(self, disk: DiskFullReport) -> None:
+        self._disk = disk
+
+    def collect(self) -> Iterator[Metric]:
+        full = CounterMetricFamily(
+            "wheelfarm_disk_full",
+            "Writes the cache disk had no room for, by store and stage (before_download: refused with a 507; "
+            "during_download: cut; write: a page kept in memory only)",
+            labels=["store", "stage"],
+        )
+        for store, stage in sorted(self._disk.counts, key=lambda pair: (pair[0], pair[1].value)):
+            full.add_metric([store, stage.value], self._disk.counts[store, stage])
+        yield full
 
 
 class TimedUpstream:

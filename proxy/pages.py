@@ -19,6 +19,7 @@ import structlog
 
 from proxy.clock import Clock
 from proxy.errors import NotFound, UpstreamError
+from proxy.gcpause import BULK_BYTES, collections_paused
 from proxy.model import ProjectPage
 from proxy.names import NormalizedName
 from proxy.parse import UpstreamPageError, parse_project_html, parse_project_json
@@ -235,12 +236,13 @@ def _parse_answer(name: NormalizedName, answer: UpstreamPage) -> ProjectPage:
 
 
 def _parse(name: NormalizedName, body: bytes, url: str, content_type: str, serial: int | None) -> ProjectPage:
-    if "json" in content_type:
-        page = parse_project_json(body, url, name)
-        if page.last_serial is None and serial is not None:
-            page = dataclasses.replace(page, last_serial=serial)
-        return page
-    return parse_project_html(body, url, name, serial)
+    with collections_paused(len(body) >= BULK_BYTES):
+        if "json" in content_type:
+            page = parse_project_json(body, url, name)
+            if page.last_serial is None and serial is not None:
+                page = dataclasses.replace(page, last_serial=serial)
+            return page
+        return parse_project_html(body, url, name, serial)
 
 
 def _key(name: NormalizedName) -> str:

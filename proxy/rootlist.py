@@ -22,6 +22,7 @@ import structlog
 
 from proxy.clock import Clock
 from proxy.errors import UpstreamError
+from proxy.gcpause import collections_paused
 from proxy.model import PageFormat
 from proxy.pages import CacheOutcome
 from proxy.render import render_root_html, render_root_json
@@ -83,7 +84,7 @@ class RootList:
                 raise UpstreamError("upstream has no root project list (HTTP 404)")
             if answer.status is FetchStatus.FOUND:
                 is_json = "json" in answer.content_type
-                await asyncio.to_thread(self._rebuild, raw, is_json, answer.serial)
+                await asyncio.to_thread(self._rebuild_paused, raw, is_json, answer.serial)
         except (UpstreamError, ValueError, OSError) as exc:
             raw.unlink(missing_ok=True)
             if cached is not None:
@@ -104,6 +105,10 @@ class RootList:
         )
         await self._store.put(_RECORD_KEY, record)
         return RootResult(self._json, self._html, outcome)
+
+    def _rebuild_paused(self, raw: Path, is_json: bool, serial: int | None) -> None:
+        with collections_paused():  # hundreds of thousands of names
+            self._rebuild(raw, is_json, serial)
 
     def _rebuild(self, raw: Path, is_json: bool, serial: int | None) -> None:
         """In a worker thread: upstream file -> names -> our two renderings (+ gzip), then swap them in."""

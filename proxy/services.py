@@ -14,12 +14,14 @@ from builder.jobs import BuildKey, BuildState
 from builder.pool import Builder
 from builder.tags import Target
 from proxy.files import FileStore
+from proxy.gcpause import BULK_FILES, collections_paused
 from proxy.metrics import Metrics
 from proxy.model import DistFile, PageFormat, ProjectPage
 from proxy.overlay import apply_overlay, built_alias, built_file, pending_file, pending_filename
 from proxy.pages import PageCache, PageResult
 from proxy.render import Rendered, render_project
 from proxy.rootlist import RootList
+from proxy.scrub import Verifier
 from proxy.settings import Settings
 from proxy.urls import proxied_page
 
@@ -79,15 +81,20 @@ class RenderedPages:
             if len(page.files) < RENDER_IN_THREAD_FROM:
                 rendered = render_project(overlaid_page(page, targets, builder), fmt)
             else:  # thousands of files: seconds of work that must not stall every other request
-                rendered = await asyncio.to_thread(
-                    lambda: render_project(overlaid_page(page, targets, builder), fmt)
-                )
+                rendered = await asyncio.to_thread(_render_bulk, page, fmt, targets, builder)
             self._entries[key] = rendered
             if len(self._entries) > self.limit:
                 self._entries.popitem(last=False)
         else:
             self._entries.move_to_end(key)
         return rendered
+
+
+def _render_bulk(
+    page: ProjectPage, fmt: PageFormat, targets: tuple[Target, ...], builder: Builder | None
+) -> Rendered:
+    with collections_paused(len(page.files) >= BULK_FILES):
+        return render_project(overlaid_page(page, targets, builder), fmt)
 
 
 def builder_status(builder: Builder | None) -> dict[str, str]:
@@ -105,6 +112,7 @@ class Services:
     root: RootList
     files: FileStore
     metrics: Metrics
+    verifier: Verifier
     builder: Builder | None = None
     rendered: RenderedPages = field(default_factory=RenderedPages)
 

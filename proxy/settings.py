@@ -226,6 +226,19 @@ class Settings:
         "Most megabytes of cached pages (SQLite index plus bodies); the least recently read go first.",
         parse=_integer,
     )  # fmt: skip
+    cache_min_free_mb: int = setting(
+        "cache", "min_free_mb", 64,
+        "A file download that would leave less than this many megabytes free on the cache disk is refused "
+        "before its first byte (HTTP 507), so pages and the page index keep room to be written.",
+        parse=_integer,
+    )  # fmt: skip
+    cache_scrub_mb_per_minute: int = setting(
+        "cache", "scrub_mb_per_minute", 256,
+        "The background scrub rehashes cached files against their sha256, at most this many megabytes a "
+        "minute (a whole pass at most once an hour); a file that no longer matches is quarantined and "
+        "fetched again on its next request. 0: no scrub (first hits after a start are still checked).",
+        parse=_integer,
+    )  # fmt: skip
     logging_level: str = setting(
         "logging",
         "level",

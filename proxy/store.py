@@ -1,16 +1,20 @@
 """The page index on disk: diskcache (SQLite) behind async methods, so the event loop never blocks on it.
 
 A page is two entries: its small freshness record (rewritten on every revalidation) and its body (written
-only when upstream sends new content).
+only when upstream sends new content). A write the disk has no room for is reported and skipped: the page
+cache still holds the page in memory, and a page not kept is only fetched again later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
 import diskcache
+
+from proxy.diskspace import DiskFullReport, Stage, is_disk_full
 
 
 class PageMeta(TypedDict):
@@ -26,8 +30,9 @@ class PageMeta(TypedDict):
 
 
 class PageStore:
-    def __init__(self, directory: Path, max_bytes: int = 1 << 30) -> None:
+    def __init__(self, directory: Path, max_bytes: int = 1 << 30, disk: DiskFullReport | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self._disk = disk if disk is not None else DiskFullReport()
         # Values over diskcache's threshold (32 KiB) go to files beside the SQLite index; past max_bytes
         # diskcache culls the least recently read entries.
         self._cache = diskcache.Cache(
@@ -52,9 +57,17 @@ class PageStore:
         value: Any = await asyncio.to_thread(self._cache.get, "body:" + key)
         return value if isinstance(value, bytes) else None
 
-    async def put(self, key: str, meta: PageMeta, body: bytes | None = None) -> None:
-        """Store ``meta``; also ``body`` when given (None keeps the body stored before)."""
-        await asyncio.to_thread(self._put, key, meta, body)
+    async def put(self, key: str, meta: PageMeta, body: bytes | None = None) -> bool:
+        """Store ``meta``; also ``body`` when given (None keeps the body stored before). False: the disk is
+        full, nothing was written (the transaction rolled back) and the report has it."""
+        try:
+            await asyncio.to_thread(self._put, key, meta, body)
+        except (OSError, sqlite3.Error) as exc:
+            if not is_disk_full(exc):
+                raise
+            self._disk.report("pages", Stage.WRITE, key=key, error=str(exc))
+            return False
+        return True
 
     def _put(self, key: str, meta: PageMeta, body: bytes | None) -> None:
         with self._cache.transact():

@@ -166,17 +166,19 @@ class HttpUpstream:
     async def open_file(self, url: str) -> AsyncIterator[UpstreamFile]:
         what = f"file {url.rsplit('/', 1)[-1]!r}"
         self._policy.check(url, what)
-        with _translated_errors(what):
-            async with self._get(url, {}, what) as response:
+        async with contextlib.AsyncExitStack() as stack:
+            # Only our own steps are translated: an error of the caller's while it holds the file (its
+            # disk filling up, say) is not upstream's and must reach it as it is.
+            with _translated_errors(what):
+                response = await stack.enter_async_context(self._get(url, {}, what))
                 if response.status == 404:
                     raise UpstreamNotFound(f"upstream has no file at {redact(url)}")
                 _raise_for_status(response.status, f"file {redact(url)}")
-                # A compressed body's Content-Length is not the file's size (it is inflated on the way).
-                coded = response.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity")
-                yield UpstreamFile(
-                    length=None if coded else response.content_length,
-                    chunks=_chunks(response, what),
-                )
+            # A compressed body's Content-Length is not the file's size (it is inflated on the way).
+            coded = response.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity")
+            yield UpstreamFile(
+                length=None if coded else response.content_length, chunks=_chunks(response, what)
+            )
 
     @contextlib.asynccontextmanager
     async def _get(

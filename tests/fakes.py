@@ -8,9 +8,11 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
+from prometheus_client.parser import text_string_to_metric_families
 from servers import ServerThread
 
 from proxy.app import AccessLog, create_app
@@ -77,8 +79,27 @@ class ProxyServer(ServerThread):
             answer: dict[str, Any] = json.loads(response.read())
         return answer
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of /metrics, by its exposed name and exact labels (None: not exposed)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return None
+
     def __enter__(self) -> Self:
         return self.start()
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; TimeoutError naming ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {seconds:g} s for {what}")
+        time.sleep(0.05)
 
 
 def proxy_settings(cache_dir: Path, upstream: str, **changes: Any) -> Settings:
