@@ -65,7 +65,8 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     given = request.headers.get("Authorization", "")
     if not token:
         raise Unauthorized("admin changes are disabled: set [admin] token to allow them")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    # surrogateescape: a header that is not UTF-8 arrives with its bytes escaped, and is simply wrong
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is needed for admin changes")
     return await handler(request)
 
