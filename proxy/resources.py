@@ -58,7 +58,7 @@ def raise_fd_limit() -> FdLimit:
 def connection_budget(configured: int, soft_limit: int) -> int:
     """The most client connections the descriptor limit can carry, at most ``configured``."""
     fits = (soft_limit - FD_RESERVE) // FDS_PER_CONNECTION
-    return max(MIN_CONNECTIONS, min(configured, fits))
+    return min(configured, max(MIN_CONNECTIONS, fits))
 
 
 class Throttled:

@@ -191,6 +191,44 @@ def test_out_of_descriptors_is_one_warning_and_the_proxy_recovers(
     assert "Traceback" not in server.stderr()
 
 
+def test_when_every_connection_is_busy_a_new_one_gets_503_at_once(
+    upstream: FakeUpstreamServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    args = serve_args(port, tmp_path / "cache", upstream, "--server-max-connections", "2")
+    with wheelfarm_serve(args, port, tmp_path / "server") as server:
+        upstream.index.page_delay = 3.0  # two requests wait for upstream: both connections are busy
+        try:
+            with _in_thread(lambda: _busy_requests(server.url, ["busy-one", "busy-two"])) as busy:
+                # Until both are in progress a health check is answered; then it is refused, at once.
+                deadline = time.monotonic() + 2.5
+                while True:
+                    started = time.monotonic()
+                    refused = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    refused_after = time.monotonic() - started
+                    if refused.status != 200 or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+            statuses, _ = busy.result()
+        finally:
+            upstream.index.page_delay = 0.0
+        assert timed_get(server.url + "/simple/tinypure/") < 1.0
+        count = metric(server.url, "wheelfarm_connections_closed_total", reason="refused")
+    assert refused.status == 503, refused.raw
+    assert refused.header("Retry-After") == "1"
+    assert refused_after < 1.5
+    assert statuses == [404.0, 404.0]  # the busy ones were answered (no such projects upstream)
+    assert count >= 1
+
+
+async def _busy_requests(url: str, projects: list[str]) -> tuple[list[float], int]:
+    async def one(project: str) -> float:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return float((await client.get(f"{url}/simple/{project}/", headers=PAGE_ACCEPT)).status_code)
+
+    return list(await asyncio.gather(*(one(p) for p in projects))), 0
+
+
 MALFORMED: Final = [
     b"GARBAGE\r\n\r\n",
     b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
