@@ -277,8 +277,9 @@ def _connection_limits(settings: Settings) -> ConnectionLimits:
     """The limits of client connections, the most connections fitting under the descriptor limit (raised
     to the hard limit first)."""
     fds = raise_fd_limit()
-    if fds.raised_from is not None:
-        log.info("fd_limit_raised", soft=fds.soft, hard=fds.hard, was=fds.raised_from)
+    # raised_from: the soft limit the proxy was started with, when it could raise it (null: it could not,
+    # or it already was the hard limit).
+    log.info("fd_limit", soft=fds.soft, hard=fds.hard, raised_from=fds.raised_from)
     budget = connection_budget(settings.server_max_connections, fds.soft)
     if budget < settings.server_max_connections:
         log.warning(

@@ -109,7 +109,8 @@ def test_slow_and_idle_clients_cannot_take_every_descriptor(
 ) -> None:
     port = free_port()
     args = serve_args(port, tmp_path / "cache", upstream)
-    wrapper = ["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--"]
+    # Started with a soft limit of half the hard one: the proxy raises it to the hard one.
+    wrapper = ["prlimit", f"--nofile={FD_LIMIT // 2}:{FD_LIMIT}", "--"]
     with wheelfarm_serve(args, port, tmp_path / "server", wrapper=wrapper) as server:
         page = f"{server.url}/simple/tinypure/"
         timed_get(page)  # cached: what follows measures the proxy, not the upstream
@@ -139,6 +140,8 @@ def test_slow_and_idle_clients_cannot_take_every_descriptor(
     assert closed_for["header_timeout"] > 0, closed_for
     assert IDLE_TIMEOUT - 0.5 < idle_for < IDLE_TIMEOUT + 2
     assert max_fds == FD_LIMIT
+    (limit,) = [line for line in lines if line["event"] == "fd_limit"]
+    assert (limit["soft"], limit["hard"], limit["raised_from"]) == (FD_LIMIT, FD_LIMIT, FD_LIMIT // 2)
     (lowered,) = [line for line in lines if line["event"] == "max_connections_lowered"]
     assert lowered["max_connections"] < FD_LIMIT // 2
     # The log is not flooded: request lines (the 408s among them) and a few throttled warnings.
@@ -204,7 +207,7 @@ def test_when_every_connection_is_busy_a_new_one_gets_503_at_once(
                 deadline = time.monotonic() + 2.5
                 while True:
                     started = time.monotonic()
-                    refused = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    refused = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                     refused_after = time.monotonic() - started
                     if refused.status != 200 or time.monotonic() > deadline:
                         break
