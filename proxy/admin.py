@@ -26,6 +26,7 @@ from proxy.errors import BadRequest, NotFound, WheelfarmError
 from proxy.model import file_key
 from proxy.names import InvalidProjectName, normalize
 from proxy.redact import redact
+from proxy.security import secure_admin
 from proxy.services import SERVICES, Services, builder_status
 from proxy.web_builds import serve_built
 
@@ -64,7 +65,8 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     given = request.headers.get("Authorization", "")
     if not token:
         raise Unauthorized("admin changes are disabled: set [admin] token to allow them")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    # surrogateescape: a header that is not UTF-8 arrives with its bytes escaped, and is simply wrong
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is needed for admin changes")
     return await handler(request)
 
@@ -358,6 +360,7 @@ def _key_view(key: BuildKey) -> dict[str, str]:
 def create_admin_app(main: web.Application, middlewares: list[Any], *, standalone: bool) -> web.Application:
     admin = web.Application(middlewares=[*middlewares, require_token], client_max_size=1 << 20)
     admin[MAIN_APP] = main
+    secure_admin(admin, PAGE)
     admin.router.add_get("/", page)
     admin.router.add_get("/api/summary", summary)
     admin.router.add_get("/api/builds", builds)

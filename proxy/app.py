@@ -4,136 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web_request import BaseRequest
 
 from builder.artifacts import Artifacts
 from builder.jobs import Limits
 from builder.pool import Builder, BuildJob, LocalPool, PoolSettings
+from proxy.accesslog import AccessLog
 from proxy.admin import create_admin_app
 from proxy.clock import Clock, SystemClock
 from proxy.diskspace import DiskFullReport
-from proxy.errors import UpstreamError, WheelfarmError
+from proxy.edge import ConnectionLimits, Connections, EdgeSite
+from proxy.errors import UpstreamError
 from proxy.files import DownloadState, FileSource, FileStore
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import Metrics, TimedUpstream
+from proxy.middleware import errors_and_context
 from proxy.model import ProjectPage
 from proxy.names import NormalizedName
 from proxy.pages import PageCache
 from proxy.redact import redact
+from proxy.resources import connection_budget, quiet_loop_errors, raise_fd_limit
 from proxy.rootlist import RootList
 from proxy.scrub import Scrubber, Verifier
-from proxy.services import CACHE_OUTCOME, REQUEST_ID, SERVICES, Services, builder_status
+from proxy.services import SERVICES, Services, builder_status
 from proxy.settings import Settings
 from proxy.store import PageStore
 from proxy.upstream import HttpUpstream, Upstream, host_policy, make_session
 from proxy.web_builds import built, pending
-from proxy.web_files import GrowingFileResponse, file
+from proxy.web_files import file
 from proxy.web_pages import project_page, root_page
 
 log = structlog.get_logger("wheelfarm")
-# Request ids: this process's random prefix and a counter (cheaper than a uuid4 per request).
-_ID_PREFIX = os.urandom(4).hex()
-_REQUEST_NUMBERS = itertools.count(1)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def errors_and_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind the request id for every log line, and turn domain errors into plain-text HTTP answers."""
-    request_id = request.headers.get("X-Request-ID", "")[:64] or f"{_ID_PREFIX}-{next(_REQUEST_NUMBERS):x}"
-    request[REQUEST_ID] = request_id
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    try:
-        response = await handler(request)
-    except WheelfarmError as exc:
-        outcome = getattr(exc, "outcome", None)
-        if outcome is not None:
-            request[CACHE_OUTCOME] = outcome.value
-        response = web.Response(status=exc.status, reason=exc.reason, text=exc.message + "\n")
-    except web.HTTPException as exc:
-        exc.headers["X-Request-ID"] = request_id
-        raise
-    except ConnectionError:
-        raise  # the client went away: nothing to answer
-    except Exception:
-        log.exception("unhandled_error", path=request.path)
-        response = web.Response(
-            status=500, text=f"internal error (request {request_id}); see the proxy log\n"
-        )
-    if not response.prepared:
-        response.headers["X-Request-ID"] = request_id
-    return response
-
-
-class AccessLog(AbstractAccessLogger):
-    """One structured line per request, written after the body is sent (so the byte count is real)."""
-
-    def __init__(self, logger: logging.Logger, log_format: str) -> None:
-        super().__init__(logger, log_format)
-        # Decided once, when the server starts (after logging is configured): a warm page costs about
-        # 150 microseconds, and building a request line nobody keeps would be a tenth of that.
-        self._lines = bool(log.is_enabled_for(logging.INFO))
-        self._metrics: Metrics | None = None  # the app's, found on the first request (one logger per runner)
-
-    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
-        sent = _bytes_sent(response)
-        match_info = getattr(request, "match_info", None)  # None: refused before routing (a BaseRequest)
-        metrics = self._metrics or self._find_metrics(request)
-        if metrics is not None and match_info is not None:
-            route = match_info.route.resource
-            metrics.count_request(
-                route.canonical if route else "unmatched",
-                response.status,
-                sent,
-                request.get(CACHE_OUTCOME),
-                time,
-            )
-        if not self._lines:
-            return
-        log.info(
-            "request",
-            request_id=request.get(REQUEST_ID),
-            method=request.method,
-            path=request.path_qs,
-            status=response.status,
-            bytes=sent,
-            duration_ms=round(time * 1000, 2),
-            cache=request.get(CACHE_OUTCOME),
-            user_agent=request.headers.get("User-Agent", "")[:120],
-        )
-
-    def _find_metrics(self, request: BaseRequest) -> Metrics | None:
-        services = request.config_dict.get(SERVICES) if isinstance(request, web.Request) else None
-        self._metrics = services.metrics if services is not None else None
-        return self._metrics
-
-    @property
-    def enabled(self) -> bool:
-        return True
-
-
-def _bytes_sent(response: web.StreamResponse) -> int:
-    # sendfile bypasses the payload writer's counter: a FileResponse reports its Content-Length, a growing
-    # file's response what it counted. (type() first: a response is a mapping, so isinstance is an ABC check.)
-    if type(response) is web.Response:
-        return response.body_length
-    if isinstance(response, GrowingFileResponse):
-        return response.bytes_sent
-    if isinstance(response, web.FileResponse) and response.content_length is not None:
-        return response.content_length
-    return response.body_length
+__all__ = ["AccessLog", "create_app", "errors_and_context", "run"]  # AccessLog: the tests' server threads
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -351,25 +261,51 @@ def run(settings: Settings) -> None:
 
 async def _serve(settings: Settings) -> None:
     """The proxy's listener and, with ``[admin] listen``, the admin listener; until SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    access = AccessLog(logging.getLogger("aiohttp.access"), "")
+    connections = Connections(_connection_limits(settings), access)
+    quiet_loop_errors(loop, connections.shed)
     app = create_app(settings)
-    runners = [web.AppRunner(app, access_log_class=AccessLog, handler_cancellation=False)]
+    runners = [web.AppRunner(app, handler_cancellation=False)]
     addresses = [(settings.host, settings.port)]
     if settings.admin_enabled and settings.admin_listen:
         admin_host, _, admin_port = settings.admin_listen.rpartition(":")
         admin = create_admin_app(app, [errors_and_context], standalone=True)
-        runners.append(web.AppRunner(admin, access_log_class=AccessLog, handler_cancellation=False))
+        runners.append(web.AppRunner(admin, handler_cancellation=False))
         addresses.append((admin_host.strip("[]") or "127.0.0.1", int(admin_port)))
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
         for runner, (host, port) in zip(runners, addresses, strict=True):
             await runner.setup()
-            await web.TCPSite(runner, host, port).start()
+            if runner.app is app:  # its start-up made the metrics: both listeners count into them
+                metrics = app[SERVICES].metrics
+                connections.access.metrics = metrics
+                metrics.watch_connections(lambda: connections.open, lambda: dict(connections.closed))
+            await EdgeSite(runner, host, port, connections).start()
             serves_admin = runner.app is not app or (settings.admin_enabled and not settings.admin_listen)
             log.info("listening", host=host, port=port, admin=serves_admin)
         await stop.wait()
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+def _connection_limits(settings: Settings) -> ConnectionLimits:
+    """The limits of client connections, the most connections fitting under the descriptor limit (raised
+    to the hard limit first)."""
+    fds = raise_fd_limit()
+    # raised_from: the soft limit the proxy was started with, when it could raise it (null: it could not,
+    # or it already was the hard limit).
+    log.info("fd_limit", soft=fds.soft, hard=fds.hard, raised_from=fds.raised_from)
+    budget = connection_budget(settings.server_max_connections, fds.soft)
+    if budget < settings.server_max_connections:
+        log.warning(
+            "max_connections_lowered",
+            configured=settings.server_max_connections,
+            max_connections=budget,
+            fd_limit=fds.soft,
+            hint="raise the hard open-files limit (LimitNOFILE= in a systemd unit, ulimit -Hn)",
+        )
+    return ConnectionLimits(settings.server_header_timeout, settings.server_idle_timeout, budget)

@@ -32,3 +32,24 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     )
     # aiohttp's own access log would duplicate our request line.
     logging.getLogger("aiohttp.access").disabled = True
+    # Libraries log through the standard library (asyncio, aiohttp's server): their lines come out in the
+    # same format, one line each with any traceback inside it, so the log stays one JSON object per line.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redact_log_values,
+                renderer,
+            ],
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(_LEVELS[level], logging.WARNING))  # their info lines are not ours to keep

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -101,6 +101,8 @@ class Metrics:
             "wheelfarm_build_queue_depth", "Builds waiting for a worker", registry=self.registry
         )
         self.running = Gauge("wheelfarm_builds_running", "Builds in a worker now", registry=self.registry)
+        # process_open_fds, process_max_fds, process_resident_memory_bytes: read from /proc when scraped.
+        ProcessCollector(registry=self.registry)
 
     def count_request(self, route: str, status: int, sent: int, outcome: str | None, seconds: float) -> None:
         counts = self.counts
@@ -121,6 +123,10 @@ class Metrics:
     def watch_disk(self, disk: DiskFullReport) -> None:
         """Writes the cache disk had no room for, read when scraped."""
         self.registry.register(_DiskFull(disk))
+
+    def watch_connections(self, open_now: Callable[[], int], closed: Callable[[], dict[str, int]]) -> None:
+        """Client connections open now, and those the proxy closed or refused, by reason (proxy.edge)."""
+        self.registry.register(_Connections(open_now, closed))
 
     def watch_builds(self, queued: Callable[[], int], running: Callable[[], int]) -> None:
         self.queue_depth.set_function(queued)
@@ -206,6 +212,25 @@ class _DiskFull:
         for store, stage in sorted(self._disk.counts, key=lambda pair: (pair[0], pair[1].value)):
             full.add_metric([store, stage.value], self._disk.counts[store, stage])
         yield full
+
+class _Connections:
+    """wheelfarm_connections_open, wheelfarm_connections_closed{reason}."""
+
+    def __init__(self, open_now: Callable[[], int], closed: Callable[[], dict[str, int]]) -> None:
+        self._open = open_now
+        self._closed = closed
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("wheelfarm_connections_open", "Client connections open", value=self._open())
+        closed = CounterMetricFamily(
+            "wheelfarm_connections_closed",
+            "Client connections the proxy closed or refused: header_timeout (408), evicted (idle, to make "
+            "room at [server] max_connections), refused (503: every connection busy)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._closed().items()):
+            closed.add_metric([reason], count)
+        yield closed
 
 
 class TimedUpstream:

@@ -120,3 +120,6 @@ class Services:
 SERVICES = web.AppKey("services", Services)
 CACHE_OUTCOME = web.RequestKey("cache_outcome", str)  # set by handlers, read by the access log
 REQUEST_ID = web.RequestKey("request_id", str)
+ROUTE = web.RequestKey("route", str)  # the matched route's pattern, set by the error middleware
+# Why aiohttp's parser refused the request (no route, no handler ran), set by proxy.edge.
+UNPARSED = web.RequestKey("unparsed", str)

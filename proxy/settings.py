@@ -131,6 +131,24 @@ class Settings:
         parse=_text,
     )  # fmt: skip
     port: int = setting("server", "port", 8080, "TCP port to listen on.", parse=_integer)
+    server_header_timeout: float = setting(
+        "server", "header_timeout", 10.0,
+        "Seconds a client has to send a request's headers, from the connection's start or the first byte "
+        "of the request; a slower one gets 408 and is disconnected (it holds a file descriptor meanwhile).",
+        parse=_number,
+    )  # fmt: skip
+    server_idle_timeout: float = setting(
+        "server", "idle_timeout", 30.0,
+        "Seconds a kept-alive connection may stay idle between requests before it is closed.",
+        parse=_number,
+    )  # fmt: skip
+    server_max_connections: int = setting(
+        "server", "max_connections", 4096,
+        "Most client connections open at once (all listeners). At the limit the longest-idle connection "
+        "is closed for a new one; when every one is busy the new one gets 503 at once. Lowered at start "
+        "to what the open-files limit allows (two descriptors a connection, a reserve for the cache).",
+        parse=_integer,
+    )  # fmt: skip
     upstream_url: str = setting(
         "upstream", "url", "https://pypi.org/simple/",
         "The upstream simple API (PEP 503/691). Pages are fetched as PEP 691 JSON, HTML only from an index "
@@ -521,6 +539,10 @@ def _from_toml(path: Path) -> dict[str, Any]:
     return values
 
 
+# A zero here would refuse every connection or drop it at once.
+_POSITIVE = ("server_header_timeout", "server_idle_timeout", "server_max_connections")
+
+
 def _convert(item: Field, raw: Any, origin: str) -> Any:
     try:
         value = item.parse(raw)
@@ -538,6 +560,8 @@ def _convert(item: Field, raw: Any, origin: str) -> Any:
             raise SettingsError(f"{origin}: {raw!r} is not one of {', '.join(item.choices)}")
     if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
         raise SettingsError(f"{origin}: {raw!r} must not be negative")
+    if item.attr in _POSITIVE and not value > 0:
+        raise SettingsError(f"{origin}: {raw!r} must be more than 0")
     if item.attr in ("port",) and not 0 < value < 65536:
         raise SettingsError(f"{origin}: {raw!r} is not a TCP port (1 to 65535)")
     return value

@@ -24,6 +24,7 @@ from builder.pool import Builder, BuildJob
 from builder.tags import InvalidTarget, Target
 from proxy.errors import BadRequest, NotFound, WheelfarmError
 from proxy.model import DistFile
+from proxy.security import error_response, plain_text
 from proxy.services import CACHE_OUTCOME, SERVICES, Services
 from proxy.waiting import Waiting
 from proxy.web_files import CHUNK, IMMUTABLE
@@ -112,15 +113,16 @@ def _still_building(waiting: Waiting, age: float, sdist: DistFile, target: Targe
         text = (
             f"{sdist.filename} has been building for {target} for {age:.0f} s, longer than this proxy keeps "
             "clients waiting ([builder] max_wait); it goes on building: try again later, or build ahead "
-            "(wheelfarm build ahead)\n"
+            "(wheelfarm build ahead)"
         )
-        return web.Response(status=503, headers={"Cache-Control": "no-store"}, text=text)
-    retry = str(waiting.retry_after_for(age))
-    return web.Response(
-        status=503,
-        headers={"Retry-After": retry, "Cache-Control": "no-store"},
-        text=f"building {sdist.filename} for {target} ({age:.0f} s so far); retry in {retry} s\n",
-    )
+        response = error_response(503, text)
+    else:
+        retry = str(waiting.retry_after_for(age))
+        text = f"building {sdist.filename} for {target} ({age:.0f} s so far); retry in {retry} s"
+        response = error_response(503, text)
+        response.headers["Retry-After"] = retry
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _job(project: str, sdist: DistFile, target: Target) -> BuildJob:
@@ -139,7 +141,7 @@ def _answer(request: web.Request, services: Services, record: BuildRecord) -> we
         summary = f"wheel build failed in {record.phase}: {record.error}"
         error = BuildFailedError(f"{summary}\nbuild log: {log_url}")
         # pip shows the reason phrase of a 4xx; keep it one latin-1 line (RFC 9112 section 4).
-        error.reason = f"{summary} (log: {log_url})"[:300].replace("\r", " ").replace("\n", " ")
+        error.reason = plain_text(f"{summary} (log: {log_url})".replace("\n", " "))[:300]
         error.reason = error.reason.encode("latin-1", "replace").decode("latin-1")
         raise error
     assert services.builder is not None

@@ -137,4 +137,6 @@ def _if_none_match(request: web.Request) -> list[str]:
 
 
 def _query(request: web.Request) -> str:
-    return "?" + request.query_string if request.query_string else ""
+    # The query as the client sent it: the decoded one would turn "%0d%0a" into a line break in Location.
+    raw = request.rel_url.raw_query_string
+    return "?" + raw if raw else ""
