@@ -34,7 +34,7 @@ from proxy.redact import redact
 from proxy.resources import connection_budget, quiet_loop_errors, raise_fd_limit
 from proxy.rootlist import RootList
 from proxy.scrub import Scrubber, Verifier
-from proxy.services import SERVICES, Services, builder_status
+from proxy.services import SERVICES, RenderedPages, Services, builder_status
 from proxy.settings import Settings
 from proxy.store import PageStore
 from proxy.upstream import HttpUpstream, Upstream, host_policy, make_session
@@ -122,6 +122,7 @@ def create_app(
             metrics=app_metrics,
             verifier=verifier,
             builder=pool,
+            rendered=RenderedPages(limit=settings.cache_rendered_in_memory),
         )
         page_sizes: dict[str, float] = {"pages.bytes": 0, "pages.entries": 0}
 

@@ -213,6 +213,7 @@ class _DiskFull:
             full.add_metric([store, stage.value], self._disk.counts[store, stage])
         yield full
 
+
 class _Connections:
     """wheelfarm_connections_open, wheelfarm_connections_closed{reason}."""
 

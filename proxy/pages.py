@@ -29,11 +29,9 @@ from proxy.upstream import FetchStatus, Upstream, UpstreamPage
 
 log = structlog.get_logger(__name__)
 
-PAGES_IN_MEMORY = 2048
 # After upstream failed for a project, serve the stale page without asking again for this long, so a dead
 # upstream costs one timeout per project per interval rather than one per request.
 FAILURE_BACKOFF_SECONDS = 15.0
-FAILURES_REMEMBERED = 10_000  # every in-memory map is bounded: names are the clients' to choose
 QUARANTINED_REMEMBERED = 100_000
 
 
@@ -169,7 +167,7 @@ class PageCache:
             self.quarantined.discard(name)
         self._known[name] = known
         self._known.move_to_end(name)
-        if len(self._known) > PAGES_IN_MEMORY:
+        if len(self._known) > self._settings.cache_pages_in_memory:
             self._known.popitem(last=False)
         return known
 
@@ -187,7 +185,7 @@ class PageCache:
         except (UpstreamError, UpstreamPageError) as exc:
             self._failures[name] = (self._clock.now(), str(exc))
             self._failures.move_to_end(name)
-            while len(self._failures) > FAILURES_REMEMBERED:
+            while len(self._failures) > self._settings.cache_failures_in_memory:
                 self._failures.popitem(last=False)
             if cached is not None and self._may_serve_stale(cached):
                 log.warning("upstream_failed_serving_stale", project=name, error=str(exc))

@@ -25,7 +25,6 @@ from proxy.scrub import Verifier
 from proxy.settings import Settings
 from proxy.urls import proxied_page
 
-RENDERED_PAGES_IN_MEMORY = 4096
 RENDER_IN_THREAD_FROM = 2000  # files; smaller pages render in well under a millisecond, inline
 
 
@@ -60,7 +59,7 @@ def overlaid_page(page: ProjectPage, targets: tuple[Target, ...], builder: Build
 class RenderedPages:
     """Rendered bytes per (project, format, page version, target, builds): a warm page is rendered once."""
 
-    limit: int = RENDERED_PAGES_IN_MEMORY
+    limit: int = 4096  # [cache] rendered_in_memory
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -221,6 +221,22 @@ class Settings:
         "at once (marked stale) while the revalidation goes on: pip gives up after 15 s.",
         parse=_number,
     )  # fmt: skip
+    cache_pages_in_memory: int = setting(
+        "cache", "pages_in_memory", 2048,
+        "Project pages kept parsed in memory, the most recently used; others are read from disk when asked.",
+        parse=_integer,
+    )  # fmt: skip
+    cache_rendered_in_memory: int = setting(
+        "cache", "rendered_in_memory", 4096,
+        "Rendered page bodies (per project, format and target) kept in memory, the most recently used.",
+        parse=_integer,
+    )  # fmt: skip
+    cache_failures_in_memory: int = setting(
+        "cache", "failures_in_memory", 10_000,
+        "Project names whose last upstream fetch failed, remembered (the newest), so a dead upstream costs "
+        "one timeout per name and interval; the names are the clients' to choose, so this is bounded.",
+        parse=_integer,
+    )  # fmt: skip
     cache_files_without_hash: str = setting(
         "cache", "files_without_hash", "stream",
         "A file upstream lists without a sha256 cannot be verified: \"stream\" passes it through and keeps "
