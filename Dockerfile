@@ -4,7 +4,12 @@
 #   docker run -p 8080:8080 -v wheelfarm-cache:/var/cache/wheelfarm \
 #     --security-opt seccomp=unconfined --security-opt systempaths=unconfined wheelfarm
 # (README.md, "Docker": why bubblewrap needs those two options, and what to do without them.)
-FROM python:3.11-slim-bookworm
+# Build arguments, for machines that cannot pull the default base or download interpreters (the test of the
+# image, tests/test_docker_image.py, uses both): BASE_IMAGE, any Debian-based image whose `python` and `pip`
+# are a CPython 3.11+ that pip may install into; EXTRA_PYTHONS, the CPython versions uv installs beside the
+# base's own (empty: none, builds for the base's version only).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -28,12 +33,15 @@ RUN pip install -c constraints.txt . && rm -rf /root/.cache
 
 # More interpreters, more targets: CPython 3.11 is the image's own; 3.9, 3.10, 3.12 and 3.13 come from
 # python-build-standalone through uv, linked as python3.X on PATH, where the builder finds them.
+ARG EXTRA_PYTHONS="3.9 3.10 3.12 3.13"
 ENV UV_PYTHON_INSTALL_DIR=/opt/python
-RUN uv python install 3.9 3.10 3.12 3.13 \
-    && for version in 3.9 3.10 3.12 3.13; do \
-         ln -s "$(uv python find --no-project --managed-python "$version")" "/usr/local/bin/python$version"; \
-       done \
-    && rm -rf /root/.cache
+RUN if [ -n "$EXTRA_PYTHONS" ]; then \
+      uv python install $EXTRA_PYTHONS \
+      && for version in $EXTRA_PYTHONS; do \
+           ln -s "$(uv python find --no-project --managed-python "$version")" "/usr/local/bin/python$version"; \
+         done \
+      && rm -rf /root/.cache; \
+    fi
 
 USER wheelfarm
 VOLUME ["/var/cache/wheelfarm"]
@@ -42,6 +50,7 @@ ENV WHEELFARM_SERVER_HOST=0.0.0.0 \
     WHEELFARM_SERVER_PORT=8080 \
     WHEELFARM_CACHE_DIR=/var/cache/wheelfarm \
     WHEELFARM_LOGGING_FORMAT=json
-HEALTHCHECK --interval=30s --timeout=5s CMD ["python", "-c", "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
+# On the port the server listens on (WHEELFARM_SERVER_PORT may move it, with --network host say).
+HEALTHCHECK --interval=30s --timeout=5s CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('WHEELFARM_SERVER_PORT', '8080'), timeout=4)"]
 ENTRYPOINT ["wheelfarm"]
 CMD ["serve"]

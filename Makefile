@@ -70,9 +70,10 @@ typecheck: venv
 
 # Two test processes (pytest-xdist), each test module in one of them: many tests wait on real builds and
 # clients, so the suite takes about half the time on the 2 cores CI has.
+# The Docker image's test is not among them (`make test-docker`, below).
 PYTEST_PARALLEL ?= -n 2 --dist loadfile
 test: lint typecheck $(WHEELHOUSE)/.done $(CLIENTS)/.done $(BWRAP) $(CHROMIUM)
-	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not docker" $(PYTEST_ARGS)
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-unprivileged; fi
 
 # The builds and the hostile suite once more as an unprivileged user (uid 10001, as in the Docker image),
@@ -96,6 +97,22 @@ test-unprivileged: venv $(WHEELHOUSE)/.done $(BWRAP)
 	cd $(CI_HOME)/src && runuser -u $(CI_USER) -- env -i PATH=$(CI_HOME)/venv/bin:/usr/bin:/bin HOME=$(CI_HOME) \
 		LANG=C.UTF-8 PIP_CONFIG_FILE=/dev/null $(CI_HOME)/venv/bin/pytest -p no:cacheprovider $(PYTEST_PARALLEL) \
 		$(UNPRIVILEGED_TESTS)
+
+# The Docker image, built from this checkout and run (tests/test_docker_image.py; README.md, "Docker"):
+# minutes of work, so not part of `make test` or CI. Installs Docker and mmdebstrap (Debian) when missing
+# and, when no engine answers (no systemd to start one), starts dockerd as a machine without iptables or
+# overlayfs allows: no bridge (the test's containers use the host's network), the vfs storage driver.
+DOCKERD_LOG ?= /tmp/dockerd.log
+.PHONY: test-docker
+test-docker: venv $(WHEELHOUSE)/.done
+	command -v docker >/dev/null && command -v mmdebstrap >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq docker.io mmdebstrap; }
+	docker info >/dev/null 2>&1 || { \
+		nohup dockerd --iptables=false --ip-masq=false --bridge=none --storage-driver=vfs \
+			>$(DOCKERD_LOG) 2>&1 </dev/null & \
+		for second in $$(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done; }
+	docker info --format 'Docker engine {{.ServerVersion}}, storage {{.Driver}}, cgroup v{{.CgroupVersion}}'
+	$(BIN)/pytest -m docker -s --durations=5 $(PYTEST_ARGS) tests/test_docker_image.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

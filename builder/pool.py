@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from builder import selfcheck
+from builder import confinement, selfcheck
 from builder.artifacts import Artifacts, BuildRecord
 from builder.interpreters import available_versions, find_interpreter
 from builder.jobs import BuildKey, BuildRequest, BuildResult, BuildState, Limits, Phase, public_url
@@ -270,8 +270,10 @@ class LocalPool:
         if folder is not None:
             await self._remove(folder)
         if not result.ok:
-            detail = f" ({log_tail})" if log_tail else ""
-            return f"the sandbox self-check failed in {result.phase}: {result.error}{detail}"
+            detail = f" ({log_tail})" if log_tail and log_tail not in result.error else ""
+            reason = f"the sandbox self-check failed in {result.phase}: {result.error}{detail}"
+            hints = await asyncio.to_thread(confinement.explain) if "bwrap:" in reason else ""
+            return f"{reason}; {hints}" if hints else reason
         log.info("builder_self_check_passed", seconds=round(time.monotonic() - started, 2), target=target.id)
         return None
 

