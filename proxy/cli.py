@@ -10,7 +10,8 @@ from pathlib import Path
 import structlog
 
 from builder import cli as builder_cli
-from proxy import __version__, admin_cli
+from proxy import __version__
+from proxy.adminclient import cli as admin_cli
 from proxy.logs import configure_logging
 from proxy.settings import SettingsError, example_config, fields, load_settings
 
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.logging_level, settings.logging_format)
     if args.command == "serve":
-        from proxy.app import run
+        from proxy.web.app import run
 
         structlog.get_logger("wheelfarm").info(
             "starting", version=__version__, host=settings.host, port=settings.port

@@ -15,9 +15,9 @@ from typing import Any, Self
 from prometheus_client.parser import text_string_to_metric_families
 from servers import ServerThread
 
-from proxy.app import AccessLog, create_app
-from proxy.services import SERVICES, Services
 from proxy.settings import Settings
+from proxy.web.app import AccessLog, create_app
+from proxy.web.services import SERVICES, Services
 
 
 def free_port() -> int:

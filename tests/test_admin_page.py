@@ -1,4 +1,4 @@
-"""The admin page (proxy/admin.html) in a real headless Chromium, against a proxy that has built wheels.
+"""The admin page (proxy/admin/admin.html) in a real headless Chromium, against a proxy that has built wheels.
 
 The browser loads /admin/ from 127.0.0.1 and runs the page's script; `--dump-dom` gives the DOM it
 rendered from the JSON API, `--screenshot` the pixels it painted (decoded here with zlib and struct only).

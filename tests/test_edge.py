@@ -20,7 +20,7 @@ from typing import Any, Final
 import httpx
 import pytest
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
-from fakes import free_port
+from fakes import free_port, wait_for
 from rawhttp import LogTail, exchange, metric
 from serve import wheelfarm_serve
 
@@ -203,15 +203,16 @@ def test_when_every_connection_is_busy_a_new_one_gets_503_at_once(
         upstream.index.page_delay = 3.0  # two requests wait for upstream: both connections are busy
         try:
             with _in_thread(lambda: _busy_requests(server.url, ["busy-one", "busy-two"])) as busy:
-                # Until both are in progress a health check is answered; then it is refused, at once.
-                deadline = time.monotonic() + 2.5
-                while True:
-                    started = time.monotonic()
-                    refused = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    refused_after = time.monotonic() - started
-                    if refused.status != 200 or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.02)
+                # Once both are in progress (upstream has been asked for both), a new connection is
+                # refused, at once.
+                asked = upstream.index.page_requests
+                wait_for(
+                    lambda: bool(asked["busy-one"] and asked["busy-two"]),
+                    "both requests in progress",
+                )
+                started = time.monotonic()
+                refused = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                refused_after = time.monotonic() - started
             statuses, _ = busy.result()
         finally:
             upstream.index.page_delay = 0.0

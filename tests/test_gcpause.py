@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.gcpause import collections_paused
+from proxy.pages.gcpause import collections_paused
 
 
 @pytest.fixture(autouse=True)

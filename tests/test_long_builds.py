@@ -20,7 +20,7 @@ from fake_upstream import FakeFile, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer
 from hostile import needs_bwrap
 
-from proxy.waiting import Waiting
+from proxy.builds.waiting import Waiting
 
 pytestmark = needs_bwrap
 

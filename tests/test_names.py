@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.names import InvalidProjectName, normalize
+from proxy.index.names import InvalidProjectName, normalize
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.model import PageFormat
-from proxy.negotiate import choose_format
+from proxy.index.model import PageFormat
+from proxy.index.negotiate import choose_format
 
 PIP_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"

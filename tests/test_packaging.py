@@ -25,7 +25,7 @@ import proxy
 REPO = Path(__file__).resolve().parent.parent
 # What runs from the package at run time: served, or copied into (or run inside) the sandbox.
 RESOURCES = (
-    "proxy/admin.html",
+    "proxy/admin/admin.html",
     "proxy/py.typed",
     "builder/py.typed",
     "builder/launch.py",

@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.model import DistFile, PageFormat, ProjectPage, ProjectState, ProjectStatus
-from proxy.names import NormalizedName
-from proxy.parse import UpstreamPageError, parse_project_html, parse_project_json
-from proxy.render import render_project, render_project_html, render_project_json, render_root_html
-from proxy.urls import proxied_page
+from proxy.index.model import DistFile, PageFormat, ProjectPage, ProjectState, ProjectStatus
+from proxy.index.names import NormalizedName
+from proxy.index.parse import UpstreamPageError, parse_project_html, parse_project_json
+from proxy.index.render import render_project, render_project_html, render_project_json, render_root_html
+from proxy.index.urls import proxied_page
 
 PAGE_URL = "https://index.example/simple/demo/"
 NAME = NormalizedName("demo")

@@ -17,7 +17,7 @@ from fakes import free_port
 from rawhttp import exchange
 from serve import RunningServer, wheelfarm_serve
 
-from proxy.admin import PAGE
+from proxy.admin.api import PAGE
 
 TOKEN: Final = "t0ken-for-headers"
 ADMIN_HEADERS: Final = {

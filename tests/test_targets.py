@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from packaging.tags import Tag
 
 from builder.tags import InvalidTarget, Target, target_from_user_agent
-from proxy.blobindex import BlobIndex
-from proxy.model import DistFile, ProjectPage
-from proxy.names import NormalizedName
-from proxy.overlay import apply_overlay, pending_filename, releases_needing_wheels
+from proxy.index.model import DistFile, ProjectPage
+from proxy.index.names import NormalizedName
+from proxy.index.overlay import apply_overlay, pending_filename, releases_needing_wheels
+from proxy.storage.blobindex import BlobIndex
 
 PIP_UA = (
     'pip/26.3 {"ci":null,"cpu":"x86_64","distro":{"id":"bookworm","libc":{"lib":"glibc","version":"2.36"},'

@@ -1,10 +1,11 @@
-"""The waiting policy for build-pending links (proxy/waiting.py): pure, checked against measured clients."""
+"""The waiting policy for build-pending links (proxy/builds/waiting.py): pure, checked against measured
+clients."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.waiting import Waiting
+from proxy.builds.waiting import Waiting
 
 POLICY = Waiting(hold_seconds=12.0, uv_hold_seconds=25.0, retry_after=5, max_wait=900.0)
 

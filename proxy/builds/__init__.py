@@ -1,0 +1,1 @@
+"""Builds as the web layer sees them: waiting for one, locking clients, building ahead."""

@@ -1,0 +1,1 @@
+"""Project pages: the upstream source, the page cache and its store, the root project list."""

@@ -1,0 +1,1 @@
+"""Distribution files: the content-addressed store, single-flight downloads, integrity."""

@@ -1,0 +1,1 @@
+"""The HTTP service: the aiohttp application, its handlers, middleware, metrics and edge."""

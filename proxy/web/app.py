@@ -1,0 +1,312 @@
+"""The aiohttp application: routes, the error middleware, the access log, and start-up/clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from builder.artifacts import Artifacts
+from builder.jobs import Limits
+from builder.pool import Builder, BuildJob, LocalPool, PoolSettings
+from proxy.admin.api import create_admin_app
+from proxy.clock import Clock, SystemClock
+from proxy.errors import UpstreamError
+from proxy.index.model import ProjectPage
+from proxy.index.names import NormalizedName
+from proxy.pages.cache import PageCache
+from proxy.pages.rootlist import RootList
+from proxy.pages.store import PageStore
+from proxy.pages.upstream import HttpUpstream, Upstream, host_policy, make_session
+from proxy.redact import redact
+from proxy.settings import Settings
+from proxy.storage.diskspace import DiskFullReport
+from proxy.storage.files import DownloadState, FileSource, FileStore
+from proxy.storage.scrub import Scrubber, Verifier
+from proxy.web.accesslog import AccessLog
+from proxy.web.builds import built, pending
+from proxy.web.edge import ConnectionLimits, Connections, EdgeSite
+from proxy.web.files import file
+from proxy.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from proxy.web.metrics import Metrics, TimedUpstream
+from proxy.web.middleware import errors_and_context
+from proxy.web.pages import project_page, root_page
+from proxy.web.resources import connection_budget, quiet_loop_errors, raise_fd_limit
+from proxy.web.services import SERVICES, RenderedPages, Services, builder_status
+
+log = structlog.get_logger("wheelfarm")
+__all__ = ["AccessLog", "create_app", "errors_and_context", "run"]  # AccessLog: the tests' server threads
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness, and whether builds are offered (and if not, why): the proxy serves pages either way."""
+    builder = request.app[SERVICES].builder if SERVICES in request.app else None
+    return web.json_response({"status": "ok", "time": time.time(), "builder": builder_status(builder)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVICES].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    upstream: Upstream | None = None,
+    clock: Clock | None = None,
+    builder: Builder | None = None,
+) -> web.Application:
+    """The proxy. ``upstream`` defaults to HTTP against ``settings.upstream_url``; ``builder`` to the local
+    pool when ``[builder] enabled``; tests inject the clock."""
+    app = web.Application(middlewares=[errors_and_context], client_max_size=1 << 20)
+    the_clock = clock if clock is not None else SystemClock()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # The cache folder first: a start-up that cannot write it fails before anything else is opened.
+        await asyncio.to_thread(_writable_folder, settings.cache_dir)
+        session = None
+        source = upstream
+        if source is None:
+            session = make_session(settings)
+            # A page fetch gets a total deadline too: sock_read alone lets a trickling upstream hold a client.
+            source = HttpUpstream(
+                session,
+                settings.upstream_simple_url,
+                page_timeout=settings.upstream_read_timeout,
+                policy=host_policy(settings),
+                max_page_bytes=settings.upstream_max_page_mb << 20,
+                max_root_bytes=settings.upstream_max_root_mb << 20,
+            )
+        source = TimedUpstream(source, app_metrics)
+        cache_dir = settings.cache_dir
+        disk = DiskFullReport()  # pages and files share the disk: one rate-limited voice for both
+        store = PageStore(cache_dir / "pages", max_bytes=settings.cache_max_page_mb << 20, disk=disk)
+        files = FileStore(
+            cache_dir / "files",
+            source,
+            the_clock,
+            max_bytes=settings.cache_max_file_mb << 20,
+            min_free_bytes=settings.cache_min_free_mb << 20,
+            disk=disk,
+        )
+        await files.load()
+        verifier = Verifier(files, the_clock)
+        pool = builder
+        if pool is None and settings.builder_enabled:
+            pool = await start_local_pool(settings, files)
+        if isinstance(pool, LocalPool):
+            pool.on_finished = app_metrics.build_finished
+            app_metrics.watch_builds(pool.queued_count, pool.running_count)
+        on_change = None
+        if pool is not None:
+            the_pool = pool
+
+            async def on_change(name: NormalizedName, page: ProjectPage | None) -> None:
+                # Built wheels follow their sdist: one gone from upstream orphans its builds.
+                sdists = frozenset(d.sha256 for d in page.files if d.sha256) if page else frozenset()
+                await the_pool.upstream_changed(name, sdists, the_clock.now())
+
+        app[SERVICES] = Services(
+            settings=settings,
+            pages=PageCache(source, store, the_clock, settings, on_change),
+            root=RootList(source, store, cache_dir / "root", the_clock, settings),
+            files=files,
+            metrics=app_metrics,
+            verifier=verifier,
+            builder=pool,
+            rendered=RenderedPages(limit=settings.cache_rendered_in_memory),
+        )
+        page_sizes: dict[str, float] = {"pages.bytes": 0, "pages.entries": 0}
+
+        def cache_sizes() -> dict[str, float]:
+            built = [r for r in pool.records() if r.wheel_filename] if pool is not None else []
+            return {
+                **page_sizes,
+                "files.bytes": files.index.total_bytes,
+                "files.entries": len(files.index),
+                "files.evictions": files.evictions,
+                "built.bytes": sum(r.wheel_size for r in built),
+                "built.entries": len(built),
+            }
+
+        app_metrics.watch_cache(cache_sizes)
+        app_metrics.watch_disk(disk)
+        app_metrics.watch_integrity(files.counts)
+        log.info("proxy_ready", upstream=redact(settings.upstream_simple_url), cache_dir=str(cache_dir))
+        background = [asyncio.create_task(_measure_pages(store, page_sizes))]
+        if pool is not None:
+            background.append(asyncio.create_task(_sweep_orphans(pool, the_clock)))
+        if settings.cache_scrub_mb_per_minute > 0:
+            scrubber = Scrubber(files, settings.cache_scrub_mb_per_minute << 20)
+            background.append(asyncio.create_task(scrubber.run()))
+        yield
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await verifier.close()
+        if isinstance(pool, LocalPool):
+            await pool.close()
+        await files.close()
+        store.close()
+        if session is not None:
+            await session.close()
+
+    app_metrics = Metrics()
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    if settings.admin_enabled and not settings.admin_listen:
+        app.add_subapp("/admin/", create_admin_app(app, [], standalone=False))
+    # The same API under three scopes: /simple/ (target from the User-Agent), /t/<target>/simple/ (named),
+    # /plain/simple/ (no overlay). Page links are relative, so each scope's links stay in that scope.
+    for prefix in ("", "/t/{scope}", "/plain"):
+        app.router.add_get(prefix + "/simple/", root_page)
+        app.router.add_get(prefix + "/simple/{project}/", project_page)
+        app.router.add_get(prefix + "/simple/{project}", project_page)
+        app.router.add_get(prefix + "/files/{project}/{key}/{filename}", file)
+        app.router.add_get(prefix + "/build/{target}/{project}/{sdist}/{filename}", pending)
+        app.router.add_get(prefix + "/built/{sdist}/{target}/{filename}", built)
+    return app
+
+
+SWEEP_INTERVAL_SECONDS = 600.0
+PAGE_STATS_INTERVAL_SECONDS = 60.0
+
+
+async def _measure_pages(store: PageStore, sizes: dict[str, float]) -> None:
+    """The page cache's size for /metrics, measured in a thread now and then (SQLite, not per scrape)."""
+    while True:
+        with contextlib.suppress(OSError):
+            sizes["pages.entries"], sizes["pages.bytes"] = await store.stats()
+        await asyncio.sleep(PAGE_STATS_INTERVAL_SECONDS)
+
+
+def _writable_folder(folder: Path) -> None:
+    """Make ``folder`` and check we may write there (an OSError naming it otherwise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-check-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
+async def _sweep_orphans(pool: Builder, clock: Clock) -> None:
+    """Orphans also expire for projects nobody asks about any more."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        try:
+            await pool.sweep(clock.now())
+        except OSError as exc:
+            log.warning("orphan_sweep_failed", error=str(exc))
+
+
+async def start_local_pool(settings: Settings, files: FileStore) -> LocalPool:
+    """The embedded builder pool: worker processes on this host, sdists from our own file store."""
+    artifacts = Artifacts(settings.cache_dir / "built")
+    await asyncio.to_thread(artifacts.load)
+
+    async def fetch_sdist(job: BuildJob) -> Path:
+        source = FileSource(job.sdist_sha256, job.sdist_url, job.sdist_sha256, None)
+        cached = await files.cached(source.key)
+        if cached is not None:
+            return cached
+        download = files.download(source)
+        await download.wait_done()
+        if download.state is not DownloadState.DONE:
+            raise download.error or UpstreamError("sdist download failed")
+        return download.final_path
+
+    pool = LocalPool(pool_settings(settings), artifacts, fetch_sdist)
+    pool.begin()  # cleans up earlier runs' leftovers and checks the sandbox; builds are offered after it
+    return pool
+
+
+def pool_settings(settings: Settings) -> PoolSettings:
+    mib = 1 << 20
+    interpreters = dict(item.split("=", 1) for item in settings.builder_interpreters if "=" in item)
+    return PoolSettings(
+        work_root=settings.builder_work_dir or settings.cache_dir / "work",
+        index_url=settings.plain_index_url,
+        workers=max(1, settings.builder_workers),
+        limits=Limits(
+            timeout_seconds=settings.builder_timeout,
+            memory_bytes=settings.builder_memory_mb * mib,
+            processes=settings.builder_processes,
+            file_size_bytes=settings.builder_max_file_mb * mib,
+            output_bytes=settings.builder_max_output_mb * mib,
+            metadata_bytes=settings.builder_max_metadata_kb * 1024,
+            files=settings.builder_max_files,
+            min_free_bytes=settings.builder_min_free_mb * mib,
+        ),
+        build_uid=settings.builder_build_uid,
+        bwrap=settings.builder_bwrap,
+        interpreters=interpreters,
+        targets=settings.builder_targets,
+        allow=settings.builder_allow,
+        deny=settings.builder_deny,
+        orphan_retention=settings.builder_orphan_retention,
+        max_builds=settings.builder_max_builds,
+    )
+
+
+def run(settings: Settings) -> None:
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    """The proxy's listener and, with ``[admin] listen``, the admin listener; until SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    access = AccessLog(logging.getLogger("aiohttp.access"), "")
+    connections = Connections(_connection_limits(settings), access)
+    quiet_loop_errors(loop, connections.shed)
+    app = create_app(settings)
+    runners = [web.AppRunner(app, handler_cancellation=False)]
+    addresses = [(settings.host, settings.port)]
+    if settings.admin_enabled and settings.admin_listen:
+        admin_host, _, admin_port = settings.admin_listen.rpartition(":")
+        admin = create_admin_app(app, [errors_and_context], standalone=True)
+        runners.append(web.AppRunner(admin, handler_cancellation=False))
+        addresses.append((admin_host.strip("[]") or "127.0.0.1", int(admin_port)))
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        for runner, (host, port) in zip(runners, addresses, strict=True):
+            await runner.setup()
+            if runner.app is app:  # its start-up made the metrics: both listeners count into them
+                metrics = app[SERVICES].metrics
+                connections.access.metrics = metrics
+                metrics.watch_connections(lambda: connections.open, lambda: dict(connections.closed))
+            await EdgeSite(runner, host, port, connections).start()
+            serves_admin = runner.app is not app or (settings.admin_enabled and not settings.admin_listen)
+            log.info("listening", host=host, port=port, admin=serves_admin)
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def _connection_limits(settings: Settings) -> ConnectionLimits:
+    """The limits of client connections, the most connections fitting under the descriptor limit (raised
+    to the hard limit first)."""
+    fds = raise_fd_limit()
+    # raised_from: the soft limit the proxy was started with, when it could raise it (null: it could not,
+    # or it already was the hard limit).
+    log.info("fd_limit", soft=fds.soft, hard=fds.hard, raised_from=fds.raised_from)
+    budget = connection_budget(settings.server_max_connections, fds.soft)
+    if budget < settings.server_max_connections:
+        log.warning(
+            "max_connections_lowered",
+            configured=settings.server_max_connections,
+            max_connections=budget,
+            fd_limit=fds.soft,
+            hint="raise the hard open-files limit (LimitNOFILE= in a systemd unit, ulimit -Hn)",
+        )
+    return ConnectionLimits(settings.server_header_timeout, settings.server_idle_timeout, budget)
