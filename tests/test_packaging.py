@@ -66,7 +66,7 @@ def test_the_installed_package_serves_every_resource(tmp_path: Path) -> None:
         assert "site-packages" in (package.__file__ or ""), package.__file__
     folders = {"proxy": Path(proxy.__file__ or "").parent, "builder": Path(builder.__file__ or "").parent}
     for resource in RESOURCES:
-        folder, name = resource.split("/")
+        folder, name = resource.split("/", 1)
         assert (folders[folder] / name).is_file(), resource
     port = free_port()
     args = ["--port", str(port), "--cache-dir", str(tmp_path / "cache"), "--admin-enabled", "true"]
