@@ -16,51 +16,13 @@ import hashlib
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from builder.jobs import BuildKey, BuildResult, BuildState
+from builder.jobs import BuildKey, BuildRecord, BuildState, Phase
+from builder.protocol import WorkerReport
 from builder.workdir import BuildFolder
-
-
-@dataclass(frozen=True, slots=True)
-class BuildRecord:
-    key: BuildKey
-    state: BuildState  # DONE or FAILED
-    project: str
-    version: str
-    sdist_filename: str
-    started_at: float  # when the build itself started (after waiting in the queue)
-    finished_at: float
-    queued_seconds: float = 0.0
-    wheel_filename: str = ""
-    wheel_sha256: str = ""
-    wheel_size: int = 0
-    metadata_sha256: str = ""
-    error: str = ""
-    phase: str = ""
-    builder: str = ""  # the builder's version: a failure is not final for a newer builder
-    orphaned_since: float | None = None  # when upstream stopped listing the sdist (None: it still does)
-
-    @property
-    def duration(self) -> float:
-        return self.finished_at - self.started_at
-
-    def to_json(self) -> bytes:
-        data = dataclasses.asdict(self)
-        data["key"] = {"sdist_sha256": self.key.sdist_sha256, "target": self.key.target}
-        data["state"] = self.state.value
-        return orjson.dumps(data, option=orjson.OPT_INDENT_2)
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> BuildRecord:
-        data: dict[str, Any] = orjson.loads(raw)
-        data["key"] = BuildKey(**data["key"])
-        data["state"] = BuildState(data["state"])
-        return cls(**data)
 
 
 class Artifacts:
@@ -91,7 +53,7 @@ class Artifacts:
     def keep(
         self,
         key: BuildKey,
-        result: BuildResult,
+        result: WorkerReport,
         folder: BuildFolder | None,
         *,
         project: str,
@@ -134,7 +96,7 @@ class Artifacts:
             wheel_size=result.wheel_size,
             metadata_sha256=metadata_sha,
             error=result.error,
-            phase=result.phase,
+            phase=Phase(result.phase) if result.phase else None,
             builder=builder,
         )
         (staging / "record.json").write_bytes(record.to_json())

@@ -17,7 +17,8 @@ import orjson
 from packaging.utils import InvalidSdistFilename, parse_sdist_filename
 
 from builder.interpreters import find_interpreter
-from builder.jobs import BuildRequest, Limits
+from builder.jobs import Limits
+from builder.protocol import WorkerOrder
 from builder.runner import run_build
 from builder.tags import InvalidTarget, Target
 from builder.users import build_user
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     folder = new_build_folder(out / ".work", hashlib.sha256(sdist.read_bytes()).hexdigest(), target.id)
-    request = BuildRequest(
+    request = WorkerOrder(
         project=str(name),
         version=str(version),
         sdist_filename=sdist.name,

@@ -1,19 +1,32 @@
-"""What a build is asked to do and what it gives back; both cross a process boundary as JSON."""
+"""The build vocabulary, in one place: a build's key, the job that asks for it, its progress while it runs,
+the record of how it ended, its state and the phase a failure happened in, and the limits it runs under.
+
+Jobs and records cross process boundaries (the worker, a database, a remote builder) as JSON.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import fnmatch
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from builder.tags import Target
+
 
 class BuildState(enum.Enum):
-    DONE = "done"
-    FAILED = "failed"
+    QUEUED = "queued"  # asked for, waiting for a free builder
+    RUNNING = "running"
+    DONE = "done"  # a wheel was built, checked and kept
+    FAILED = "failed"  # see the record's phase and error
+
+    @property
+    def finished(self) -> bool:
+        return self in (BuildState.DONE, BuildState.FAILED)
 
 
 class Phase(enum.Enum):
@@ -65,60 +78,139 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
-class BuildRequest:
+class BuildJob:
+    """What the farm is asked for: build this sdist (named by its sha256, verified when fetched) for this
+    target."""
+
     project: str
     version: str
     sdist_filename: str
     sdist_sha256: str
-    sdist_url: str  # where upstream has it, without credentials (for provenance)
-    sdist_path: str  # the verified copy in the proxy's file store; copied into the work folder
-    target: str
-    interpreter: str  # path of the CPython that builds for the target
-    index_url: str  # the proxy's plain (no overlay) simple API, for build requirements
-    work_dir: str  # this build's own folder (builder/workdir.py), made by the pool
-    limits: Limits = Limits()
-    sandbox: bool = True
-    build_user: tuple[int, int] | None = None  # (uid, gid) the sandbox runs as when we are root
-    bwrap: str = ""  # the bubblewrap binary ("": found on the usual paths)
+    sdist_url: str
+    target: Target
 
     @property
     def key(self) -> BuildKey:
-        return BuildKey(self.sdist_sha256, self.target)
+        return BuildKey(self.sdist_sha256, self.target.id)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self))
+        return orjson.dumps({**dataclasses.asdict(self), "target": self.target.id})
 
     @classmethod
-    def from_json(cls, data: bytes) -> BuildRequest:
-        raw: dict[str, Any] = orjson.loads(data)
-        raw["limits"] = Limits(**raw["limits"])
-        if raw.get("build_user") is not None:
-            uid, gid = raw["build_user"]
-            raw["build_user"] = (int(uid), int(gid))
-        return cls(**raw)
+    def from_json(cls, raw: bytes) -> BuildJob:
+        data: dict[str, Any] = orjson.loads(raw)
+        return cls(**{**data, "target": Target.parse(data["target"])})
 
 
 @dataclass(frozen=True, slots=True)
-class BuildResult:
-    """``ok`` with the wheel's facts, or not ok with a one-line ``error`` and ``phase``. The wheel and its
-    METADATA are in the work folder's result/ (named by ``wheel_filename``), the log in its build.log."""
+class BuildProgress:
+    """A build not finished yet: queued (waiting for a builder) or running, and since when."""
 
-    ok: bool
-    error: str = ""
-    phase: str = ""
+    job: BuildJob
+    queued_at: float
+    started_at: float | None = None
+
+    @property
+    def state(self) -> BuildState:
+        return BuildState.QUEUED if self.started_at is None else BuildState.RUNNING
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRecord:
+    """How a build ended. A done build names its wheel and the sha256 of each artifact it left (the wheel,
+    its METADATA, the log, the provenance), by which the artifact store holds them; a failed one its phase
+    and error, and its log."""
+
+    key: BuildKey
+    state: BuildState  # DONE or FAILED
+    project: str
+    version: str
+    sdist_filename: str
+    started_at: float  # when the build itself started (after waiting in the queue)
+    finished_at: float
+    queued_seconds: float = 0.0
     wheel_filename: str = ""
     wheel_sha256: str = ""
     wheel_size: int = 0
-    build_seconds: float = 0.0  # the build itself, without the time it waited in the queue
-    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metadata_sha256: str = ""
+    log_sha256: str = ""
+    provenance_sha256: str = ""
+    error: str = ""
+    phase: Phase | None = None
+    builder: str = ""  # the builder's version: a failure is not final for a newer builder
+    orphaned_since: float | None = None  # when upstream stopped listing the sdist (None: it still does)
+
+    @property
+    def duration(self) -> float:
+        return self.finished_at - self.started_at
 
     def to_json(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_INDENT_2)
+        data = dataclasses.asdict(self)
+        data["key"] = {"sdist_sha256": self.key.sdist_sha256, "target": self.key.target}
+        data["state"] = self.state.value
+        data["phase"] = self.phase.value if self.phase is not None else None
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2)
 
     @classmethod
-    def from_json(cls, data: bytes) -> BuildResult:
-        return cls(**orjson.loads(data))
+    def from_json(cls, raw: bytes) -> BuildRecord:
+        data: dict[str, Any] = orjson.loads(raw)
+        data["key"] = BuildKey(**data["key"])
+        data["state"] = BuildState(data["state"])
+        data["phase"] = Phase(data["phase"]) if data.get("phase") else None
+        return cls(**data)
 
-    @classmethod
-    def failure(cls, phase: Phase, error: str, build_seconds: float = 0.0) -> BuildResult:
-        return cls(ok=False, phase=phase.value, error=error, build_seconds=build_seconds)
+
+MIN_PYTHON = (3, 8)  # the oldest target the in-sandbox tools (frontend, import check, uv) run on
+
+
+@dataclass(frozen=True, slots=True)
+class TargetOffer:
+    """What one builder can build: CPython ``pythons`` (minor versions of 3) on one platform family
+    ("manylinux": glibc, "musllinux") and architecture, for targets matching ``patterns`` (fnmatch, the
+    operator's ``[builder] targets``). A target of a newer libc than the builder's is served too: the wheel
+    it builds names the older libc it needs, which the newer one runs."""
+
+    family: str
+    arch: str
+    pythons: tuple[int, ...]
+    patterns: tuple[str, ...] = ("*",)
+
+    def serves(self, target: Target) -> bool:
+        if target.python < MIN_PYTHON or target.python[0] != 3 or target.python[1] not in self.pythons:
+            return False
+        platform = target.platform
+        if not platform.startswith(self.family + "_") or not platform.endswith("_" + self.arch):
+            return False  # another architecture or libc: we could not build a wheel that runs there
+        return any(fnmatch.fnmatchcase(target.id, pattern) for pattern in self.patterns)
+
+    def targets_like(self, target: Target) -> tuple[Target, ...]:
+        """The targets served on ``target``'s platform, one per Python version."""
+        candidates = (Target((3, minor), target.platform) for minor in sorted(self.pythons))
+        return tuple(each for each in candidates if self.serves(each))
+
+
+class Artifact(enum.Enum):
+    """What a build leaves: the wheel, its METADATA (PEP 658), its log, its provenance."""
+
+    WHEEL = "wheel"
+    METADATA = "metadata"
+    LOG = "log"
+    PROVENANCE = "provenance"
+
+
+def artifact_sha256(record: BuildRecord, artifact: Artifact) -> str:
+    return {
+        Artifact.WHEEL: record.wheel_sha256,
+        Artifact.METADATA: record.metadata_sha256,
+        Artifact.LOG: record.log_sha256,
+        Artifact.PROVENANCE: record.provenance_sha256,
+    }[artifact]
+
+
+def artifact_filename(record: BuildRecord, artifact: Artifact) -> str:
+    return {
+        Artifact.WHEEL: record.wheel_filename,
+        Artifact.METADATA: record.wheel_filename + ".metadata",
+        Artifact.LOG: "build.log",
+        Artifact.PROVENANCE: "provenance.json",
+    }[artifact]

@@ -27,9 +27,10 @@ from typing import Any, Protocol
 import structlog
 
 from builder import confinement, selfcheck
-from builder.artifacts import Artifacts, BuildRecord
+from builder.artifacts import Artifacts
 from builder.interpreters import available_versions, find_interpreter
-from builder.jobs import BuildKey, BuildRequest, BuildResult, BuildState, Limits, Phase, public_url
+from builder.jobs import MIN_PYTHON, BuildJob, BuildKey, BuildRecord, BuildState, Limits, Phase, public_url
+from builder.protocol import WorkerOrder, WorkerReport
 from builder.sandbox import bwrap_path, remove_leftover_cgroups
 from builder.tags import Target
 from builder.users import build_user, host_root, mapped
@@ -43,7 +44,6 @@ from builder.workdir import (
 
 log = structlog.get_logger(__name__)
 
-MIN_PYTHON = (3, 8)  # the oldest target the in-sandbox tools (frontend, import check, uv) run on
 BUILDER_VERSION = "wheelfarm-builder/2"  # a failure recorded by an older builder is tried again
 _OLD_LAYOUT = re.compile(r"^([0-9a-f]{16}-[a-z0-9_]+-\d+|jobs|\.frontend(-\d+)?)$")  # wheelfarm-builder/1
 
@@ -58,22 +58,6 @@ class PoolState(enum.Enum):
 class PoolStatus:
     state: PoolState
     reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class BuildJob:
-    """What the proxy asks for: build this sdist for this target."""
-
-    project: str
-    version: str
-    sdist_filename: str
-    sdist_sha256: str
-    sdist_url: str
-    target: Target
-
-    @property
-    def key(self) -> BuildKey:
-        return BuildKey(self.sdist_sha256, self.target.id)
 
 
 @dataclass(eq=False)
@@ -321,7 +305,7 @@ class LocalPool:
         record = self._artifacts.get(key)
         if record is None or record.state is not BuildState.FAILED:
             return record
-        final = record.builder == BUILDER_VERSION and record.phase != Phase.INTERNAL.value
+        final = record.builder == BUILDER_VERSION and record.phase is not Phase.INTERNAL
         return record if final else None
 
     def running(self) -> Sequence[RunningBuild]:
@@ -377,13 +361,13 @@ class LocalPool:
         record = self._artifacts.get(key)
         removed = self._artifacts.forget(key)
         if record is not None:
-            if record.phase == Phase.TOOLCHAIN.value:
+            if record.phase is Phase.TOOLCHAIN:
                 self._lacking.pop(record.project, None)  # a retry asks again
             self._bump(record.project)
         return removed
 
     def _note_lacking(self, record: BuildRecord) -> None:
-        if record.phase == Phase.TOOLCHAIN.value and record.builder == BUILDER_VERSION:
+        if record.phase is Phase.TOOLCHAIN and record.builder == BUILDER_VERSION:
             self._lacking[record.project] = record.error
 
     async def close(self) -> None:
@@ -417,7 +401,7 @@ class LocalPool:
         sdist, failure = await self._fetch(job)
         folder: BuildFolder | None = None
         if sdist is None:
-            result = failure or BuildResult.failure(Phase.FETCH, "no sdist")
+            result = failure or WorkerReport.failure(Phase.FETCH, "no sdist")
         else:
             async with self._semaphore:
                 slot = self._free_slots.pop()
@@ -457,35 +441,37 @@ class LocalPool:
             state=record.state.value,
             seconds=round(record.duration, 2),
             queued_seconds=round(record.queued_seconds, 2),
-            phase=record.phase or None,
+            phase=record.phase.value if record.phase else None,
             error=record.error or None,
         )
         return record
 
-    async def _fetch(self, job: BuildJob) -> tuple[Path | None, BuildResult | None]:
+    async def _fetch(self, job: BuildJob) -> tuple[Path | None, WorkerReport | None]:
         """The verified sdist, or the failure to get it (within the build's time limit)."""
         deadline = self._settings.limits.timeout_seconds
         try:
             return await asyncio.wait_for(self._fetch_sdist(job), deadline), None
         except TimeoutError:
-            return None, BuildResult.failure(Phase.FETCH, f"the sdist did not arrive within {deadline:.0f} s")
+            return None, WorkerReport.failure(
+                Phase.FETCH, f"the sdist did not arrive within {deadline:.0f} s"
+            )
         except Exception as exc:  # any fetch failure is this build's failure, named
-            return None, BuildResult.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}")
+            return None, WorkerReport.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}")
 
     async def _run_worker(
         self, job: BuildJob, slot: int, sdist_path: Path
-    ) -> tuple[BuildResult, BuildFolder | None]:
+    ) -> tuple[WorkerReport, BuildFolder | None]:
         """Run one build in a worker process; the folder is this build's own (removed by the caller)."""
         settings = self._settings
         interpreter = self.interpreter(job.target)
         if interpreter is None:
-            return BuildResult.failure(
+            return WorkerReport.failure(
                 Phase.ENVIRONMENT, f"no Python {job.target.python_version} on this builder"
             ), None
         folder = await asyncio.to_thread(
             new_build_folder, settings.work_root, job.sdist_sha256, job.target.id
         )
-        request = BuildRequest(
+        request = WorkerOrder(
             project=job.project,
             version=job.version,
             sdist_filename=job.sdist_filename,
@@ -517,7 +503,7 @@ class LocalPool:
         except TimeoutError:
             _kill_worker(process)
             await process.wait()
-            return BuildResult.failure(
+            return WorkerReport.failure(
                 Phase.INTERNAL, f"the build worker did not finish in {deadline:.0f} s"
             ), folder
         except BaseException:
@@ -526,11 +512,11 @@ class LocalPool:
             await self._remove(folder)
             raise
         try:
-            return BuildResult.from_json(stdout[: 4 << 20]), folder
+            return WorkerReport.from_json(stdout[: 4 << 20]), folder
         except (ValueError, TypeError):
             detail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
             crash = f"the build worker crashed ({process.returncode}): {detail[0][:300]}"
-            return BuildResult.failure(Phase.INTERNAL, crash), folder
+            return WorkerReport.failure(Phase.INTERNAL, crash), folder
 
 
 def _kill_worker(process: asyncio.subprocess.Process) -> None:

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from builder import extract, frontend, importcheck
-from builder.jobs import BuildRequest, BuildResult, Limits, Phase
+from builder.jobs import Limits, Phase
+from builder.protocol import WorkerOrder, WorkerReport
 from builder.requirements import RequirementError, ResolvedWheel, check_requirements, download, resolve
 from builder.sandbox import (
     BUILD_ROOT,
@@ -73,7 +74,7 @@ class BuildFailed(Exception):
         self.message = " ".join(message.split())[:1000]  # one line: it is a reason phrase and a log line
 
 
-def run_build(request: BuildRequest) -> BuildResult:
+def run_build(request: WorkerOrder) -> WorkerReport:
     """The one exception boundary of a build: whatever happens, a result and a log."""
     folder = BuildFolder(Path(request.work_dir))
     log = Log(folder.log, request.limits.log_bytes)
@@ -82,18 +83,18 @@ def run_build(request: BuildRequest) -> BuildResult:
         return _Build(request, folder, log).run(started)
     except BuildFailed as failure:
         log.note(f"FAILED in {failure.phase.value}: {failure.message}")
-        return BuildResult.failure(failure.phase, failure.message, time.monotonic() - started)
+        return WorkerReport.failure(failure.phase, failure.message, time.monotonic() - started)
     except (SandboxUnavailable, SeccompUnavailable) as exc:
         log.note(f"FAILED in internal: {exc}")
-        return BuildResult.failure(Phase.INTERNAL, str(exc), time.monotonic() - started)
+        return WorkerReport.failure(Phase.INTERNAL, str(exc), time.monotonic() - started)
     except Exception as exc:  # our bug or the host's trouble: named, never blamed on the package
         log.note("internal error:\n" + traceback.format_exc())
         log.note(f"FAILED in internal: builder error: {exc!r}")
-        return BuildResult.failure(Phase.INTERNAL, f"builder error: {exc!r}", time.monotonic() - started)
+        return WorkerReport.failure(Phase.INTERNAL, f"builder error: {exc!r}", time.monotonic() - started)
 
 
 class _Build:
-    def __init__(self, request: BuildRequest, folder: BuildFolder, log: Log) -> None:
+    def __init__(self, request: WorkerOrder, folder: BuildFolder, log: Log) -> None:
         self.request = request
         self.folder = folder
         self.log = log
@@ -102,7 +103,7 @@ class _Build:
         self.interpreter = request.interpreter
         self.installed: list[ResolvedWheel] = []
 
-    def run(self, started: float) -> BuildResult:
+    def run(self, started: float) -> WorkerReport:
         request = self.request
         self.log.note(
             f"wheelfarm build of {request.sdist_filename} (sha256 {request.sdist_sha256}) for {self.target}"
@@ -145,7 +146,7 @@ class _Build:
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         self.log.note(f"built {wheel.name} sha256 {digest} ({wheel.stat().st_size} bytes)")
         provenance = self._provenance(wheel, digest, system, requires, dynamic, epoch, source, repair_note)
-        return BuildResult(
+        return WorkerReport(
             ok=True,
             wheel_filename=wheel.name,
             wheel_sha256=digest,

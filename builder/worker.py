@@ -17,7 +17,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from builder.jobs import BuildRequest, BuildResult, Phase
+from builder.jobs import Phase
+from builder.protocol import WorkerOrder, WorkerReport
 from builder.runner import run_build
 from builder.workdir import BuildFolder, write_owner
 
@@ -33,9 +34,9 @@ def main(argv: list[str]) -> int:
     answer = os.dup(1)
     os.dup2(2, 1)  # stray prints (ours, a library's) must not corrupt the answer
     try:
-        request = BuildRequest.from_json(sys.stdin.buffer.read())
+        request = WorkerOrder.from_json(sys.stdin.buffer.read())
     except (ValueError, TypeError, KeyError) as exc:
-        result = BuildResult.failure(Phase.INTERNAL, f"the worker got a bad request: {exc}")
+        result = WorkerReport.failure(Phase.INTERNAL, f"the worker got a bad request: {exc}")
     else:
         folder = BuildFolder(Path(request.work_dir))
         lock = os.open(folder.lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> int:
             result = run_build(request)
         except BaseException as exc:  # run_build catches everything; this is the last wall
             traceback.print_exc()
-            result = BuildResult.failure(Phase.INTERNAL, f"builder error: {exc!r}")
+            result = WorkerReport.failure(Phase.INTERNAL, f"builder error: {exc!r}")
     with os.fdopen(answer, "wb") as out:
         out.write(result.to_json())
     return 0 if result.ok else 1

@@ -17,9 +17,8 @@ import orjson
 from aiohttp import web
 from packaging.requirements import Requirement
 
-from builder.artifacts import BuildRecord
-from builder.jobs import BuildKey
-from builder.pool import Builder, BuildJob
+from builder.jobs import BuildJob, BuildKey, BuildRecord, BuildState
+from builder.pool import Builder
 from builder.tags import InvalidTarget, Target
 from proxy.builds.buildahead import BadRequirement, applies_to, choose_sdist, parse_requirements
 from proxy.errors import BadRequest, NotFound, WheelfarmError
@@ -107,7 +106,7 @@ def record_view(record: BuildRecord, running: bool = False) -> dict[str, Any]:
             provenance=folder + "provenance.json",
         )
     if record.error:
-        view.update(error=record.error, phase=record.phase)
+        view.update(error=record.error, phase=record.phase.value if record.phase else "")
     return view
 
 
@@ -146,8 +145,8 @@ def _build_counts(services: Services) -> dict[str, int]:
     return {
         "queued": sum(1 for r in running if r.started_at is None),
         "running": sum(1 for r in running if r.started_at is not None),
-        "done": sum(1 for r in records if r.state.value == "done"),
-        "failed": sum(1 for r in records if r.state.value == "failed"),
+        "done": sum(1 for r in records if r.state is BuildState.DONE),
+        "failed": sum(1 for r in records if r.state is BuildState.FAILED),
         "orphaned": sum(1 for r in records if r.orphaned_since is not None),
     }
 
@@ -241,7 +240,7 @@ async def retry_build(request: web.Request) -> web.Response:
     record = builder.record(key)
     if record is None:
         raise NotFound(f"no finished build of {key.sdist_sha256} for {key.target}")
-    if record.state.value != "failed":
+    if record.state is not BuildState.FAILED:
         raise BadRequest(
             f"the build of {record.sdist_filename} for {key.target} did not fail; delete it instead"
         )

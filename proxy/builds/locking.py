@@ -14,8 +14,7 @@ import asyncio
 
 from packaging.utils import InvalidSdistFilename, parse_sdist_filename
 
-from builder.jobs import BuildKey
-from builder.pool import BuildJob
+from builder.jobs import BuildJob, BuildKey
 from builder.tags import Target
 from proxy.index.model import ProjectPage
 from proxy.index.overlay import releases_needing_wheels

@@ -24,7 +24,7 @@ from packaging.utils import (
 )
 from packaging.version import Version
 
-from builder.artifacts import BuildRecord
+from builder.jobs import BuildRecord
 from builder.tags import Target
 from proxy.index.model import DistFile, ProjectPage
 

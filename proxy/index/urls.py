@@ -1,8 +1,11 @@
-"""Pure URL rewriting: upstream file URLs become URLs of this proxy.
+"""The proxy's URL layout, in one place, and the rewriting of upstream file URLs into it.
 
-Pages are served at ``<mount>/simple/<project>/`` and files at ``<mount>/files/<project>/<key>/<filename>``,
-so the links are written relative (``../../files/...``). PEP 503 and PEP 691 both resolve relative URLs
-against the page URL, and relative links keep working behind a reverse proxy that mounts us under a prefix.
+Pages are served at ``<mount>/simple/<project>/``, files at ``<mount>/files/<project>/<key>/<filename>``,
+build-pending links at ``<mount>/build/<target>/<project>/<sdist sha256>/<filename>`` and what builds left
+at ``<mount>/built/<sdist sha256>/<target>/<artifact sha256>/<filename>`` (content-addressed: a rebuild gets
+new URLs, so every one of them may be cached forever). Links in pages are written relative (``../../``):
+PEP 503 and PEP 691 both resolve relative URLs against the page URL, and relative links keep working behind
+a reverse proxy that mounts us under a prefix. The admin API links the same paths from the root.
 """
 
 from __future__ import annotations
@@ -10,9 +13,15 @@ from __future__ import annotations
 import dataclasses
 from urllib.parse import quote
 
+from builder.jobs import Artifact, BuildRecord, artifact_filename, artifact_sha256
+from builder.tags import Target
 from proxy.index.model import DistFile, ProjectPage, file_key
 
-FILES_FROM_PAGE = "../../files/"
+FROM_PAGE = "../../"  # from <mount>/simple/<project>/ (or /t/<target>/simple/<project>/) to the mount
+FILES_FROM_PAGE = FROM_PAGE + "files/"
+FILE_ROUTE = "/files/{project}/{key}/{filename}"
+PENDING_ROUTE = "/build/{target}/{project}/{sdist}/{filename}"
+BUILT_ROUTE = "/built/{sdist}/{target}/{sha256}/{filename}"
 METADATA_SUFFIX = ".metadata"  # PEP 658: the metadata file lives at the file's URL plus ".metadata"
 PROVENANCE_SUFFIX = ".provenance"
 
@@ -33,3 +42,15 @@ def _proxied_file(project: str, dist: DistFile) -> DistFile:
         url=url,
         provenance=url + PROVENANCE_SUFFIX if dist.provenance else None,
     )
+
+
+def pending_path(target: Target, project: str, sdist_sha256: str, filename: str) -> str:
+    """A build-pending link, below the mount."""
+    return f"build/{target.id}/{project}/{sdist_sha256}/{quote(filename, safe='')}"
+
+
+def built_path(record: BuildRecord, artifact: Artifact) -> str:
+    """What a build left, below the mount; addressed by the artifact's own sha256."""
+    key = record.key
+    filename = quote(artifact_filename(record, artifact), safe="")
+    return f"built/{key.sdist_sha256}/{key.target}/{artifact_sha256(record, artifact)}/{filename}"

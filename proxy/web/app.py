@@ -15,8 +15,8 @@ import structlog
 from aiohttp import web
 
 from builder.artifacts import Artifacts
-from builder.jobs import Limits
-from builder.pool import Builder, BuildJob, LocalPool, PoolSettings
+from builder.jobs import BuildJob, Limits
+from builder.pool import Builder, LocalPool, PoolSettings
 from proxy.admin.api import create_admin_app
 from proxy.clock import Clock, SystemClock
 from proxy.errors import UpstreamError

@@ -18,9 +18,8 @@ from aiohttp import web
 from packaging.utils import InvalidSdistFilename, parse_sdist_filename
 from yarl import URL
 
-from builder.artifacts import BuildRecord
-from builder.jobs import BuildKey, BuildState
-from builder.pool import Builder, BuildJob
+from builder.jobs import BuildJob, BuildKey, BuildRecord, BuildState
+from builder.pool import Builder
 from builder.tags import InvalidTarget, Target
 from proxy.builds.waiting import Waiting
 from proxy.errors import BadRequest, NotFound, WheelfarmError
@@ -138,7 +137,7 @@ def _answer(request: web.Request, services: Services, record: BuildRecord) -> we
     folder = f"built/{record.key.sdist_sha256}/{record.key.target}/"
     if record.state is BuildState.FAILED:
         log_url = str(request.url.join(URL("../../../../" + folder + "build.log")))
-        summary = f"wheel build failed in {record.phase}: {record.error}"
+        summary = f"wheel build failed in {record.phase.value if record.phase else '?'}: {record.error}"
         error = BuildFailedError(f"{summary}\nbuild log: {log_url}")
         # pip shows the reason phrase of a 4xx; keep it one latin-1 line (RFC 9112 section 4).
         error.reason = plain_text(f"{summary} (log: {log_url})".replace("\n", " "))[:300]

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from builder.artifacts import BuildRecord
+from builder.jobs import BuildRecord
 from proxy.index.names import NormalizedName
 from proxy.pages.upstream import Upstream, UpstreamFile, UpstreamPage
 from proxy.storage.diskspace import DiskFullReport
