@@ -25,9 +25,45 @@ def start_builder_proxy(
     settings = proxy_settings(
         cache,
         upstream.simple_url,
-        **{"upstream_read_timeout": 30.0, "builder_enabled": True, "builder_timeout": 120.0, **changes},
+        **{
+            "upstream_read_timeout": 30.0,
+            "builder_enabled": True,
+            "builder_timeout": 120.0,
+            "admin_enabled": True,  # the tests read and change builds through the admin API, as operators do
+            "admin_token": ADMIN_TOKEN,
+            **changes,
+        },
     )
     return ProxyServer(settings, clock).start()
+
+
+def build_records(proxy: ProxyServer, project: str | None = None) -> list[dict[str, Any]]:
+    """Finished builds (of ``project``) as the admin API lists them."""
+    response = httpx.get(f"{proxy.url}/admin/api/builds", timeout=30)
+    response.raise_for_status()
+    finished: list[dict[str, Any]] = response.json()["finished"]
+    return [record for record in finished if project is None or record["project"] == project]
+
+
+def active_builds(proxy: ProxyServer) -> list[dict[str, Any]]:
+    """Builds queued or running, as the admin API lists them."""
+    response = httpx.get(f"{proxy.url}/admin/api/builds", timeout=30)
+    response.raise_for_status()
+    active: list[dict[str, Any]] = response.json()["active"]
+    return active
+
+
+def delete_build(proxy: ProxyServer, sdist_sha256: str, target: str) -> bool:
+    """Delete a build through the admin API (so it runs again); whether there was one."""
+    response = httpx.delete(
+        f"{proxy.url}/admin/api/builds/{sdist_sha256}/{target}",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=30,
+    )
+    if response.status_code == 404:
+        return False
+    response.raise_for_status()
+    return True
 
 
 def page(proxy: ProxyServer, project: str, scope: str = f"/t/{TARGET}", **headers: str) -> dict[str, Any]:

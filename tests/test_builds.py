@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
-from buildkit import PIP_UA, TARGET, absolute, files, page, start_builder_proxy
+from buildkit import PIP_UA, TARGET, absolute, build_records, delete_build, files, page, start_builder_proxy
 from clients import Client, each_client, install
 from dists import in_tree_backend_sdist, make_sdist
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
@@ -56,9 +56,7 @@ def test_client_installs_a_built_wheel_and_the_next_install_reuses_it(
     assert first.installed()["tinypure"] == "3.0"
     assert first.run_python("import tinypure; print(tinypure.hello())").strip() == "tinypure 3.0"
     assert "Building wheel for tinypure" not in first.output  # the proxy built it, not the client
-    builder = builder_proxy.services.builder
-    assert builder is not None
-    builds = dict(builder.generation)
+    builds = build_records(builder_proxy, "tinypure")
     built = files(page(builder_proxy, "tinypure"))["tinypure-3.0-py2.py3-none-any.whl"]
     assert built["hashes"]["sha256"]
     assert built["core-metadata"]["sha256"]
@@ -73,7 +71,7 @@ def test_client_installs_a_built_wheel_and_the_next_install_reuses_it(
     assert "running the backend hooks requires and wheel in the sandbox" in log
     second = install(client, builder_proxy.simple_url, ["tinypure==3.0"], tmp_path / "second").check()
     assert second.installed()["tinypure"] == "3.0"
-    assert dict(builder.generation) == builds  # no second build
+    assert build_records(builder_proxy, "tinypure") == builds  # no second build
 
 
 def test_native_extension_is_built_repaired_and_runs(builder_proxy: ProxyServer, tmp_path: Path) -> None:
@@ -114,10 +112,8 @@ def test_failed_build_is_reported_then_remembered(builder_proxy: ProxyServer, tm
     result = install(Client.PIP, f"{builder_proxy.url}/t/{TARGET}/simple/", ["brokenpkg"], tmp_path / "pip")
     assert result.returncode != 0
     # A retry forgets the failure and offers the link again.
-    builder = builder_proxy.services.builder
-    assert builder is not None
-    (record,) = [r for r in builder.records() if r.project == "brokenpkg"]
-    assert builder.forget(record.key)
+    (record,) = build_records(builder_proxy, "brokenpkg")
+    assert delete_build(builder_proxy, record["key"]["sdist_sha256"], record["key"]["target"])
     assert any(e.get("_wheelfarm", {}).get("pending") for e in page(builder_proxy, "brokenpkg")["files"])
 
 

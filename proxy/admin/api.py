@@ -17,17 +17,18 @@ import orjson
 from aiohttp import web
 from packaging.requirements import Requirement
 
-from builder.jobs import BuildJob, BuildKey, BuildRecord, BuildState
-from builder.pool import Builder
+from builder.jobs import Artifact, BuildJob, BuildKey, BuildProgress, BuildRecord, BuildState
 from builder.tags import InvalidTarget, Target
 from proxy.builds.buildahead import BadRequirement, applies_to, choose_sdist, parse_requirements
+from proxy.builds.service import BuildCounts, BuildService, NotOffered, ServiceState
 from proxy.errors import BadRequest, NotFound, WheelfarmError
 from proxy.index.model import file_key
 from proxy.index.names import InvalidProjectName, normalize
+from proxy.index.urls import BUILT_BY_NAME_ROUTE, BUILT_ROUTE, built_path
 from proxy.redact import redact
-from proxy.web.builds import serve_built
+from proxy.web.builds import serve_built, serve_built_by_name
 from proxy.web.security import secure_admin
-from proxy.web.services import SERVICES, Services, builder_status
+from proxy.web.services import SERVICES, Services
 
 MAIN_APP = web.AppKey("main_app", web.Application)
 PAGE = Path(__file__).with_name("admin.html")
@@ -40,12 +41,6 @@ class Unauthorized(WheelfarmError):
 
 def services_of(request: web.Request) -> Services:
     return request.app[MAIN_APP][SERVICES]
-
-
-def builder_of(services: Services) -> Builder:
-    if services.builder is None:
-        raise NotFound("this proxy builds no wheels ([builder] enabled = false)")
-    return services.builder
 
 
 def reply(data: Any, status: int = 200) -> web.Response:
@@ -82,10 +77,9 @@ async def body_of(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def record_view(record: BuildRecord, running: bool = False) -> dict[str, Any]:
-    folder = f"/built/{record.key.sdist_sha256}/{record.key.target}/"
+def record_view(record: BuildRecord) -> dict[str, Any]:
     view: dict[str, Any] = {
-        "key": {"sdist_sha256": record.key.sdist_sha256, "target": record.key.target},
+        "key": _key_view(record.key),
         "project": record.project,
         "version": record.version,
         "sdist": record.sdist_filename,
@@ -94,29 +88,54 @@ def record_view(record: BuildRecord, running: bool = False) -> dict[str, Any]:
         "finished_at": record.finished_at,
         "duration_seconds": round(record.duration, 3),  # the build itself
         "queued_seconds": round(record.queued_seconds, 3),  # before it: waiting for a worker
-        "log": folder + "build.log",
         "orphaned_since": record.orphaned_since,
     }
+    if record.log_sha256:
+        view["log"] = "/" + built_path(record, Artifact.LOG)
     if record.wheel_filename:
         view.update(
             wheel=record.wheel_filename,
             wheel_sha256=record.wheel_sha256,
             wheel_size=record.wheel_size,
-            url=folder + record.wheel_filename,
-            provenance=folder + "provenance.json",
+            url="/" + built_path(record, Artifact.WHEEL),
+            provenance="/" + built_path(record, Artifact.PROVENANCE),
         )
     if record.error:
         view.update(error=record.error, phase=record.phase.value if record.phase else "")
     return view
 
 
+def progress_view(progress: BuildProgress, now: float) -> dict[str, Any]:
+    job = progress.job
+    return {
+        "key": _key_view(job.key),
+        "project": job.project,
+        "version": job.version,
+        "sdist": job.sdist_filename,
+        "state": progress.state.value,
+        "queued_at": progress.queued_at,
+        "elapsed_seconds": round(now - (progress.started_at or progress.queued_at), 3),
+    }
+
+
+def counts_view(counts: BuildCounts) -> dict[str, int]:
+    return {
+        "queued": counts.queued,
+        "running": counts.running,
+        "done": counts.done,
+        "failed": counts.failed,
+        "orphaned": counts.orphaned,
+    }
+
+
 async def summary(request: web.Request) -> web.Response:
     services = services_of(request)
     pages, page_bytes = await services.pages.store_stats()
-    records = services.builder.records() if services.builder else []
-    built = [r for r in records if r.wheel_filename]
-    counts = services.metrics.cache_counts()
-    lookups = sum(counts.get(k, 0) for k in ("hit", "miss", "stale", "revalidated"))
+    counts = await services.builds.counts()
+    status = (await services.builds.capabilities()).status
+    lookups_counts = services.metrics.cache_counts()
+    lookups = sum(lookups_counts.get(k, 0) for k in ("hit", "miss", "stale", "revalidated"))
+    ratio = round(lookups_counts.get("hit", 0) / lookups, 4) if lookups else None
     return reply(
         {
             "pages": {"count": pages, "bytes": page_bytes},
@@ -127,51 +146,24 @@ async def summary(request: web.Request) -> web.Response:
                 "evictions": services.files.evictions,
                 "quarantined": services.files.counts.quarantined,  # since the proxy started
             },
-            "built_wheels": {"count": len(built), "bytes": sum(r.wheel_size for r in built)},
-            "builds": _build_counts(services),
-            "cache": {**counts, "hit_ratio": round(counts.get("hit", 0) / lookups, 4) if lookups else None},
-            "builder": builder_status(services.builder),
+            "built_wheels": {"count": counts.done, "bytes": counts.built_bytes},
+            "builds": counts_view(counts) if status.state is not ServiceState.OFF else {},
+            "cache": {**lookups_counts, "hit_ratio": ratio},
+            "builder": status.view(),
             "memory": {**services.pages.sizes(), "rendered": len(services.rendered)},
             "upstream": redact(services.settings.upstream_simple_url),
         }
     )
 
 
-def _build_counts(services: Services) -> dict[str, int]:
-    if services.builder is None:
-        return {}
-    running = services.builder.running()
-    records = services.builder.records()
-    return {
-        "queued": sum(1 for r in running if r.started_at is None),
-        "running": sum(1 for r in running if r.started_at is not None),
-        "done": sum(1 for r in records if r.state is BuildState.DONE),
-        "failed": sum(1 for r in records if r.state is BuildState.FAILED),
-        "orphaned": sum(1 for r in records if r.orphaned_since is not None),
-    }
-
-
 async def builds(request: web.Request) -> web.Response:
-    services = services_of(request)
-    builder = builder_of(services)
+    service = await builds_of(services_of(request))
     now = time.time()
-    running = [
-        {
-            "key": {"sdist_sha256": r.job.sdist_sha256, "target": r.job.target.id},
-            "project": r.job.project,
-            "version": r.job.version,
-            "sdist": r.job.sdist_filename,
-            "state": "queued" if r.started_at is None else "running",
-            "queued_at": r.queued_at,
-            "elapsed_seconds": round(now - (r.started_at or r.queued_at), 3),
-        }
-        for r in builder.running()
-    ]
     return reply(
         {
-            "builds": _build_counts(services),
-            "active": running,
-            "finished": [record_view(r) for r in builder.records()],
+            "builds": counts_view(await service.counts()),
+            "active": [progress_view(progress, now) for progress in await service.active()],
+            "finished": [record_view(r) for r in await service.records()],
         }
     )
 
@@ -185,7 +177,7 @@ async def project(request: web.Request) -> web.Response:
         key = file_key(dist)
         size = services.files.index.size(key)
         cached.append({"filename": dist.filename, "key": key, "cached": size is not None, "bytes": size})
-    records = [r for r in services.builder.records() if r.project == name] if services.builder else []
+    records = await services.builds.records(name)
     by_target: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_target.setdefault(record.key.target, []).append(record_view(record))
@@ -219,32 +211,31 @@ async def purge(request: web.Request) -> web.Response:
             removed["files"] = await services.files.evict([file_key(d) for d in page.files])
         except NotFound:
             pass
-        if services.builder is not None:
-            for record in [r for r in services.builder.records() if r.project == name]:
-                removed["builds"] += int(services.builder.forget(record.key))
+        for record in await services.builds.records(name):
+            removed["builds"] += int(await services.builds.forget(record.key) is not None)
     removed["page"] = await services.pages.forget(name)
     return reply({"project": name, "removed": removed})
 
 
 async def delete_build(request: web.Request) -> web.Response:
-    builder = builder_of(services_of(request))
+    service = await builds_of(services_of(request))
     key = _key(request)
-    if not builder.forget(key):
+    if await service.forget(key) is None:
         raise NotFound(f"no build of {key.sdist_sha256} for {key.target}")
     return reply({"deleted": {"sdist_sha256": key.sdist_sha256, "target": key.target}})
 
 
 async def retry_build(request: web.Request) -> web.Response:
-    builder = builder_of(services_of(request))
+    service = await builds_of(services_of(request))
     key = _key(request)
-    record = builder.record(key)
+    record = await service.record(key, final=False)
     if record is None:
         raise NotFound(f"no finished build of {key.sdist_sha256} for {key.target}")
     if record.state is not BuildState.FAILED:
         raise BadRequest(
             f"the build of {record.sdist_filename} for {key.target} did not fail; delete it instead"
         )
-    builder.forget(key)
+    await service.forget(key)
     return reply(
         {"retry": "the next request for the pending link builds again", "sdist": record.sdist_filename}
     )
@@ -253,13 +244,13 @@ async def retry_build(request: web.Request) -> web.Response:
 async def build_ahead(request: web.Request) -> web.Response:
     """Start builds for requirements (["name==version", ...] or a requirements file's text) and a target."""
     services = services_of(request)
-    builder = builder_of(services)
+    service = await builds_of(services)
     body = await body_of(request)
     try:
         target = Target.parse(str(body.get("target", "")))
     except InvalidTarget as exc:
         raise BadRequest(f"'target': {exc}") from None
-    if not builder.serves(target):
+    if not (await service.capabilities()).serves(target):
         raise BadRequest(f"'target': no builder here builds for {target}")
     lines = body.get("requirements", [])
     if isinstance(body.get("requirements_txt"), str):
@@ -272,12 +263,12 @@ async def build_ahead(request: web.Request) -> web.Response:
         raise BadRequest(f"'requirements': {exc}") from None
     if not requirements:
         raise BadRequest("'requirements' names nothing to build")
-    started = [await _start_one(services, builder, requirement, target) for requirement in requirements]
+    started = [await _start_one(services, service, requirement, target) for requirement in requirements]
     return reply({"target": target.id, "builds": started}, status=202)
 
 
 async def _start_one(
-    services: Services, builder: Builder, requirement: Requirement, target: Target
+    services: Services, service: BuildService, requirement: Requirement, target: Target
 ) -> dict[str, Any]:
     name = normalize(requirement.name)
     entry: dict[str, Any] = {"requirement": str(requirement)}
@@ -288,18 +279,17 @@ async def _start_one(
     except NotFound:
         return {**entry, "state": "no such project upstream"}
     chosen = choose_sdist(page, requirement, target)
-    if isinstance(chosen, str):
-        return {**entry, "state": chosen}
-    version, sdist = chosen
+    if chosen is None:
+        return {**entry, "state": "no sdist matches: no matching release lacks a wheel for the target"}
+    version, sdist = chosen.version, chosen.sdist
     assert sdist.sha256 is not None
     job = BuildJob(name, str(version), sdist.filename, sdist.sha256, sdist.url, target)
-    if not builder.allows(name):
+    try:
+        submitted = await service.submit(job)
+    except NotOffered:
         return {**entry, "state": "not allowed by the builder's policy"}
-    record = builder.record(job.key)
-    if record is not None:
-        return {**entry, "state": record.state.value, "sdist": sdist.filename, "key": _key_view(job.key)}
-    builder.start(job)
-    return {**entry, "state": "started", "sdist": sdist.filename, "key": _key_view(job.key)}
+    state = submitted.state.value if isinstance(submitted, BuildRecord) else "started"
+    return {**entry, "state": state, "sdist": sdist.filename, "key": _key_view(job.key)}
 
 
 async def evict(request: web.Request) -> web.Response:
@@ -325,7 +315,19 @@ async def verify_report(request: web.Request) -> web.Response:
 
 
 async def built_file(request: web.Request) -> web.StreamResponse:
-    return serve_built(request, services_of(request))
+    return await serve_built(request, services_of(request))
+
+
+async def built_file_by_name(request: web.Request) -> web.StreamResponse:
+    return await serve_built_by_name(request, services_of(request))
+
+
+async def builds_of(services: Services) -> BuildService:
+    """The build service, unless this proxy builds nothing (then a 404 saying so)."""
+    status = (await services.builds.capabilities()).status
+    if status.state is ServiceState.OFF:
+        raise NotFound(status.reason)
+    return services.builds
 
 
 async def page(request: web.Request) -> web.FileResponse:
@@ -373,5 +375,6 @@ def create_admin_app(main: web.Application, middlewares: list[Any], *, standalon
     admin.router.add_post("/api/verify", verify_start)
     if standalone:
         # The API links logs and wheels as /built/...: on a listener of its own, admin serves them too.
-        admin.router.add_get("/built/{sdist}/{target}/{filename}", built_file)
+        admin.router.add_get(BUILT_ROUTE, built_file)
+        admin.router.add_get(BUILT_BY_NAME_ROUTE, built_file_by_name)
     return admin

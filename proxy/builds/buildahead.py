@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
@@ -65,10 +66,14 @@ def applies_to(requirement: Requirement, target: Target) -> bool:
     return requirement.marker.evaluate(environment)
 
 
-def choose_sdist(
-    page: ProjectPage, requirement: Requirement, target: Target
-) -> tuple[Version, DistFile] | str:
-    """The newest release the requirement allows that lacks a wheel for the target, or why there is none."""
+@dataclass(frozen=True, slots=True)
+class Chosen:
+    version: Version
+    sdist: DistFile
+
+
+def choose_sdist(page: ProjectPage, requirement: Requirement, target: Target) -> Chosen | None:
+    """The newest release the requirement allows that lacks a wheel for the target (None: no such one)."""
     pinned = any(spec.operator in ("==", "===") for spec in requirement.specifier)
     allowed = [
         (version, sdist)
@@ -79,6 +84,7 @@ def choose_sdist(
     finals = [pair for pair in allowed if not pair[0].is_prerelease]
     if finals and not requirement.specifier.prereleases:
         allowed = finals
-    if allowed:
-        return max(allowed, key=lambda pair: pair[0])
-    return "no sdist matches: no matching release lacks a wheel for the target"
+    if not allowed:
+        return None
+    version, sdist = max(allowed, key=lambda pair: pair[0])
+    return Chosen(version, sdist)

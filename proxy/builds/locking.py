@@ -11,43 +11,55 @@ pending links for every target (a lock names them without a hash; a later lock h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from packaging.utils import InvalidSdistFilename, parse_sdist_filename
 
 from builder.jobs import BuildJob, BuildKey
 from builder.tags import Target
+from proxy.builds.service import BuildService, Capabilities, NotOffered, ProjectBuilds
 from proxy.index.model import ProjectPage
 from proxy.index.overlay import releases_needing_wheels
-from proxy.web.services import Services
 
 MAX_BUILDS_PER_LOCK_PAGE = 16  # a page view must never start a build farm's worth of work
 
 
-async def lock_view(services: Services, page: ProjectPage, target: Target) -> tuple[Target, ...]:
-    """The targets a locking client's page shows; builds the newest release for them meanwhile."""
-    builder = services.builder
-    assert builder is not None
-    targets = tuple(builder.targets_like(target)) or (target,)
-    if not builder.allows(page.name) or page.quarantined:
+async def lock_view(
+    service: BuildService,
+    page: ProjectPage,
+    target: Target,
+    capabilities: Capabilities,
+    builds: ProjectBuilds,
+    hold_seconds: float,
+) -> tuple[Target, ...]:
+    """The targets a locking client's page shows; builds the newest release for them meanwhile, for at most
+    ``hold_seconds`` ([builder] uv_hold_seconds)."""
+    targets = capabilities.targets_like(target) or (target,)
+    if not builds.allowed or page.quarantined:
         return targets
-    tasks = []
+    keys = []
     for each in targets:
         needing = list(releases_needing_wheels(page, each))
-        if not needing:
+        if not needing or not capabilities.serves(each):
             continue
         version, sdist = needing[-1]  # the newest: what a lock most likely picks
         assert sdist.sha256 is not None
-        if builder.record(BuildKey(sdist.sha256, each.id)) is not None or not builder.serves(each):
+        if builds.record(BuildKey(sdist.sha256, each.id)) is not None:
             continue
         try:
             parse_sdist_filename(sdist.filename)
         except InvalidSdistFilename:
             continue
-        tasks.append(
-            builder.start(BuildJob(page.name, str(version), sdist.filename, sdist.sha256, sdist.url, each))
-        )
-        if len(tasks) >= MAX_BUILDS_PER_LOCK_PAGE:
+        job = BuildJob(page.name, str(version), sdist.filename, sdist.sha256, sdist.url, each)
+        try:
+            await service.submit(job)
+        except NotOffered:
+            continue
+        keys.append(job.key)
+        if len(keys) >= MAX_BUILDS_PER_LOCK_PAGE:
             break
-    if tasks:
-        await asyncio.wait(tasks, timeout=services.settings.builder_uv_hold_seconds)
+    if keys:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(hold_seconds):
+                await asyncio.gather(*(service.wait(key) for key in keys))
     return targets

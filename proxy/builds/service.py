@@ -99,7 +99,8 @@ class BuildService(Protocol):
     async def project(self, project: str) -> ProjectBuilds: ...
 
     async def submit(self, job: BuildJob) -> BuildProgress | BuildRecord:
-        """Start the build of ``job``, or join the one running for its key; its record if it is final."""
+        """Start the build of ``job``, or join the one running for its key; its record if it is final.
+        Raises NotOffered when no builder serves the target or the policy does not allow the project."""
         ...
 
     async def wait(self, key: BuildKey) -> BuildRecord | None:
@@ -107,8 +108,9 @@ class BuildService(Protocol):
         when no build of it is running or recorded."""
         ...
 
-    async def record(self, key: BuildKey) -> BuildRecord | None:
-        """The final record of ``key`` (a failure a newer builder or the host caused does not count)."""
+    async def record(self, key: BuildKey, *, final: bool = True) -> BuildRecord | None:
+        """The record of ``key``. With ``final``, only one a retry would not change: a failure an older
+        builder or the host itself caused does not count (the next request builds again)."""
         ...
 
     async def records(self, project: str | None = None) -> Sequence[BuildRecord]:
@@ -143,6 +145,66 @@ class BuildService(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class NotOffered(Exception):
+    """No build of this: no builder serves the target, or the policy does not allow the project."""
+
+
+class NoBuilds:
+    """The build service of a proxy that builds nothing ([builder] enabled = false): it serves no target,
+    so pages carry no build links, and every request for a build is refused, saying why."""
+
+    REASON = "this proxy builds no wheels ([builder] enabled = false)"
+
+    def __init__(self) -> None:
+        self._status = ServiceStatus(ServiceState.OFF, self.REASON)
+
+    async def capabilities(self) -> Capabilities:
+        return Capabilities(self._status)
+
+    async def wait_ready(self) -> ServiceStatus:
+        return self._status
+
+    async def project(self, project: str) -> ProjectBuilds:
+        return ProjectBuilds(project, 0, False, not_allowed_because=self.REASON)
+
+    async def submit(self, job: BuildJob) -> BuildProgress | BuildRecord:
+        raise NotOffered(self.REASON)
+
+    async def wait(self, key: BuildKey) -> BuildRecord | None:
+        return None
+
+    async def record(self, key: BuildKey, *, final: bool = True) -> BuildRecord | None:
+        return None
+
+    async def records(self, project: str | None = None) -> Sequence[BuildRecord]:
+        return ()
+
+    async def active(self) -> Sequence[BuildProgress]:
+        return ()
+
+    async def counts(self) -> BuildCounts:
+        return BuildCounts()
+
+    async def artifact(self, record: BuildRecord, artifact: Artifact) -> Blob | None:
+        return None
+
+    async def chunks(self, blob: Blob, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        raise FileNotFoundError(blob.key)
+        yield b""  # an async generator, like every store's
+
+    async def forget(self, key: BuildKey) -> BuildRecord | None:
+        return None
+
+    async def upstream_changed(self, project: str, sdists: frozenset[str]) -> None:
+        return None
+
+    def on_finished(self, listener: FinishedListener) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
 
 def is_done(record: BuildRecord | None) -> bool:

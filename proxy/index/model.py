@@ -62,7 +62,7 @@ class DistFile:
     provenance: str | None = None
     # wheelfarm's own facts about a file (build log, provenance record, ...): JSON "_wheelfarm" (PEP 691
     # reserves underscore keys for the index's private use), HTML data-wheelfarm-* attributes.
-    extras: Mapping[str, str] = field(default_factory=dict)
+    wheelfarm: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def sha256(self) -> str | None:

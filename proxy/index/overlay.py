@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from urllib.parse import quote
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import (
@@ -24,12 +23,11 @@ from packaging.utils import (
 )
 from packaging.version import Version
 
-from builder.jobs import BuildRecord
+from builder.jobs import Artifact, BuildKey, BuildRecord, BuildState
 from builder.tags import Target
+from proxy.builds.service import Capabilities, ProjectBuilds
 from proxy.index.model import DistFile, ProjectPage
-
-BUILT_FROM_PAGE = "../../built/"
-BUILD_FROM_PAGE = "../../build/"
+from proxy.index.urls import FROM_PAGE, built_path, pending_path, proxied_page
 
 Offer = Callable[[Version, DistFile, Target], tuple[DistFile, ...]]
 
@@ -82,21 +80,49 @@ def apply_overlay(page: ProjectPage, targets: tuple[Target, ...], offer: Offer) 
     return dataclasses.replace(page, files=tuple(files))
 
 
+def overlaid_page(
+    page: ProjectPage, targets: tuple[Target, ...], capabilities: Capabilities, builds: ProjectBuilds
+) -> ProjectPage:
+    """The page a client sees: proxied URLs, plus built wheels and pending links for ``targets`` (its own;
+    for a locking client, every target the farm serves on its platform). Pure: what the build service
+    holds comes in as two snapshots."""
+    proxied = proxied_page(page)
+    if not targets:
+        return proxied
+    project = page.name
+
+    def offer(version: Version, sdist: DistFile, target: Target) -> tuple[DistFile, ...]:
+        assert sdist.sha256 is not None
+        record = builds.record(BuildKey(sdist.sha256, target.id))
+        if record is not None and record.state is BuildState.DONE:
+            tags = frozenset(parse_wheel_filename(record.wheel_filename)[3])
+            if not target.supports(tags):
+                return ()
+            pending = pending_filename(project, version, target)
+            built = built_file(record, sdist)
+            return (built,) if pending == built.filename else (built, built_alias(record, sdist, pending))
+        if record is not None:
+            return ()  # failed: remembered until a retry is asked for (or the builder changes)
+        if builds.allowed and capabilities.serves(target):
+            return (pending_file(project, version, sdist, target),)
+        return ()
+
+    return apply_overlay(proxied, targets, offer)
+
+
 def built_file(record: BuildRecord, sdist: DistFile) -> DistFile:
-    folder = f"{BUILT_FROM_PAGE}{record.key.sdist_sha256}/{record.key.target}/"
+    wheelfarm = {"built-from": sdist.filename, "build-log": FROM_PAGE + built_path(record, Artifact.LOG)}
+    if record.provenance_sha256:
+        wheelfarm["provenance"] = FROM_PAGE + built_path(record, Artifact.PROVENANCE)
     return DistFile(
         filename=record.wheel_filename,
-        url=folder + quote(record.wheel_filename, safe=""),
+        url=FROM_PAGE + built_path(record, Artifact.WHEEL),
         hashes={"sha256": record.wheel_sha256},
         requires_python=sdist.requires_python,
         yanked=sdist.yanked,
         core_metadata={"sha256": record.metadata_sha256} if record.metadata_sha256 else False,
         size=record.wheel_size,
-        extras={
-            "built-from": sdist.filename,
-            "build-log": folder + "build.log",
-            "provenance": folder + "provenance.json",
-        },
+        wheelfarm=wheelfarm,
     )
 
 
@@ -119,10 +145,10 @@ def pending_file(project: str, version: Version, sdist: DistFile, target: Target
     filename = pending_filename(project, version, target)
     return DistFile(
         filename=filename,
-        url=f"{BUILD_FROM_PAGE}{target.id}/{project}/{sdist.sha256}/{quote(filename, safe='')}",
+        url=FROM_PAGE + pending_path(target, project, sdist.sha256, filename),
         requires_python=sdist.requires_python,
         yanked=sdist.yanked,
-        extras={"built-from": sdist.filename, "pending": "true"},
+        wheelfarm={"built-from": sdist.filename, "pending": "true"},
     )
 
 

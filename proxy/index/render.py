@@ -89,8 +89,8 @@ def _json_file(dist: DistFile) -> dict[str, Any]:
         entry["upload-time"] = dist.upload_time
     if dist.provenance is not None:
         entry["provenance"] = dist.provenance
-    if dist.extras:
-        entry["_wheelfarm"] = dict(sorted(dist.extras.items()))
+    if dist.wheelfarm:
+        entry["_wheelfarm"] = dict(sorted(dist.wheelfarm.items()))
     return entry
 
 
@@ -147,7 +147,7 @@ def _html_anchor(dist: DistFile) -> str:
         attrs.append(f'data-dist-info-metadata="{escape(value)}"')
     if dist.provenance:
         attrs.append(f'data-provenance="{escape(dist.provenance)}"')  # PEP 740
-    for key, value in sorted(dist.extras.items()):
+    for key, value in sorted(dist.wheelfarm.items()):
         attrs.append(f'data-wheelfarm-{escape(key)}="{escape(value)}"')
     return f"<a {' '.join(attrs)}>{escape(dist.filename)}</a>"
 

@@ -22,6 +22,7 @@ FILES_FROM_PAGE = FROM_PAGE + "files/"
 FILE_ROUTE = "/files/{project}/{key}/{filename}"
 PENDING_ROUTE = "/build/{target}/{project}/{sdist}/{filename}"
 BUILT_ROUTE = "/built/{sdist}/{target}/{sha256}/{filename}"
+BUILT_BY_NAME_ROUTE = "/built/{sdist}/{target}/{filename}"  # before content addresses: lock files name it
 METADATA_SUFFIX = ".metadata"  # PEP 658: the metadata file lives at the file's URL plus ".metadata"
 PROVENANCE_SUFFIX = ".provenance"
 
@@ -49,8 +50,14 @@ def pending_path(target: Target, project: str, sdist_sha256: str, filename: str)
     return f"build/{target.id}/{project}/{sdist_sha256}/{quote(filename, safe='')}"
 
 
+def built_address(record: BuildRecord, artifact: Artifact) -> str:
+    """The sha256 in an artifact's URL: its own, except the METADATA's, which lives at its wheel's URL plus
+    ".metadata" (PEP 658) and so under the wheel's sha256 (the wheel's bytes fix their METADATA's)."""
+    return artifact_sha256(record, Artifact.WHEEL if artifact is Artifact.METADATA else artifact)
+
+
 def built_path(record: BuildRecord, artifact: Artifact) -> str:
-    """What a build left, below the mount; addressed by the artifact's own sha256."""
+    """What a build left, below the mount; content-addressed (see ``built_address``)."""
     key = record.key
     filename = quote(artifact_filename(record, artifact), safe="")
-    return f"built/{key.sdist_sha256}/{key.target}/{artifact_sha256(record, artifact)}/{filename}"
+    return f"built/{key.sdist_sha256}/{key.target}/{built_address(record, artifact)}/{filename}"

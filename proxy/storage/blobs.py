@@ -159,9 +159,10 @@ class LocalBlobStore:
         await asyncio.to_thread(upload.path.unlink, missing_ok=True)
 
     async def put(self, source: Path | bytes, key: str | None = None) -> Stored:
-        return await asyncio.to_thread(self._put, source, key)
+        return await asyncio.to_thread(self.put_blocking, source, key)
 
-    def _put(self, source: Path | bytes, key: str | None) -> Stored:
+    def put_blocking(self, source: Path | bytes, key: str | None = None) -> Stored:
+        """``put`` in this thread (for work already in a thread)."""
         data = source if isinstance(source, bytes) else None
         digest = hashlib.sha256()
         if data is not None:

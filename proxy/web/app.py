@@ -14,14 +14,17 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from builder.artifacts import Artifacts
+from builder.host import BuildHost, HostSettings
 from builder.jobs import BuildJob, Limits
-from builder.pool import Builder, LocalPool, PoolSettings
 from proxy.admin.api import create_admin_app
+from proxy.builds.embedded import BuildPolicy, EmbeddedBuildService
+from proxy.builds.records import BuildRecords
+from proxy.builds.service import BuildService, NoBuilds
 from proxy.clock import Clock, SystemClock
 from proxy.errors import UpstreamError
 from proxy.index.model import ProjectPage
 from proxy.index.names import NormalizedName
+from proxy.index.urls import BUILT_BY_NAME_ROUTE, BUILT_ROUTE, FILE_ROUTE, PENDING_ROUTE
 from proxy.pages.cache import PageCache
 from proxy.pages.rootlist import RootList
 from proxy.pages.store import PageStore
@@ -32,7 +35,7 @@ from proxy.storage.diskspace import DiskFullReport
 from proxy.storage.files import DownloadState, FileSource, FileStore
 from proxy.storage.scrub import Scrubber, Verifier
 from proxy.web.accesslog import AccessLog
-from proxy.web.builds import built, pending
+from proxy.web.builds import built, built_by_name, pending
 from proxy.web.edge import ConnectionLimits, Connections, EdgeSite
 from proxy.web.files import file
 from proxy.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -40,7 +43,7 @@ from proxy.web.metrics import Metrics, TimedUpstream
 from proxy.web.middleware import errors_and_context
 from proxy.web.pages import project_page, root_page
 from proxy.web.resources import connection_budget, quiet_loop_errors, raise_fd_limit
-from proxy.web.services import SERVICES, RenderedPages, Services, builder_status
+from proxy.web.services import SERVICES, RenderedPages, Services
 
 log = structlog.get_logger("wheelfarm")
 __all__ = ["AccessLog", "create_app", "errors_and_context", "run"]  # AccessLog: the tests' server threads
@@ -48,12 +51,14 @@ __all__ = ["AccessLog", "create_app", "errors_and_context", "run"]  # AccessLog:
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness, and whether builds are offered (and if not, why): the proxy serves pages either way."""
-    builder = request.app[SERVICES].builder if SERVICES in request.app else None
-    return web.json_response({"status": "ok", "time": time.time(), "builder": builder_status(builder)})
+    status = (await request.app[SERVICES].builds.capabilities()).status
+    return web.json_response({"status": "ok", "time": time.time(), "builder": status.view()})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[SERVICES].metrics.render()
+    services = request.app[SERVICES]
+    services.metrics.update_builds(await services.builds.counts())
+    body = services.metrics.render()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
@@ -62,10 +67,9 @@ def create_app(
     *,
     upstream: Upstream | None = None,
     clock: Clock | None = None,
-    builder: Builder | None = None,
 ) -> web.Application:
-    """The proxy. ``upstream`` defaults to HTTP against ``settings.upstream_url``; ``builder`` to the local
-    pool when ``[builder] enabled``; tests inject the clock."""
+    """The proxy. ``upstream`` defaults to HTTP against ``settings.upstream_url``; builds run on this host
+    when ``[builder] enabled``; tests inject the clock."""
     app = web.Application(middlewares=[errors_and_context], client_max_size=1 << 20)
     the_clock = clock if clock is not None else SystemClock()
 
@@ -99,20 +103,16 @@ def create_app(
         )
         await files.load()
         verifier = Verifier(files, the_clock)
-        pool = builder
-        if pool is None and settings.builder_enabled:
-            pool = await start_local_pool(settings, files)
-        if isinstance(pool, LocalPool):
-            pool.on_finished = app_metrics.build_finished
-            app_metrics.watch_builds(pool.queued_count, pool.running_count)
-        on_change = None
-        if pool is not None:
-            the_pool = pool
+        builds: BuildService = NoBuilds()
+        if settings.builder_enabled:
+            builds = await start_embedded_builds(settings, files, the_clock)
+        builds.on_finished(app_metrics.build_finished)
+        the_builds = builds
 
-            async def on_change(name: NormalizedName, page: ProjectPage | None) -> None:
-                # Built wheels follow their sdist: one gone from upstream orphans its builds.
-                sdists = frozenset(d.sha256 for d in page.files if d.sha256) if page else frozenset()
-                await the_pool.upstream_changed(name, sdists, the_clock.now())
+        async def on_change(name: NormalizedName, page: ProjectPage | None) -> None:
+            # Built wheels follow their sdist: one gone from upstream orphans its builds.
+            sdists = frozenset(d.sha256 for d in page.files if d.sha256) if page else frozenset()
+            await the_builds.upstream_changed(name, sdists)
 
         app[SERVICES] = Services(
             settings=settings,
@@ -121,20 +121,18 @@ def create_app(
             files=files,
             metrics=app_metrics,
             verifier=verifier,
-            builder=pool,
+            builds=builds,
             rendered=RenderedPages(limit=settings.cache_rendered_in_memory),
         )
         page_sizes: dict[str, float] = {"pages.bytes": 0, "pages.entries": 0}
 
         def cache_sizes() -> dict[str, float]:
-            built = [r for r in pool.records() if r.wheel_filename] if pool is not None else []
             return {
                 **page_sizes,
                 "files.bytes": files.index.total_bytes,
                 "files.entries": len(files.index),
                 "files.evictions": files.evictions,
-                "built.bytes": sum(r.wheel_size for r in built),
-                "built.entries": len(built),
+                **app_metrics.built_sizes,
             }
 
         app_metrics.watch_cache(cache_sizes)
@@ -142,8 +140,6 @@ def create_app(
         app_metrics.watch_integrity(files.counts)
         log.info("proxy_ready", upstream=redact(settings.upstream_simple_url), cache_dir=str(cache_dir))
         background = [asyncio.create_task(_measure_pages(store, page_sizes))]
-        if pool is not None:
-            background.append(asyncio.create_task(_sweep_orphans(pool, the_clock)))
         if settings.cache_scrub_mb_per_minute > 0:
             scrubber = Scrubber(files, settings.cache_scrub_mb_per_minute << 20)
             background.append(asyncio.create_task(scrubber.run()))
@@ -152,8 +148,7 @@ def create_app(
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await verifier.close()
-        if isinstance(pool, LocalPool):
-            await pool.close()
+        await builds.close()
         await files.close()
         store.close()
         if session is not None:
@@ -171,13 +166,13 @@ def create_app(
         app.router.add_get(prefix + "/simple/", root_page)
         app.router.add_get(prefix + "/simple/{project}/", project_page)
         app.router.add_get(prefix + "/simple/{project}", project_page)
-        app.router.add_get(prefix + "/files/{project}/{key}/{filename}", file)
-        app.router.add_get(prefix + "/build/{target}/{project}/{sdist}/{filename}", pending)
-        app.router.add_get(prefix + "/built/{sdist}/{target}/{filename}", built)
+        app.router.add_get(prefix + FILE_ROUTE, file)
+        app.router.add_get(prefix + PENDING_ROUTE, pending)
+        app.router.add_get(prefix + BUILT_ROUTE, built)
+        app.router.add_get(prefix + BUILT_BY_NAME_ROUTE, built_by_name)
     return app
 
 
-SWEEP_INTERVAL_SECONDS = 600.0
 PAGE_STATS_INTERVAL_SECONDS = 60.0
 
 
@@ -197,20 +192,9 @@ def _writable_folder(folder: Path) -> None:
     probe.unlink()
 
 
-async def _sweep_orphans(pool: Builder, clock: Clock) -> None:
-    """Orphans also expire for projects nobody asks about any more."""
-    while True:
-        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
-        try:
-            await pool.sweep(clock.now())
-        except OSError as exc:
-            log.warning("orphan_sweep_failed", error=str(exc))
-
-
-async def start_local_pool(settings: Settings, files: FileStore) -> LocalPool:
-    """The embedded builder pool: worker processes on this host, sdists from our own file store."""
-    artifacts = Artifacts(settings.cache_dir / "built")
-    await asyncio.to_thread(artifacts.load)
+async def start_embedded_builds(settings: Settings, files: FileStore, clock: Clock) -> EmbeddedBuildService:
+    """Builds on this host: worker processes, sdists from our own file store, records and artifacts in the
+    cache folder. The sandbox self-check runs in the background; builds are offered once it passes."""
 
     async def fetch_sdist(job: BuildJob) -> Path:
         source = FileSource(job.sdist_sha256, job.sdist_url, job.sdist_sha256, None)
@@ -223,15 +207,23 @@ async def start_local_pool(settings: Settings, files: FileStore) -> LocalPool:
             raise download.error or UpstreamError("sdist download failed")
         return download.final_path
 
-    pool = LocalPool(pool_settings(settings), artifacts, fetch_sdist)
-    pool.begin()  # cleans up earlier runs' leftovers and checks the sandbox; builds are offered after it
-    return pool
+    policy = BuildPolicy(
+        allow=settings.builder_allow,
+        deny=settings.builder_deny,
+        orphan_retention=settings.builder_orphan_retention,
+        max_builds=settings.builder_max_builds,
+    )
+    host = BuildHost(host_settings(settings))
+    records = BuildRecords(settings.cache_dir / "built")
+    service = EmbeddedBuildService(host, records, fetch_sdist, policy, clock, settings.builder_timeout)
+    await service.start()
+    return service
 
 
-def pool_settings(settings: Settings) -> PoolSettings:
+def host_settings(settings: Settings) -> HostSettings:
     mib = 1 << 20
     interpreters = dict(item.split("=", 1) for item in settings.builder_interpreters if "=" in item)
-    return PoolSettings(
+    return HostSettings(
         work_root=settings.builder_work_dir or settings.cache_dir / "work",
         index_url=settings.plain_index_url,
         workers=max(1, settings.builder_workers),
@@ -249,10 +241,6 @@ def pool_settings(settings: Settings) -> PoolSettings:
         bwrap=settings.builder_bwrap,
         interpreters=interpreters,
         targets=settings.builder_targets,
-        allow=settings.builder_allow,
-        deny=settings.builder_deny,
-        orphan_retention=settings.builder_orphan_retention,
-        max_builds=settings.builder_max_builds,
     )
 
 

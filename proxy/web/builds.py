@@ -1,10 +1,12 @@
-"""Build-pending links and built wheels.
+"""Build-pending links and what builds left.
 
 ``build/<target>/<project>/<sdist sha256>/<name>.whl`` starts (or joins) the build and holds the request
 while it runs, never sending headers before the wheel is ready (pip's read timeout is 15 s): 200 with the
 wheel when built, 503 with Retry-After while building (pip honours it; uv retries anyway), 422 naming the
-failure and its log when the build failed. ``built/<sdist sha256>/<target>/...`` serves the wheel, its
-``.metadata``, ``build.log`` and ``provenance.json``.
+failure and its log when the build failed. ``built/<sdist sha256>/<target>/<sha256>/<filename>`` serves the
+wheel, its ``.metadata``, the build log and the provenance by their own sha256 (proxy/index/urls.py), so
+each may be cached for ever; ``built/<sdist sha256>/<target>/<filename>``, the layout before, still answers
+(for lock files that pinned it) with whatever the build of that key left now, never to be cached.
 """
 
 from __future__ import annotations
@@ -18,19 +20,34 @@ from aiohttp import web
 from packaging.utils import InvalidSdistFilename, parse_sdist_filename
 from yarl import URL
 
-from builder.jobs import BuildJob, BuildKey, BuildRecord, BuildState
-from builder.pool import Builder
+from builder.jobs import (
+    Artifact,
+    BuildJob,
+    BuildKey,
+    BuildRecord,
+    BuildState,
+    artifact_filename,
+    artifact_sha256,
+)
 from builder.tags import InvalidTarget, Target
+from proxy.builds.service import NotOffered
 from proxy.builds.waiting import Waiting
 from proxy.errors import BadRequest, NotFound, WheelfarmError
 from proxy.index.model import DistFile
+from proxy.index.urls import built_address, built_path
 from proxy.web.files import CHUNK, IMMUTABLE
 from proxy.web.pages import project_name
 from proxy.web.security import error_response, plain_text
 from proxy.web.services import CACHE_OUTCOME, SERVICES, Services
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_BUILT_FILES = re.compile(r"^(build\.log|provenance\.json|[A-Za-z0-9_.+!-]+\.whl(\.metadata)?)$")
+_TARGET = re.compile(r"^[a-z0-9]+-[a-z0-9_]+$")  # a Target id: <interpreter>-<platform>
+_CONTENT_TYPES = {
+    Artifact.WHEEL: "application/octet-stream",
+    Artifact.METADATA: "text/plain; charset=utf-8",
+    Artifact.LOG: "text/plain; charset=utf-8",
+    Artifact.PROVENANCE: "application/json",
+}
 
 
 class BuildFailedError(WheelfarmError):
@@ -41,15 +58,8 @@ class BuildNotOffered(NotFound):
     pass
 
 
-def _builder(services: Services) -> Builder:
-    if services.builder is None:
-        raise NotFound("this proxy builds no wheels ([builder] enabled = false)")
-    return services.builder
-
-
 async def pending(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
-    builder = _builder(services)
     info = request.match_info
     try:
         target = Target.parse(info["target"])
@@ -66,26 +76,30 @@ async def pending(request: web.Request) -> web.StreamResponse:
     if sdist is None or sdist.filename.endswith(".whl"):
         raise NotFound(f"{project} lists no sdist with sha256 {sha} upstream")
     key = BuildKey(sha, target.id)
-    record = builder.record(key)
+    builds = services.builds
+    record = await builds.record(key)
     if record is None:
         # A link from a page cached before a restart, followed during the start-up self-check: wait for it.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(services.settings.builder_hold_seconds):
-                await builder.wait_ready()
-        if not builder.serves(target):
-            raise BuildNotOffered(f"no builder here builds for {target}")
-        if not builder.allows(project):
-            raise BuildNotOffered(f"the builder's policy does not allow building {project}")
-        task = builder.start(_job(project, sdist, target))
-        request[CACHE_OUTCOME] = "building"
-        waiting = _waiting(services)
-        age = _age(builder, key)
-        if not waiting.gave_up(age):
-            await asyncio.wait({task}, timeout=waiting.hold(request.headers.get("User-Agent")))
-        if not task.done():
-            return _still_building(waiting, _age(builder, key), sdist, target)
-        record = task.result()
-    return _answer(request, services, record)
+                await builds.wait_ready()
+        try:
+            submitted = await builds.submit(_job(project, sdist, target))
+        except NotOffered as exc:
+            raise BuildNotOffered(str(exc)) from None
+        if isinstance(submitted, BuildRecord):
+            record = submitted
+        else:
+            request[CACHE_OUTCOME] = "building"
+            waiting = _waiting(services)
+            age = max(0.0, time.time() - submitted.queued_at)
+            if not waiting.gave_up(age):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(waiting.hold(request.headers.get("User-Agent"))):
+                        record = await builds.wait(key)
+            if record is None:
+                return _still_building(waiting, max(0.0, time.time() - submitted.queued_at), sdist, target)
+    return await _answer(request, services, record)
 
 
 def _waiting(services: Services) -> Waiting:
@@ -96,14 +110,6 @@ def _waiting(services: Services) -> Waiting:
         retry_after=settings.builder_retry_after,
         max_wait=settings.builder_max_wait,
     )
-
-
-def _age(builder: Builder, key: BuildKey) -> float:
-    """Seconds since the build of ``key`` was asked for (0 if it is not running)."""
-    for running in builder.running():
-        if running.job.key == key:
-            return max(0.0, time.time() - running.queued_at)
-    return 0.0
 
 
 def _still_building(waiting: Waiting, age: float, sdist: DistFile, target: Target) -> web.Response:
@@ -133,56 +139,84 @@ def _job(project: str, sdist: DistFile, target: Target) -> BuildJob:
     return BuildJob(project, str(version), sdist.filename, sdist.sha256, sdist.url, target)
 
 
-def _answer(request: web.Request, services: Services, record: BuildRecord) -> web.StreamResponse:
-    folder = f"built/{record.key.sdist_sha256}/{record.key.target}/"
+async def _answer(request: web.Request, services: Services, record: BuildRecord) -> web.StreamResponse:
     if record.state is BuildState.FAILED:
-        log_url = str(request.url.join(URL("../../../../" + folder + "build.log")))
+        log_url = str(request.url.join(URL("../../../../" + built_path(record, Artifact.LOG))))
         summary = f"wheel build failed in {record.phase.value if record.phase else '?'}: {record.error}"
         error = BuildFailedError(f"{summary}\nbuild log: {log_url}")
         # pip shows the reason phrase of a 4xx; keep it one latin-1 line (RFC 9112 section 4).
         error.reason = plain_text(f"{summary} (log: {log_url})".replace("\n", " "))[:300]
         error.reason = error.reason.encode("latin-1", "replace").decode("latin-1")
         raise error
-    assert services.builder is not None
-    wheel = services.builder.artifact(record.key, record.wheel_filename)
-    if wheel is None:
-        raise NotFound(f"the wheel built from {record.sdist_filename} is gone from the store")
-    headers = {
-        "Content-Type": "application/octet-stream",
-        "Cache-Control": IMMUTABLE,
-        # pip names the downloaded file after Content-Disposition (RFC 6266): the wheel's real name.
-        "Content-Disposition": f'attachment; filename="{record.wheel_filename}"',
-        "X-Wheelfarm-Built-From": record.sdist_filename,
-    }
     request[CACHE_OUTCOME] = request.get(CACHE_OUTCOME, "built")
-    return web.FileResponse(wheel, chunk_size=CHUNK, headers=headers)
+    # pip names the downloaded file after Content-Disposition (RFC 6266): the wheel's real name.
+    disposition = {"Content-Disposition": f'attachment; filename="{record.wheel_filename}"'}
+    headers = {**disposition, "X-Wheelfarm-Built-From": record.sdist_filename}
+    return await _artifact_response(request, services, record, Artifact.WHEEL, IMMUTABLE, headers)
 
 
 async def built(request: web.Request) -> web.StreamResponse:
-    return serve_built(request, request.app[SERVICES])
+    return await serve_built(request, request.app[SERVICES])
 
 
-def serve_built(request: web.Request, services: Services) -> web.StreamResponse:
-    """A build's wheel, metadata, log or provenance (also served by the admin listener, for its links)."""
-    builder = _builder(services)
-    sha, target, filename = (request.match_info[k] for k in ("sdist", "target", "filename"))
-    if not _SHA256.match(sha) or not _BUILT_FILES.match(filename):
+async def serve_built(request: web.Request, services: Services) -> web.StreamResponse:
+    """What a build left, by its sha256 (also served by the admin listener, for its links)."""
+    info = request.match_info
+    record = await _record_of(request, services)
+    sha, filename = info["sha256"], info["filename"]
+    for artifact in Artifact:
+        if (
+            sha
+            and built_address(record, artifact) == sha
+            and artifact_filename(record, artifact) == filename
+        ):
+            request[CACHE_OUTCOME] = "hit"
+            return await _artifact_response(request, services, record, artifact, IMMUTABLE)
+    raise NotFound(f"the build of {record.sdist_filename} for {record.key.target} left no {filename} {sha}")
+
+
+async def built_by_name(request: web.Request) -> web.StreamResponse:
+    return await serve_built_by_name(request, request.app[SERVICES])
+
+
+async def serve_built_by_name(request: web.Request, services: Services) -> web.StreamResponse:
+    """The layout before content addresses: what the build of the key left now (a retry changes it)."""
+    record = await _record_of(request, services)
+    filename = request.match_info["filename"]
+    for artifact in Artifact:
+        if artifact_filename(record, artifact) == filename and artifact_sha256(record, artifact):
+            request[CACHE_OUTCOME] = "hit"
+            return await _artifact_response(request, services, record, artifact, "no-cache")
+    raise NotFound(f"the build of {record.sdist_filename} for {record.key.target} made no {filename}")
+
+
+async def _record_of(request: web.Request, services: Services) -> BuildRecord:
+    sha, target = request.match_info["sdist"], request.match_info["target"]
+    if not _SHA256.match(sha) or not _TARGET.match(target):
         raise NotFound(f"no such built file: {request.path}")
-    record = builder.record(BuildKey(sha, target))
+    record = await services.builds.record(BuildKey(sha, target), final=False)
     if record is None:
         raise NotFound(f"no build of {sha} for {target}")
-    if filename.endswith((".whl", ".whl.metadata")) and not filename.startswith(record.wheel_filename or "-"):
-        raise NotFound(f"the build of {record.sdist_filename} for {target} made no {filename}")
-    path = builder.artifact(record.key, filename)
-    if path is None:
-        raise NotFound(f"the build of {record.sdist_filename} for {target} has no {filename}")
-    content_type = {
-        "build.log": "text/plain; charset=utf-8",
-        "provenance.json": "application/json",
-    }.get(
-        filename,
-        "text/plain; charset=utf-8" if filename.endswith(".metadata") else "application/octet-stream",
-    )
-    request[CACHE_OUTCOME] = "hit"
-    headers = {"Content-Type": content_type, "Cache-Control": IMMUTABLE}
-    return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
+    return record
+
+
+async def _artifact_response(
+    request: web.Request,
+    services: Services,
+    record: BuildRecord,
+    artifact: Artifact,
+    cache_control: str,
+    extra: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    blob = await services.builds.artifact(record, artifact)
+    if blob is None:
+        raise NotFound(f"the {artifact.value} of the build of {record.sdist_filename} is gone from the store")
+    headers = {"Content-Type": _CONTENT_TYPES[artifact], "Cache-Control": cache_control, **(extra or {})}
+    if blob.path is not None:
+        return web.FileResponse(blob.path, chunk_size=CHUNK, headers=headers)
+    response = web.StreamResponse(headers={**headers, "Content-Length": str(blob.size)})
+    await response.prepare(request)
+    async for chunk in services.builds.chunks(blob):
+        await response.write(chunk)
+    await response.write_eof()
+    return response

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from builder.jobs import BuildRecord
+from proxy.builds.service import BuildCounts
 from proxy.index.names import NormalizedName
 from proxy.pages.upstream import Upstream, UpstreamFile, UpstreamPage
 from proxy.storage.diskspace import DiskFullReport
@@ -101,6 +102,7 @@ class Metrics:
             "wheelfarm_build_queue_depth", "Builds waiting for a worker", registry=self.registry
         )
         self.running = Gauge("wheelfarm_builds_running", "Builds in a worker now", registry=self.registry)
+        self.built_sizes: dict[str, float] = {"built.bytes": 0, "built.entries": 0}
         # process_open_fds, process_max_fds, process_resident_memory_bytes: read from /proc when scraped.
         ProcessCollector(registry=self.registry)
 
@@ -128,9 +130,11 @@ class Metrics:
         """Client connections open now, and those the proxy closed or refused, by reason (proxy.web.edge)."""
         self.registry.register(_Connections(open_now, closed))
 
-    def watch_builds(self, queued: Callable[[], int], running: Callable[[], int]) -> None:
-        self.queue_depth.set_function(queued)
-        self.running.set_function(running)
+    def update_builds(self, counts: BuildCounts) -> None:
+        """What the build service counts now, set just before a scrape (asking it is async)."""
+        self.queue_depth.set(counts.queued)
+        self.running.set(counts.running)
+        self.built_sizes = {"built.bytes": counts.built_bytes, "built.entries": counts.done}
 
     def build_finished(self, record: BuildRecord) -> None:
         self.builds.labels(record.state.value).inc()

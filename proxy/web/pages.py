@@ -28,7 +28,7 @@ def page_target(request: web.Request) -> tuple[Target | None, str]:
             raise BadRequest(str(exc)) from None
     if request.path.startswith("/plain/"):
         return None, "Accept"
-    if request.app[SERVICES].builder is None:
+    if not request.app[SERVICES].settings.builder_enabled:
         return None, "Accept"
     return target_from_user_agent(request.headers.get("User-Agent")), "Accept, User-Agent"
 
@@ -77,13 +77,13 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     result = await services.pages.project(name)
     request[CACHE_OUTCOME] = result.outcome.value
     targets: tuple[Target, ...] = (target,) if target is not None else ()
-    if (
-        target is not None
-        and services.builder is not None
-        and locking_client(request.headers.get("User-Agent"))
-    ):
-        targets = await lock_view(services, result.page, target)
-    rendered = await services.rendered.get(result, fmt, targets, services.builder)
+    capabilities = await services.builds.capabilities()
+    builds = await services.builds.project(name)
+    if target is not None and locking_client(request.headers.get("User-Agent")):
+        hold = services.settings.builder_uv_hold_seconds
+        targets = await lock_view(services.builds, result.page, target, capabilities, builds, hold)
+        builds = await services.builds.project(name)  # what the lock view's builds finished meanwhile
+    rendered = await services.rendered.get(result, fmt, targets, capabilities, builds)
     compressed = _accepts_gzip(request)
     etag = rendered.gzip_etag if compressed else rendered.etag
     # One header dict, handed to the response whole: a warm page costs ~150 microseconds, and setting

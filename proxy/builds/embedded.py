@@ -1,0 +1,353 @@
+"""The embedded build service: builds run on this host (builder/host.py), records and artifacts are kept in
+the cache folder (proxy/builds/records.py). One process; the default deployment.
+
+Builds run as tasks of their own, so a client that hangs up does not cancel a build that others (or later
+clients) will use; one build per key at a time. The sdist is fetched before a worker slot is taken: a slow
+upstream must not hold a slot other builds wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fnmatch
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from builder.host import BUILDER_VERSION, BuildHost
+from builder.jobs import (
+    Artifact,
+    BuildJob,
+    BuildKey,
+    BuildProgress,
+    BuildRecord,
+    BuildState,
+    Phase,
+    artifact_sha256,
+)
+from builder.protocol import WorkerReport
+from builder.workdir import BuildFolder
+from proxy.builds.records import BuildRecords
+from proxy.builds.service import (
+    BuildCounts,
+    Capabilities,
+    FinishedListener,
+    NotOffered,
+    ProjectBuilds,
+    ServiceState,
+    ServiceStatus,
+)
+from proxy.clock import Clock
+from proxy.storage.blobs import Blob
+
+log = structlog.get_logger(__name__)
+
+SdistFetcher = Callable[[BuildJob], Awaitable[Path]]
+SWEEP_INTERVAL_SECONDS = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class BuildPolicy:
+    """Which projects may be built (fnmatch patterns of normalized names), what is kept, and how long."""
+
+    allow: tuple[str, ...] = ("*",)
+    deny: tuple[str, ...] = ()
+    orphan_retention: float = 7 * 24 * 3600.0  # seconds a build outlives its sdist upstream
+    max_builds: int = 10_000  # records kept; past it orphans go first, then the oldest
+
+    def why_not(self, project: str) -> str | None:
+        if any(fnmatch.fnmatchcase(project, pattern) for pattern in self.deny):
+            return f"the builder's policy does not allow building {project} ([builder] deny)"
+        if not any(fnmatch.fnmatchcase(project, pattern) for pattern in self.allow):
+            return f"the builder's policy does not allow building {project} ([builder] allow)"
+        return None
+
+
+@dataclass(eq=False)
+class _Running:
+    job: BuildJob
+    task: asyncio.Task[BuildRecord]
+    queued_at: float
+    started_at: float | None = None
+
+    @property
+    def progress(self) -> BuildProgress:
+        return BuildProgress(self.job, self.queued_at, self.started_at)
+
+
+class EmbeddedBuildService:
+    def __init__(
+        self,
+        host: BuildHost,
+        records: BuildRecords,
+        fetch_sdist: SdistFetcher,
+        policy: BuildPolicy,
+        clock: Clock,
+        fetch_timeout: float,
+    ) -> None:
+        self._host = host
+        self._records = records
+        self._fetch_sdist = fetch_sdist
+        self._policy = policy
+        self._clock = clock
+        self._fetch_timeout = fetch_timeout
+        self._status = ServiceStatus(ServiceState.CHECKING)
+        self._running: dict[BuildKey, _Running] = {}
+        self._versions: dict[str, int] = {}
+        self._snapshots: dict[str, ProjectBuilds] = {}
+        # Projects a build found to need a toolchain this builder lacks (Phase.TOOLCHAIN): none of their
+        # releases is offered for builds here, so no other client meets a build that cannot work.
+        self._lacking: dict[str, str] = {}
+        self._listeners: list[FinishedListener] = []
+        self._background: list[asyncio.Task[None]] = []
+        self._check: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the records, then check the host in the background; builds are offered once it passes."""
+        await asyncio.to_thread(self._records.load)
+        for record in self._records:
+            self._note_lacking(record)
+        self._check = asyncio.create_task(self._start_up(), name="builder self-check")
+        self._background.append(asyncio.create_task(self._sweep_now_and_then(), name="orphan sweep"))
+
+    async def _start_up(self) -> None:
+        reason = await self._host.start()
+        if reason is None:
+            self._status = ServiceStatus(ServiceState.READY)
+            settings = self._host.settings
+            log.info("builder_ready", workers=settings.workers, index=settings.index_url)
+        else:
+            self._status = ServiceStatus(ServiceState.UNAVAILABLE, reason)
+            log.warning("builds_disabled", reason=reason)
+
+    async def capabilities(self) -> Capabilities:
+        if self._status.state is not ServiceState.READY:
+            return Capabilities(self._status)
+        return Capabilities(self._status, (self._host.offer,))
+
+    async def wait_ready(self) -> ServiceStatus:
+        if self._status.state is ServiceState.CHECKING and self._check is not None:
+            await asyncio.shield(self._check)
+        return self._status
+
+    async def project(self, project: str) -> ProjectBuilds:
+        version = self._versions.get(project, 0)
+        snapshot = self._snapshots.get(project)
+        if snapshot is not None and snapshot.version == version:
+            return snapshot
+        final = {key: r for key, r in self._records.of_project(project).items() if self._final(r)}
+        reason = self._why_not(project)
+        snapshot = ProjectBuilds(project, version, reason is None, final, reason or "")
+        if final:  # only projects with builds: the names are the clients' to choose
+            self._snapshots[project] = snapshot
+        return snapshot
+
+    async def submit(self, job: BuildJob) -> BuildProgress | BuildRecord:
+        record = await self.record(job.key)
+        if record is not None:
+            return record
+        running = self._running.get(job.key)
+        if running is not None:
+            return running.progress
+        if not (await self.capabilities()).serves(job.target):
+            raise NotOffered(f"no builder here builds for {job.target}")
+        reason = self._why_not(job.project)
+        if reason is not None:
+            raise NotOffered(reason)
+        task = asyncio.create_task(self._build(job), name=f"build {job.key}")
+        running = self._running[job.key] = _Running(job, task, time.time())
+        task.add_done_callback(lambda _: self._running.pop(job.key, None))
+        return running.progress
+
+    async def wait(self, key: BuildKey) -> BuildRecord | None:
+        running = self._running.get(key)
+        if running is None:
+            return self._records.get(key)
+        # Shielded: a waiting client that gives up (its timeout, a hang-up) must not cancel the build.
+        return await asyncio.shield(running.task)
+
+    async def record(self, key: BuildKey, *, final: bool = True) -> BuildRecord | None:
+        record = self._records.get(key)
+        if record is None or not final or self._final(record):
+            return record
+        return None
+
+    async def records(self, project: str | None = None) -> Sequence[BuildRecord]:
+        chosen = self._records if project is None else self._records.of_project(project).values()
+        return sorted(chosen, key=lambda r: (r.project, r.version, r.key.target))
+
+    async def active(self) -> Sequence[BuildProgress]:
+        return sorted((running.progress for running in self._running.values()), key=lambda p: p.queued_at)
+
+    async def counts(self) -> BuildCounts:
+        records = list(self._records)
+        return BuildCounts(
+            queued=sum(1 for r in self._running.values() if r.started_at is None),
+            running=sum(1 for r in self._running.values() if r.started_at is not None),
+            done=sum(1 for r in records if r.state is BuildState.DONE),
+            failed=sum(1 for r in records if r.state is BuildState.FAILED),
+            orphaned=sum(1 for r in records if r.orphaned_since is not None),
+            built_bytes=sum(r.wheel_size for r in records if r.state is BuildState.DONE),
+        )
+
+    async def artifact(self, record: BuildRecord, artifact: Artifact) -> Blob | None:
+        sha = artifact_sha256(record, artifact)
+        return await self._records.blobs.get(sha) if sha else None
+
+    async def chunks(self, blob: Blob, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        async for chunk in self._records.blobs.chunks(blob.key, start, end):
+            yield chunk
+
+    async def forget(self, key: BuildKey) -> BuildRecord | None:
+        record = await self._records.forget(key)
+        if record is not None:
+            if record.phase is Phase.TOOLCHAIN:
+                self._lacking.pop(record.project, None)  # a retry asks again
+            self._bump(record.project)
+        return record
+
+    async def upstream_changed(self, project: str, sdists: frozenset[str]) -> None:
+        now = self._clock.now()
+        changed = False
+        for record in list(self._records.of_project(project).values()):
+            listed = record.key.sdist_sha256 in sdists
+            if listed and record.orphaned_since is not None:
+                await self._records.save(_orphaned(record, None))
+                changed = True
+            elif not listed and record.orphaned_since is None:
+                await self._records.save(_orphaned(record, now))
+                log.info(
+                    "build_orphaned", project=project, sdist=record.sdist_filename, target=record.key.target
+                )
+                changed = True
+        await self._sweep(self._records.of_project(project).values(), now)
+        if changed:
+            self._bump(project)
+
+    def on_finished(self, listener: FinishedListener) -> None:
+        self._listeners.append(listener)
+
+    async def close(self) -> None:
+        tasks: list[asyncio.Task[object]] = [running.task for running in self._running.values()]
+        tasks.extend(self._background)
+        if self._check is not None:
+            tasks.append(self._check)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _final(self, record: BuildRecord) -> bool:
+        """A failure is final only when the package caused it with this builder: one an older builder made,
+        or the host's own (phase internal), may be tried again."""
+        if record.state is not BuildState.FAILED:
+            return True
+        return record.builder == BUILDER_VERSION and record.phase is not Phase.INTERNAL
+
+    def _why_not(self, project: str) -> str | None:
+        if project in self._lacking:
+            why = self._lacking[project]
+            return f"an earlier build of {project} needed a toolchain this builder lacks: {why}"
+        return self._policy.why_not(project)
+
+    def _note_lacking(self, record: BuildRecord) -> None:
+        if record.phase is Phase.TOOLCHAIN and record.builder == BUILDER_VERSION:
+            self._lacking[record.project] = record.error
+
+    def _bump(self, project: str) -> None:
+        self._versions[project] = self._versions.get(project, 0) + 1
+        self._snapshots.pop(project, None)
+
+    async def _sweep_now_and_then(self) -> None:
+        """Orphans also expire for projects nobody asks about any more."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+            try:
+                await self._sweep(list(self._records), self._clock.now())
+            except OSError as exc:
+                log.warning("orphan_sweep_failed", error=str(exc))
+
+    async def _sweep(self, records: Iterable[BuildRecord], now: float) -> None:
+        """Delete orphaned builds older than the retention time."""
+        for record in list(records):
+            since = record.orphaned_since
+            if since is not None and now - since >= self._policy.orphan_retention:
+                await self.forget(record.key)
+                log.info("orphan_deleted", project=record.project, sdist=record.sdist_filename)
+
+    async def _build(self, job: BuildJob) -> BuildRecord:
+        queued = time.time()
+        running = self._running.get(job.key)
+
+        def started() -> None:
+            if running is not None:
+                running.started_at = time.time()
+
+        async def keep(report: WorkerReport, folder: BuildFolder | None) -> BuildRecord:
+            finished = time.time()
+            record = BuildRecord(
+                key=job.key,
+                state=BuildState.DONE if report.ok else BuildState.FAILED,
+                project=job.project,
+                version=job.version,
+                sdist_filename=job.sdist_filename,
+                started_at=finished - report.build_seconds,
+                finished_at=finished,
+                queued_seconds=max(0.0, finished - report.build_seconds - queued),
+                wheel_filename=report.wheel_filename,
+                error=report.error,
+                phase=Phase(report.phase) if report.phase else None,
+                builder=BUILDER_VERSION,
+            )
+            return await self._records.keep(record, report, folder)
+
+        sdist, failure = await self._fetch(job)
+        if sdist is None:
+            record = await keep(failure or WorkerReport.failure(Phase.FETCH, "no sdist"), None)
+        else:
+            record = await self._host.build(job, sdist, keep, started)
+        await self._prune()
+        self._note_lacking(record)
+        self._bump(job.project)
+        for listener in self._listeners:
+            listener(record)
+        log.info(
+            "build_finished",
+            project=job.project,
+            version=job.version,
+            target=job.target.id,
+            state=record.state.value,
+            seconds=round(record.duration, 2),
+            queued_seconds=round(record.queued_seconds, 2),
+            phase=record.phase.value if record.phase else None,
+            error=record.error or None,
+        )
+        return record
+
+    async def _fetch(self, job: BuildJob) -> tuple[Path | None, WorkerReport | None]:
+        """The verified sdist, or the failure to get it (within the build's time limit)."""
+        deadline = self._fetch_timeout
+        try:
+            return await asyncio.wait_for(self._fetch_sdist(job), deadline), None
+        except TimeoutError:
+            return None, WorkerReport.failure(
+                Phase.FETCH, f"the sdist did not arrive within {deadline:.0f} s"
+            )
+        except Exception as exc:  # any fetch failure is this build's failure, named
+            return None, WorkerReport.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}")
+
+    async def _prune(self) -> None:
+        """Past ``max_builds`` records: orphans go first, then the oldest finished."""
+        excess = len(self._records) - self._policy.max_builds
+        if self._policy.max_builds <= 0 or excess <= 0:
+            return
+        order = sorted(self._records, key=lambda r: (r.orphaned_since is None, r.finished_at))
+        for record in order[:excess]:
+            await self.forget(record.key)
+
+
+def _orphaned(record: BuildRecord, since: float | None) -> BuildRecord:
+    return dataclasses.replace(record, orphaned_since=since)

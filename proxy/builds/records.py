@@ -1,0 +1,194 @@
+"""Finished builds on this host's disk: one JSON record per build key, the artifacts in a blob store.
+
+    <root>/records/<sdist sha256>/<target>.json   the BuildRecord, naming each artifact by its sha256
+    <root>/blobs/<2 hex>/<sha256>                  wheels, METADATA, logs, provenance (content-addressed)
+
+Artifacts are stored before their record is written (by rename), so a record never names a missing blob;
+a blob no record names any more is deleted with the last record that named it. The index of records is
+kept in memory, per project, so a page render or an upstream change looks at one project's builds only.
+The layout of wheelfarm-builder/2 before this one (``<root>/<sdist sha256>/<target>/record.json`` next to
+the files) is moved into this one when the store is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import shutil
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import orjson
+import structlog
+
+from builder.jobs import Artifact, BuildKey, BuildRecord, artifact_sha256
+from builder.protocol import WorkerReport
+from builder.workdir import BuildFolder
+from proxy.storage.blobs import LocalBlobStore, Stored
+
+log = structlog.get_logger(__name__)
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TARGET = re.compile(r"^[a-z0-9]+-[a-z0-9_]+$")  # a Target id: <interpreter>-<platform>
+
+
+class BuildRecords:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = LocalBlobStore(root)
+        self._folder = root / "records"
+        self._records: dict[BuildKey, BuildRecord] = {}
+        self._by_project: dict[str, dict[BuildKey, BuildRecord]] = {}
+        self._references: Counter[str] = Counter()  # artifact sha256 -> records naming it
+
+    def load(self) -> None:
+        """Read every record (blocking: call it in a thread, once, before serving)."""
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self.blobs.clear_partial()
+        self._migrate_old_layout()
+        for path in self._folder.glob("*/*.json"):
+            try:
+                record = BuildRecord.from_json(path.read_bytes())
+            except (OSError, ValueError, TypeError, KeyError):
+                log.warning("build_record_unreadable", path=str(path))
+                continue
+            self._index(record)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, key: BuildKey) -> BuildRecord | None:
+        return self._records.get(key)
+
+    def of_project(self, project: str) -> Mapping[BuildKey, BuildRecord]:
+        return self._by_project.get(project, {})
+
+    def __iter__(self) -> Iterator[BuildRecord]:
+        return iter(list(self._records.values()))
+
+    async def keep(
+        self, record: BuildRecord, report: WorkerReport, folder: BuildFolder | None
+    ) -> BuildRecord:
+        """Store a finished build: its log, and when it succeeded its wheel, METADATA and provenance, copied
+        from the worker's own files in ``folder`` (never from the build's tree); then its record."""
+        log_file = folder.log if folder is not None else None
+        stored_log = await self._put_log(log_file, report)
+        record = dataclasses.replace(record, log_sha256=stored_log.sha256)
+        if report.ok and folder is not None:
+            wheel = folder.result / report.wheel_filename
+            stored_wheel = await self.blobs.put(wheel)
+            metadata = await self.blobs.put(wheel.with_name(wheel.name + ".metadata"))
+            provenance = await self.blobs.put(orjson.dumps(report.provenance, option=orjson.OPT_INDENT_2))
+            record = dataclasses.replace(
+                record,
+                wheel_sha256=stored_wheel.sha256,
+                wheel_size=stored_wheel.blob.size,
+                metadata_sha256=metadata.sha256,
+                provenance_sha256=provenance.sha256,
+            )
+        await self.save(record)
+        return record
+
+    async def _put_log(self, path: Path | None, report: WorkerReport) -> Stored:
+        if path is not None and await asyncio.to_thread(_plain_file, path):
+            return await self.blobs.put(path)
+        return await self.blobs.put(f"build failed in {report.phase}: {report.error}\n".encode())
+
+    async def save(self, record: BuildRecord) -> None:
+        """Write ``record`` (a new one, or an existing one changed), replacing any record of its key."""
+        await asyncio.to_thread(self._write, record)
+        old = self._records.get(record.key)
+        self._index(record)
+        if old is not None:
+            await self._release(old)
+
+    async def forget(self, key: BuildKey) -> BuildRecord | None:
+        """Delete the record of ``key``, and the artifacts no other record names."""
+        record = self._records.pop(key, None)
+        if record is None:
+            return None
+        project = self._by_project.get(record.project, {})
+        project.pop(key, None)
+        if not project:
+            self._by_project.pop(record.project, None)
+        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+        await self._release(record)
+        return record
+
+    def _index(self, record: BuildRecord) -> None:
+        old = self._records.get(record.key)
+        if old is not None:
+            self._references.update(_shas(old))  # released by the caller once the new record is written
+        self._records[record.key] = record
+        self._by_project.setdefault(record.project, {})[record.key] = record
+        self._references.update(_shas(record))
+
+    async def _release(self, record: BuildRecord) -> None:
+        for sha in _shas(record):
+            self._references[sha] -= 1
+            if self._references[sha] <= 0:
+                del self._references[sha]
+                await self.blobs.delete(sha)
+
+    def _path(self, key: BuildKey) -> Path:
+        if not _SHA256.match(key.sdist_sha256) or not _TARGET.match(key.target):
+            raise ValueError(f"not a build key: {key}")
+        return self._folder / key.sdist_sha256 / f"{key.target}.json"
+
+    def _write(self, record: BuildRecord) -> None:
+        path = self._path(record.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_bytes(record.to_json())
+        os.replace(partial, path)
+
+    def _migrate_old_layout(self) -> None:
+        """Move wheelfarm-builder/2's folders (record.json next to the files) into the blob store."""
+        for folder in self.root.iterdir():
+            if not _SHA256.match(folder.name) or not folder.is_dir() or folder.is_symlink():
+                continue
+            for build in folder.iterdir():
+                try:
+                    self._migrate(build)
+                except (OSError, ValueError, TypeError, KeyError) as exc:
+                    log.warning("old_build_not_migrated", folder=str(build), error=str(exc))
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _migrate(self, build: Path) -> None:
+        record = BuildRecord.from_json((build / "record.json").read_bytes())
+        found = {
+            "log_sha256": build / "build.log",
+            "provenance_sha256": build / "provenance.json",
+            "wheel_sha256": build / record.wheel_filename if record.wheel_filename else None,
+            "metadata_sha256": build / (record.wheel_filename + ".metadata")
+            if record.wheel_filename
+            else None,
+        }
+        shas = {
+            field: self.blobs.put_blocking(path).sha256
+            for field, path in found.items()
+            if path is not None and _plain_file(path)
+        }
+        record = dataclasses.replace(
+            record,
+            log_sha256=shas.get("log_sha256", ""),
+            provenance_sha256=shas.get("provenance_sha256", ""),
+            wheel_sha256=shas.get("wheel_sha256", ""),
+            metadata_sha256=shas.get("metadata_sha256", ""),
+        )
+        self._write(record)
+        log.info(
+            "build_migrated", project=record.project, sdist=record.sdist_filename, target=record.key.target
+        )
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file, not a link to one (a build's output is never followed out of its folder)."""
+    return path.is_file() and not path.is_symlink()
+
+
+def _shas(record: BuildRecord) -> list[str]:
+    return [sha for artifact in Artifact if (sha := artifact_sha256(record, artifact))]
