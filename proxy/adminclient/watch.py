@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from builder.jobs import BuildKey
 from proxy.adminclient.http import BUILD_AHEAD_TIMEOUT, AdminClient, AdminError, ExitCode
-from proxy.adminclient.text import _json, _outcome, _printable, _seconds, _table
+from proxy.adminclient.text import build_outcome, human_seconds, printable, table, write_json
 
 LOG_LINES = 6  # lines of a failed build's log shown under its reason: the last that look like errors
 # A Python exception ("RuntimeError: ...") or a compiler's or setuptools' "error: ...".
@@ -78,12 +78,11 @@ class Tracked:
     def line(self) -> str:
         elapsed = self.view.get("elapsed_seconds", self.view.get("duration_seconds"))
         if self.phase in (Phase.DONE, Phase.FAILED):
-            detail = ("-> " if self.phase is Phase.DONE else "") + _outcome(self.view)
+            detail = ("-> " if self.phase is Phase.DONE else "") + build_outcome(self.view)
         else:
             detail = self.note or self.sdist
-        return (
-            f"{self.phase.value:<8} {_seconds(elapsed) if self.view else '':>7}  {self.requirement}  {detail}"
-        )
+        shown = human_seconds(elapsed) if self.view else ""
+        return f"{self.phase.value:<8} {shown:>7}  {self.requirement}  {detail}"
 
 
 class Watch:
@@ -134,7 +133,7 @@ class Watch:
 
     def _header(self) -> str:
         text = ", ".join(f"{self._count(phase)} {phase.value}" for phase in Phase if self._count(phase))
-        return f"building for {self.target}: {text} ({_seconds(time.monotonic() - self._began)})"
+        return f"building for {self.target}: {text} ({human_seconds(time.monotonic() - self._began)})"
 
     def _draw(self, lines: list[str]) -> None:
         width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
@@ -148,13 +147,13 @@ class Watch:
         waiting = [b for b in self.builds if not b.phase.finished]
         if not show:
             entries = [build.to_json() for build in self.builds]
-            _json({"target": self.target, "builds": entries}, self.out)
+            write_json({"target": self.target, "builds": entries}, self.out)
         else:
             for build in failed:
                 self._explain(build)
             self.out.write(
                 f"{self._count(Phase.DONE)} built, {len(failed)} failed, {self._count(Phase.SKIPPED)} skipped"
-                f" for {self.target} in {_seconds(time.monotonic() - self._began)}\n"
+                f" for {self.target} in {human_seconds(time.monotonic() - self._began)}\n"
             )
             if gave_up:
                 self.out.write(
@@ -170,10 +169,10 @@ class Watch:
             return
         self.out.write(f" in {build.view.get('phase')}:\n")
         for line in str(build.view.get("error", "")).splitlines() or ["(no reason given)"]:
-            self.out.write(f"    {_printable(line)}\n")
+            self.out.write(f"    {printable(line)}\n")
         tail = self.client.tail(build.view["log"])
         if errors := [line for line in tail if ERROR_LINE.search(line)][-LOG_LINES:] or tail[-LOG_LINES:]:
-            self.out.write("  from the log:\n" + "".join(f"    | {_printable(line)}\n" for line in errors))
+            self.out.write("  from the log:\n" + "".join(f"    | {printable(line)}\n" for line in errors))
         self.out.write(f"  log:   {self.client.url(build.view['log'])}\n")
         self.out.write(f"  retry: wheelfarm build retry {build.key.sdist_sha256} {build.key.target}\n")
 
@@ -213,10 +212,10 @@ def build_ahead(client: AdminClient, args: argparse.Namespace, out: TextIO) -> E
     started = client.post("api/build-ahead", body, timeout=BUILD_AHEAD_TIMEOUT)
     if args.no_wait:
         if args.json:
-            _json(started, out)
+            write_json(started, out)
         else:
             rows = [[b["state"], b["requirement"], b.get("sdist", "")] for b in started["builds"]]
-            out.write("\n".join(_table(rows, indent="")) + "\n")
+            out.write("\n".join(table(rows, indent="")) + "\n")
         return ExitCode.OK
     watch = Watch(client, started, out, interactive=not args.json and out.isatty())
     return watch.run(args.interval, args.timeout, show=not args.json)
