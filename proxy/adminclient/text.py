@@ -9,7 +9,12 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-BUILD_STATES = ("queued", "running", "done", "failed", "orphaned")  # the order counts are shown in
+from builder.jobs import BuildState
+
+# Beside the counts of each BuildState, the builds' counts name this one: finished builds whose sdist upstream
+# no longer lists (deleted once the retention time has passed).
+ORPHANED = "orphaned"
+COUNT_ORDER = (*(state.value for state in BuildState), ORPHANED)  # the order counts are shown in
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -99,9 +104,7 @@ def verify_lines(run: dict[str, Any]) -> list[str]:
 
 def build_counts(builds: dict[str, int]) -> str:
     """The build counts of ``api/summary`` or ``api/builds`` on one line, in the order a build goes."""
-    order = sorted(
-        builds, key=lambda s: (BUILD_STATES.index(s) if s in BUILD_STATES else len(BUILD_STATES), s)
-    )
+    order = sorted(builds, key=lambda s: (COUNT_ORDER.index(s) if s in COUNT_ORDER else len(COUNT_ORDER), s))
     return ", ".join(f"{builds[state]} {state}" for state in order)
 
 
