@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from builder.jobs import BuildKey, BuildState
 from proxy.adminclient.http import BUILD_AHEAD_TIMEOUT, AdminClient, AdminError, ExitCode
 from proxy.adminclient.text import build_outcome, human_seconds, printable, table, write_json
+from proxy.builds.requirementsfile import Include, requirement_items
 
 LOG_LINES = 6  # lines of a failed build's log shown under its reason: the last that look like errors
 # A Python exception ("RuntimeError: ...") or a compiler's or setuptools' "error: ...".
@@ -183,25 +184,22 @@ class Watch:
 
 
 def read_requirements(source: str, seen: frozenset[Path] = frozenset()) -> list[str]:
-    """The requirements of a pip requirements file (``-`` is stdin), one per item, as pip reads them:
-    backslash continuations joined, comments and per-requirement options (``--hash=...``) dropped, nested
-    ``-r`` files read in place, other option lines (``-c``, ``--index-url``, ``-e``) skipped."""
+    """The requirements of a pip requirements file (``-`` is stdin), one per item, as pip reads them
+    (proxy/builds/requirementsfile.py), with nested ``-r`` files read in place."""
     path = Path(source)
     try:
         text = sys.stdin.read() if source == "-" else path.read_text(encoding="utf-8")
     except OSError as exc:
         raise AdminError(f"cannot read requirements file {source}: {exc.strerror}") from None
     requirements: list[str] = []
-    for raw in re.sub(r"\\\r?\n", " ", text).splitlines():
-        line = re.sub(r"(^|\s+)#.*$", "", raw).strip()
-        nested = re.fullmatch(r"(?:-r|--requirement)(?:\s*=\s*|\s+|(?=[^\s=]))(\S+)", line)
-        if nested:
-            child = (Path.cwd() if source == "-" else path.parent) / nested.group(1)
+    for item in requirement_items(text):
+        if isinstance(item, Include):
+            child = (Path.cwd() if source == "-" else path.parent) / item.path
             if child.resolve() in seen:
                 raise AdminError(f"requirements file {child} includes itself")
             requirements += read_requirements(str(child), seen | {path.resolve()})
-        elif line and not line.startswith("-"):
-            requirements.append(re.split(r"\s+--?[A-Za-z]", line, maxsplit=1)[0])
+        else:
+            requirements.append(item)
     return requirements
 
 
