@@ -160,10 +160,19 @@ def test_metadata_and_provenance_files(proxy: ProxyServer, fake_index: FakeIndex
 
 def test_corrupt_metadata_is_refused(proxy: ProxyServer, fake_index: FakeIndex) -> None:
     wheel = fake_index.file(PROVENANCE_FILE)
-    url = file_url(proxy, "tinypure", wheel)
+    assert wheel.metadata is not None
+    url = file_url(proxy, "tinypure", wheel) + ".metadata"
     fake_index.corrupt_files.append(PROVENANCE_FILE + ".metadata")
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(url + ".metadata").raise_for_status()
+    for asked in (1, 2):  # nothing corrupt is kept: the next request asks upstream again
+        refused = httpx.get(url)
+        assert refused.status_code == 502
+        assert f"{PROVENANCE_FILE}.metadata from upstream has sha256 " in refused.text
+        assert f"but the index says {hashlib.sha256(wheel.metadata).hexdigest()}; not cached" in refused.text
+        assert fake_index.metadata_requests[PROVENANCE_FILE] == asked
+    fake_index.corrupt_files.clear()  # upstream heals: fetched once more, then served from the cache
+    assert httpx.get(url).content == wheel.metadata
+    assert httpx.get(url).content == wheel.metadata
+    assert fake_index.metadata_requests[PROVENANCE_FILE] == 3
 
 
 def test_files_not_listed_upstream_are_404(proxy: ProxyServer, fake_index: FakeIndex) -> None:
