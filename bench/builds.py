@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from clients import Client, clean_env, install  # noqa: E402
+from clientenv import Client, clean_env  # noqa: E402
+from clients import install  # noqa: E402
 from dists import PROJECTS_DIR, build_sdist, wheel_metadata  # noqa: E402
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer  # noqa: E402
 from warm_pages import start_proxy  # noqa: E402

@@ -7,11 +7,11 @@ run.py stores in results.json and report.py turns into tables and charts.
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -21,7 +21,10 @@ from typing import Any, Final
 
 import coldclients
 import httpx
-from launch import MAIN_BIN, ProcessTree, Server, cpu_seconds
+from launch import MAIN_BIN, ROOT, ProcessTree, Server, cpu_seconds
+
+sys.path.insert(0, str(ROOT / "tests"))
+from clientenv import Client, clean_env, install_command, make_venv, venv_python
 
 JSON_V1: Final = "application/vnd.pypi.simple.v1+json"
 PIP_ACCEPT: Final = f"{JSON_V1}, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
@@ -236,67 +239,17 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
 # Installs.
 
 
-def clean_env(home: Path) -> dict[str, str]:
-    """As tests/clients.py: no pip or uv configuration, a private HOME and TMPDIR, no client cache."""
-    (home / "tmp").mkdir(parents=True, exist_ok=True)
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "TMPDIR": str(home / "tmp"),
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "NO_COLOR": "1",
-        "PIP_CONFIG_FILE": os.devnull,
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        "PIP_NO_INPUT": "1",
-        "UV_NO_CONFIG": "1",
-        "UV_PYTHON_DOWNLOADS": "never",
-    }
-
-
 def install(
     client: str, source: list[str], requirements: Sequence[str], work: Path, extra: Sequence[str] = ()
 ) -> dict[str, Any]:
     """One timed install into a fresh venv; `source` is ["--index-url", URL] or ["--no-index", ...]."""
     if work.exists():
         shutil.rmtree(work)
-    env = clean_env(work / "home")
-    venv = work / "venv"
-    subprocess.run([str(MAIN_BIN / "python"), "-m", "venv", "--without-pip", str(venv)], env=env, check=True)
-    python = str(venv / "bin" / "python")
-    if client == "pip":
-        command = [
-            str(MAIN_BIN / "python"),
-            "-m",
-            "pip",
-            "--python",
-            python,
-            "install",
-            "--no-cache-dir",
-            "--progress-bar",
-            "off",
-            "--timeout",
-            "120",
-            *source,
-            *extra,
-            *requirements,
-        ]
-    else:
-        command = [
-            str(MAIN_BIN / "uv"),
-            "pip",
-            "install",
-            "--no-config",
-            "--no-cache",
-            "--link-mode",
-            "copy",
-            "--python",
-            python,
-            *source,
-            *extra,
-            *requirements,
-        ]
-        env["UV_HTTP_TIMEOUT"] = "120"
+    # As in the tests (tests/clientenv.py), with the project's own pip and uv, and their timeouts raised.
+    env = clean_env(work / "home", {"PIP_TIMEOUT": "120", "UV_HTTP_TIMEOUT": "120"})
+    venv = make_venv(work / "venv", env, interpreter=MAIN_BIN / "python")
+    python = venv_python(venv)
+    command = install_command(Client(client), python, [*source, *extra], requirements, tools=MAIN_BIN)
     started = time.monotonic()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=900)
     seconds = time.monotonic() - started

@@ -213,8 +213,11 @@ class Settings:
         parse=_number,
     )  # fmt: skip
     cache_not_found_ttl: float = setting(
-        "cache", "not_found_ttl", 60.0, "Seconds an upstream 404 is remembered.", parse=_number
-    )
+        "cache", "not_found_ttl", 60.0,
+        "Seconds an upstream 404 is remembered: of a project, and of a file its page does not list (a "
+        "request for one revalidates the page at most this often, which finds a file uploaded since).",
+        parse=_number,
+    )  # fmt: skip
     cache_revalidate_wait: float = setting(
         "cache", "revalidate_wait", 3.0,
         "Seconds a client waits for the revalidation of a page past its TTL before it gets the cached page "

@@ -1,11 +1,5 @@
-"""Run the real pip and uv against an index URL, as subprocesses in a clean environment.
-
-Every install gets a fresh target virtual environment (made with `python -m venv --without-pip`) and
-an environment built from scratch: no PIP_* or UV_* variable, no pip or uv config file, no client cache,
-HOME in a temporary folder. The machine's own pip configuration (extra indexes, find-links,
-constraints) must never decide what a test installs. pip is the one in this project's virtualenv,
-pointed at the target with `--python`; uv is the `uv` next to it, with `--python` too, so neither
-needs the network to set itself up.
+"""Run the real pip and uv against an index URL, as subprocesses in a clean environment (tests/clientenv.py
+says how), each install into a fresh virtual environment made with `python -m venv --without-pip`.
 
     result = install(Client.PIP, proxy.simple_url, ["tinydep"], tmp_path)
     result.check()
@@ -14,11 +8,8 @@ needs the network to set itself up.
 
 from __future__ import annotations
 
-import enum
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,22 +17,15 @@ from pathlib import Path
 from typing import Final, Self
 
 import pytest
+from clientenv import Client, clean_env, install_command, make_venv, venv_python
 from packaging.utils import canonicalize_name
 
-# The test virtualenv's bin folder: its python runs pip (>= 22.3 for --python), and uv lives next to it.
-TOOLS_BIN: Final = Path(sys.executable).parent
-UV: Final = TOOLS_BIN / "uv"
 DEFAULT_TIMEOUT: Final = 120.0
 
 _LIST_DISTRIBUTIONS: Final = (
     "import importlib.metadata, json; "
     "print(json.dumps({d.metadata['Name']: d.version for d in importlib.metadata.distributions()}))"
 )
-
-
-class Client(enum.Enum):
-    PIP = "pip"
-    UV = "uv"
 
 
 # Run a test once with each installer: `@each_client` on a test that takes a `client: Client` argument.
@@ -99,83 +83,6 @@ class InstallResult:
         return completed.stdout
 
 
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def clean_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """An environment from scratch: PATH, a private HOME and TMPDIR, no pip or uv configuration at all."""
-    home.mkdir(parents=True, exist_ok=True)
-    tmp = home / "tmp"
-    tmp.mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "TMPDIR": str(tmp),
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "NO_COLOR": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        # pip reads no config file at all when this is os.devnull.
-        "PIP_CONFIG_FILE": os.devnull,
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        "PIP_NO_INPUT": "1",
-        # uv: no uv.toml / pyproject settings, never fetch an interpreter.
-        "UV_NO_CONFIG": "1",
-        "UV_PYTHON_DOWNLOADS": "never",
-    }
-    env.update(extra or {})
-    return env
-
-
-def make_venv(
-    path: Path, env: Mapping[str, str], *, interpreter: Path | None = None, timeout: float = 60.0
-) -> Path:
-    """A new, empty virtualenv (no pip inside) at `path`, of `interpreter` (default: the one running the
-    tests)."""
-    subprocess.run(
-        [str(interpreter or sys.executable), "-m", "venv", "--without-pip", str(path)],
-        env=dict(env),
-        capture_output=True,
-        check=True,
-        timeout=timeout,
-    )
-    return path
-
-
-def install_command(client: Client, python: Path, index_url: str, requirements: Sequence[str]) -> list[str]:
-    """The argv that installs `requirements` into the venv of `python` from `index_url` only."""
-    if client is Client.PIP:
-        return [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(python),
-            "install",
-            "--no-cache-dir",
-            "--progress-bar",
-            "off",
-            "--index-url",
-            index_url,
-            *requirements,
-        ]
-    return [
-        str(UV),
-        "pip",
-        "install",
-        "--no-config",
-        "--no-cache",
-        "--link-mode",
-        "copy",
-        "--python",
-        str(python),
-        "--index-url",
-        index_url,
-        *requirements,
-    ]
-
-
 def install(
     client: Client,
     index_url: str,
@@ -194,7 +101,10 @@ def install(
     workdir.mkdir(parents=True, exist_ok=True)
     env = clean_env(workdir / "home", extra_env)
     venv = make_venv(workdir / "venv", env)
-    command = [*install_command(client, venv_python(venv), index_url, requirements), *extra_args]
+    command = [
+        *install_command(client, venv_python(venv), ["--index-url", index_url], requirements),
+        *extra_args,
+    ]
     started = time.monotonic()
     completed = subprocess.run(
         command,

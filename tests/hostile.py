@@ -174,7 +174,6 @@ def running_farm(base: Path) -> Iterator[Farm]:
             builder_memory_mb=1024,
             builder_workers=2,
             builder_hold_seconds=30.0,
-            admin_enabled=True,  # the tests watch builds through the admin API
         )
         proxy = ProxyServer(settings, FakeClock()).start()
         try:

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import httpx
 import pytest
-from clients import TOOLS_BIN
+from clientenv import TOOLS_BIN
 
 WHEELFARM: Final = TOOLS_BIN / "wheelfarm"
 START_TIMEOUT: Final = 30.0

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import httpx
 import pytest
 from buildkit import ADMIN_TOKEN, TARGET, absolute, page, pending_links
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
-from fakes import FakeClock, ProxyServer, free_port, proxy_settings
+from fakes import FakeClock, ProxyServer, free_port, proxy_settings, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 TOKEN = ADMIN_TOKEN
@@ -32,6 +31,20 @@ def get_json(proxy: ProxyServer, path: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     data: dict[str, Any] = response.json()
     return data
+
+
+def finished_builds(proxy: ProxyServer) -> int:
+    counts = get_json(proxy, "builds")["builds"]
+    return int(counts["done"] + counts["failed"])
+
+
+def accepts(port: int) -> bool:
+    """Whether something listens on the port (a server starting up)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
 
 
 def fetch_file(proxy: ProxyServer, project: str, filename: str) -> httpx.Response:
@@ -185,11 +198,8 @@ def test_build_ahead_retry_and_delete(admin_proxy: ProxyServer) -> None:
         "tinypure==3.0": "started",
         "brokenpkg": "started",
     }
-    for _ in range(120):
-        counts = get_json(admin_proxy, "builds")["builds"]
-        if counts["done"] + counts["failed"] == 2:
-            break
-        time.sleep(0.5)
+    wait_for(lambda: finished_builds(admin_proxy) == 2, "both builds to finish", seconds=60)
+    counts = get_json(admin_proxy, "builds")["builds"]
     assert counts["done"] == 1
     assert counts["failed"] == 1
     (failed,) = [b for b in get_json(admin_proxy, "builds")["finished"] if b["state"] == "failed"]
@@ -226,7 +236,7 @@ def test_purge_while_a_file_streams_leaves_nothing_corrupt(
 
     thread = threading.Thread(target=download)
     thread.start()
-    time.sleep(0.3)
+    wait_for(lambda: fake_index.file_requests["bigpkg-1.0.tar.gz"] == 1, "the download to start")
     purged = httpx.post(api(admin_proxy, "projects/bigpkg/purge"), json={"files": True}, headers=AUTH)
     assert purged.status_code == 200
     thread.join(30)
@@ -309,12 +319,7 @@ def test_admin_on_its_own_listener(fake_upstream: FakeUpstreamServer, tmp_path: 
         env=env, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", admin_port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for(lambda: accepts(port) and accepts(admin_port), "both listeners", seconds=10)
         assert httpx.get(f"http://127.0.0.1:{admin_port}/api/summary").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/admin/api/summary").status_code == 404
         denied = httpx.post(f"http://127.0.0.1:{admin_port}/api/evict", json={"unused_for_seconds": 0})
@@ -352,7 +357,7 @@ def test_eviction_while_clients_download_never_breaks_a_download(
         ]
         for reader in readers:
             reader.start()
-        time.sleep(0.2)
+        wait_for(lambda: fake_index.file_requests["slowfile-1.0.tar.gz"] == 1, "the slow download to start")
         for project, content in others.items():
             clock.advance(1)
             assert fetch_file(proxy, project, f"{project.replace('-', '_')}-1.0.tar.gz").content == content
@@ -363,10 +368,7 @@ def test_eviction_while_clients_download_never_breaks_a_download(
         assert store.evictions >= 1
         # A download's eviction pass runs once it is published, while its last bytes already go out: the
         # client can finish a moment before the store is back within its limit.
-        deadline = time.monotonic() + 5
-        while store.index.total_bytes > 1024 * 1024 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert store.index.total_bytes <= 1024 * 1024
+        wait_for(lambda: store.index.total_bytes <= 1024 * 1024, "the store back within its limit", seconds=5)
         for path in (settings.cache_dir / "files" / "blobs").rglob("*"):
             if path.is_file():
                 assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name

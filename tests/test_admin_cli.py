@@ -371,7 +371,8 @@ def test_build_ahead_prefers_a_final_release(
 
 
 def test_api_reads_a_hashed_requirements_txt(admin_proxy: ProxyServer) -> None:
-    # The command line strips hashes and joins continuation lines itself; the API does neither.
+    # The command line strips hashes and joins continuation lines before it sends; text sent as it is, the
+    # API reads the same way (proxy/builds/requirementsfile.py).
     text = f"tinypure==3.0 \\\n    --hash=sha256:{'a' * 64}\n"
     response = httpx.post(
         f"{admin_proxy.url}/admin/api/build-ahead",

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 from buildkit import PIP_UA, TARGET, absolute, build_records, delete_build, files, page, start_builder_proxy
-from clients import Client, each_client, install
+from clientenv import Client
+from clients import each_client, install
 from dists import in_tree_backend_sdist, make_sdist
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer

@@ -13,7 +13,8 @@ from typing import Final
 import httpx
 import pytest
 from aiohttp import web
-from clients import Client, install
+from clientenv import Client
+from clients import install
 from fake_upstream import FakeIndex, FakeUpstreamServer
 from fakes import free_port
 from serve import WHEELFARM, server_env, wheelfarm_serve

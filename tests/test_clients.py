@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from clients import Client, InstallResult, each_client, install
+from clientenv import Client
+from clients import InstallResult, each_client, install
 from conftest import YANK_REASON
 from fake_upstream import FakeIndex
 from fakes import ProxyServer

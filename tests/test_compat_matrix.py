@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Final
 import httpx
 import pytest
 from buildkit import WHEELHOUSE, build_records, delete_build, start_builder_proxy
-from clients import UV, clean_env, make_venv, venv_python
+from clientenv import UV, clean_env, make_venv, venv_python
 from conftest import RELEASES
 from dists import BuiltDists, wheel_metadata
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer

@@ -31,7 +31,8 @@ from typing import Any, Final
 import httpx
 import pytest
 from buildkit import TARGET
-from clients import Client, install
+from clientenv import Client
+from clients import install
 from fake_upstream import FakeIndex, FakeUpstreamServer
 from fakes import free_port
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from conftest import PROVENANCE, PROVENANCE_FILE
 from fake_upstream import FakeFile, FakeIndex
-from fakes import ProxyServer
+from fakes import FakeClock, ProxyServer
 
 BIG = "bigpkg-1.0-py3-none-any.whl"
 BIG_SIZE = 3 * 1024 * 1024 + 123
@@ -160,10 +160,19 @@ def test_metadata_and_provenance_files(proxy: ProxyServer, fake_index: FakeIndex
 
 def test_corrupt_metadata_is_refused(proxy: ProxyServer, fake_index: FakeIndex) -> None:
     wheel = fake_index.file(PROVENANCE_FILE)
-    url = file_url(proxy, "tinypure", wheel)
+    assert wheel.metadata is not None
+    url = file_url(proxy, "tinypure", wheel) + ".metadata"
     fake_index.corrupt_files.append(PROVENANCE_FILE + ".metadata")
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(url + ".metadata").raise_for_status()
+    for asked in (1, 2):  # nothing corrupt is kept: the next request asks upstream again
+        refused = httpx.get(url)
+        assert refused.status_code == 502
+        assert f"{PROVENANCE_FILE}.metadata from upstream has sha256 " in refused.text
+        assert f"but the index says {hashlib.sha256(wheel.metadata).hexdigest()}; not cached" in refused.text
+        assert fake_index.metadata_requests[PROVENANCE_FILE] == asked
+    fake_index.corrupt_files.clear()  # upstream heals: fetched once more, then served from the cache
+    assert httpx.get(url).content == wheel.metadata
+    assert httpx.get(url).content == wheel.metadata
+    assert fake_index.metadata_requests[PROVENANCE_FILE] == 3
 
 
 def test_files_not_listed_upstream_are_404(proxy: ProxyServer, fake_index: FakeIndex) -> None:
@@ -186,10 +195,38 @@ def test_file_deleted_upstream_after_listing_is_404(proxy: ProxyServer, fake_ind
     assert "upstream has no file" in response.text
 
 
-def test_new_upload_is_found_by_revalidating_the_page(proxy: ProxyServer, fake_index: FakeIndex) -> None:
+def test_new_upload_is_found_by_revalidating_the_page(
+    proxy: ProxyServer, fake_index: FakeIndex, clock: FakeClock
+) -> None:
     httpx.get(proxy.url + "/simple/tinypure/")  # cached without the new file
     late = FakeFile(filename="tinypure-3.0.tar.gz", content=b"late upload")
     fake_index.add_file("tinypure", late)
+    url = proxy.url + f"/files/tinypure/{late.sha256}/{late.filename}"
+    asked = fake_index.page_requests["tinypure"]
+    assert httpx.get(url).status_code == 404  # a page fetched moments ago is not asked again at once
+    assert fake_index.page_requests["tinypure"] == asked
+    clock.advance(proxy.settings.cache_not_found_ttl)
+    response = httpx.get(url)
+    assert response.status_code == 200
+    assert response.content == b"late upload"
+    assert fake_index.page_requests["tinypure"] == asked + 1
+
+
+def test_made_up_keys_cost_at_most_one_page_request(
+    proxy: ProxyServer, fake_index: FakeIndex, clock: FakeClock
+) -> None:
+    httpx.get(proxy.url + "/simple/tinypure/")
+    clock.advance(proxy.settings.cache_not_found_ttl)  # old enough to be revalidated for an unknown key
+    asked = fake_index.page_requests["tinypure"]
+    for _ in range(20):
+        made_up = httpx.get(f"{proxy.url}/files/tinypure/{os.urandom(32).hex()}/tinypure-9.9.tar.gz")
+        assert made_up.status_code == 404
+        assert "lists no file" in made_up.text
+    assert fake_index.page_requests["tinypure"] == asked + 1
+    # A file uploaded meanwhile is found once the page is that old again.
+    late = FakeFile(filename="tinypure-3.0.tar.gz", content=b"late upload")
+    fake_index.add_file("tinypure", late)
+    clock.advance(proxy.settings.cache_not_found_ttl)
     response = httpx.get(proxy.url + f"/files/tinypure/{late.sha256}/{late.filename}")
     assert response.status_code == 200
     assert response.content == b"late upload"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from clients import Client, each_client, install
+from clientenv import Client
+from clients import each_client, install
 from fakes import FakeClock, ProxyServer, proxy_settings
 
 from proxy.settings import Settings

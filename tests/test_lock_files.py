@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from clients import UV, clean_env
+from clientenv import UV, clean_env
 from fakes import ProxyServer
 from hostile import needs_bwrap
 

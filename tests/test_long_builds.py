@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 from buildkit import TARGET, start_builder_proxy
-from clients import Client, install
+from clientenv import Client
+from clients import install
 from dists import in_tree_backend_sdist
 from fake_upstream import FakeFile, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 from buildkit import TARGET, absolute, build_records, files, page, pending_links
-from clients import Client, each_client, install
+from clientenv import Client
+from clients import each_client, install
 from dists import PROJECTS_DIR, build_project, wheel_metadata
 from fake_upstream import FakeFile, FakeIndex
 from fakes import FakeClock, ProxyServer

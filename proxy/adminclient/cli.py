@@ -19,18 +19,17 @@ from urllib.parse import quote, urlsplit
 
 from proxy.adminclient.http import DEFAULT_URL, TOKEN_ENV, URL_ENV, AdminClient, AdminError, ExitCode
 from proxy.adminclient.text import (
-    _build_line,
-    _counts,
-    _json,
-    _key_path,
-    _outcome,
-    _printable,
-    _seconds,
-    _size,
-    _summary_lines,
-    _table,
-    _verify_lines,
-    _when,
+    build_counts,
+    build_outcome,
+    build_row,
+    human_bytes,
+    human_seconds,
+    human_time,
+    printable,
+    summary_lines,
+    table,
+    verify_lines,
+    write_json,
 )
 from proxy.adminclient.watch import build_ahead
 
@@ -42,37 +41,43 @@ COMMANDS = ("status", "cache", "build")
 def status(client: AdminClient, args: argparse.Namespace, out: TextIO) -> ExitCode:
     data = client.get("api/summary")
     if args.json:
-        _json(data, out)
+        write_json(data, out)
     else:
         out.write(f"wheelfarm admin {client.base_url} (upstream {data.get('upstream')})\n")
-        out.write("\n".join(_summary_lines(data, full=args.command == "cache")) + "\n")
+        out.write("\n".join(summary_lines(data, full=args.command == "cache")) + "\n")
     return ExitCode.OK
 
 
 def cache_show(client: AdminClient, args: argparse.Namespace, out: TextIO) -> ExitCode:
     data = client.get(f"api/projects/{quote(args.project, safe='')}")
     if args.json:
-        _json(data, out)
+        write_json(data, out)
         return ExitCode.OK
     page = data["page"]
-    out.write(f"{data['project']}: page fetched {_when(page['fetched_at'])}, serial {page['serial']}, ")
+    out.write(f"{data['project']}: page fetched {human_time(page['fetched_at'])}, serial {page['serial']}, ")
     out.write(f"cache {page['cache']}, {page['files']} files\n")
-    rows = [["cached" if f["cached"] else "-", _size(f["bytes"]), f["filename"]] for f in data["files"]]
-    out.write("\n".join(_table(rows)) + "\n")
+    rows = [["cached" if f["cached"] else "-", human_bytes(f["bytes"]), f["filename"]] for f in data["files"]]
+    out.write("\n".join(table(rows)) + "\n")
     for target, views in sorted(data["builds"].items()):
         out.write(f"builds for {target}\n")
         rows = [
-            [v["state"], _seconds(v["duration_seconds"]), v["sdist"], v["key"]["sdist_sha256"], _outcome(v)]
+            [
+                v["state"],
+                human_seconds(v["duration_seconds"]),
+                v["sdist"],
+                v["key"]["sdist_sha256"],
+                build_outcome(v),
+            ]
             for v in views
         ]
-        out.write("\n".join(_table(rows)) + "\n")
+        out.write("\n".join(table(rows)) + "\n")
     return ExitCode.OK
 
 
 def cache_purge(client: AdminClient, args: argparse.Namespace, out: TextIO) -> ExitCode:
     data = client.post(f"api/projects/{quote(args.project, safe='')}/purge", {"files": args.files})
     if args.json:
-        _json(data, out)
+        write_json(data, out)
         return ExitCode.OK
     removed = data["removed"]
     page = "page forgotten" if removed["page"] else "no cached page"
@@ -84,7 +89,7 @@ def cache_purge(client: AdminClient, args: argparse.Namespace, out: TextIO) -> E
 def cache_evict(client: AdminClient, args: argparse.Namespace, out: TextIO) -> ExitCode:
     data = client.post("api/evict", {"unused_for_seconds": args.unused_for * 86400})
     if args.json:
-        _json(data, out)
+        write_json(data, out)
     else:
         out.write(f"evicted {data['evicted_files']} files unused for {args.unused_for:g} days\n")
     return ExitCode.OK
@@ -96,28 +101,28 @@ def cache_verify(client: AdminClient, args: argparse.Namespace, out: TextIO) -> 
         time.sleep(args.interval)
         run = client.get("api/verify")["verify"]
     if args.json:
-        _json(run, out)
+        write_json(run, out)
     else:
-        out.write("\n".join(_verify_lines(run)) + "\n")
+        out.write("\n".join(verify_lines(run)) + "\n")
     return ExitCode.FAILED if run["corrupt"] else ExitCode.OK
 
 
 def build_list(client: AdminClient, args: argparse.Namespace, out: TextIO) -> ExitCode:
     data = client.get("api/builds")
     if args.json:
-        _json(data, out)
+        write_json(data, out)
         return ExitCode.OK
-    out.write(_counts(data["builds"]) + "\n")
+    out.write(build_counts(data["builds"]) + "\n")
     for title, views in (("active", data["active"]), ("finished", data["finished"])):
         if views:
-            out.write(f"{title}\n" + "\n".join(_table([_build_line(v) for v in views])) + "\n")
+            out.write(f"{title}\n" + "\n".join(table([build_row(v) for v in views])) + "\n")
     return ExitCode.OK
 
 
 def build_retry(client: AdminClient, args: argparse.Namespace, out: TextIO) -> ExitCode:
     data = client.post(_key_path(args) + "/retry", {})
     if args.json:
-        _json(data, out)
+        write_json(data, out)
     else:
         out.write(f"forgot the failed build of {data['sdist']} for {args.target}: {data['retry']}\n")
     return ExitCode.OK
@@ -126,7 +131,7 @@ def build_retry(client: AdminClient, args: argparse.Namespace, out: TextIO) -> E
 def build_delete(client: AdminClient, args: argparse.Namespace, out: TextIO) -> ExitCode:
     data = client.delete(_key_path(args))
     if args.json:
-        _json(data, out)
+        write_json(data, out)
     else:
         out.write(f"deleted the build of {args.sdist_sha256} for {args.target}\n")
     return ExitCode.OK
@@ -224,6 +229,10 @@ def _amount(text: str) -> float:
     return value
 
 
+def _key_path(args: argparse.Namespace) -> str:
+    return f"api/builds/{quote(args.sdist_sha256, safe='')}/{quote(args.target, safe='')}"
+
+
 def _base_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -243,7 +252,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None, out:
         return int(handler(client, args, stdout))
     except AdminError as exc:
         stdout.flush()
-        print(f"wheelfarm: {_printable(str(exc))}", file=sys.stderr)
+        print(f"wheelfarm: {printable(str(exc))}", file=sys.stderr)
         return int(ExitCode.ERROR)
     except KeyboardInterrupt:
         print("\nwheelfarm: stopped waiting; builds already started go on on the proxy", file=sys.stderr)

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from builder.jobs import BuildKey
+from builder.jobs import BuildKey, BuildState
 from proxy.adminclient.http import BUILD_AHEAD_TIMEOUT, AdminClient, AdminError, ExitCode
-from proxy.adminclient.text import _json, _outcome, _printable, _seconds, _table
+from proxy.adminclient.text import build_outcome, human_seconds, printable, table, write_json
+from proxy.builds.requirementsfile import Include, requirement_items
 
 LOG_LINES = 6  # lines of a failed build's log shown under its reason: the last that look like errors
 # A Python exception ("RuntimeError: ...") or a compiler's or setuptools' "error: ...".
@@ -23,18 +24,25 @@ ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b|\berror:", re.IGNO
 HEARTBEAT_SECONDS = 30.0  # without a terminal, how often a line says the builds are still running
 
 
-class Phase(enum.Enum):
+class WatchState(enum.Enum):
+    """What only the watch knows of a build; the proxy's own states are BuildState."""
+
     STARTED = "started"  # asked for; the proxy not polled yet
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
     GONE = "gone"  # deleted (or pruned) on the proxy while we waited
     SKIPPED = "skipped"  # nothing to build: the proxy says why (no sdist matches, not allowed)
 
     @property
     def finished(self) -> bool:
-        return self not in (Phase.STARTED, Phase.QUEUED, Phase.RUNNING)
+        return self is not WatchState.STARTED
+
+
+# The order the header counts builds in: the way a build goes.
+STATE_ORDER: tuple[BuildState | WatchState, ...] = (
+    WatchState.STARTED,
+    *BuildState,
+    WatchState.GONE,
+    WatchState.SKIPPED,
+)
 
 
 @dataclasses.dataclass
@@ -44,7 +52,7 @@ class Tracked:
     requirement: str
     sdist: str
     key: BuildKey | None
-    phase: Phase
+    state: BuildState | WatchState
     note: str = ""
     view: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -52,38 +60,34 @@ class Tracked:
     def from_started(cls, entry: dict[str, Any]) -> Tracked:
         key = entry.get("key")
         if key is None:
-            return cls(entry["requirement"], "", None, Phase.SKIPPED, note=entry["state"])
-        return cls(entry["requirement"], entry.get("sdist", ""), BuildKey(**key), Phase.STARTED)
+            return cls(entry["requirement"], "", None, WatchState.SKIPPED, note=entry["state"])
+        return cls(entry["requirement"], entry.get("sdist", ""), BuildKey(**key), WatchState.STARTED)
 
     def update(self, active: dict[BuildKey, Any], finished: dict[BuildKey, Any]) -> bool:
         """Take the proxy's view of this build (active wins: a record is kept just before the job ends)."""
-        if self.key is None or self.phase.finished:
+        if self.key is None or self.state.finished:
             return False
-        before = self.phase
-        if self.key in active:
-            self.view = active[self.key]
-            self.phase = Phase.RUNNING if self.view["state"] == "running" else Phase.QUEUED
-        elif self.key in finished:
-            self.view = finished[self.key]
-            self.phase = Phase.DONE if self.view["state"] == "done" else Phase.FAILED
+        before = self.state
+        view = active.get(self.key, finished.get(self.key))
+        if view is None:
+            self.state, self.note = WatchState.GONE, "the build record is gone (deleted on the proxy?)"
         else:
-            self.phase, self.note = Phase.GONE, "the build record is gone (deleted on the proxy?)"
-        return self.phase is not before
+            self.view, self.state = view, BuildState(view["state"])
+        return self.state is not before
 
     def to_json(self) -> dict[str, Any]:
         key = None if self.key is None else dataclasses.asdict(self.key)
-        state = {"requirement": self.requirement, "state": self.phase.value, "sdist": self.sdist, "key": key}
+        state = {"requirement": self.requirement, "state": self.state.value, "sdist": self.sdist, "key": key}
         return {**state, "note": self.note, "build": self.view}
 
     def line(self) -> str:
         elapsed = self.view.get("elapsed_seconds", self.view.get("duration_seconds"))
-        if self.phase in (Phase.DONE, Phase.FAILED):
-            detail = ("-> " if self.phase is Phase.DONE else "") + _outcome(self.view)
+        if self.state in (BuildState.DONE, BuildState.FAILED):
+            detail = ("-> " if self.state is BuildState.DONE else "") + build_outcome(self.view)
         else:
             detail = self.note or self.sdist
-        return (
-            f"{self.phase.value:<8} {_seconds(elapsed) if self.view else '':>7}  {self.requirement}  {detail}"
-        )
+        shown = human_seconds(elapsed) if self.view else ""
+        return f"{self.state.value:<8} {shown:>7}  {self.requirement}  {detail}"
 
 
 class Watch:
@@ -106,14 +110,14 @@ class Watch:
         last_heartbeat = time.monotonic()
         if show and not self.interactive:
             for build in self.builds:
-                if build.phase is Phase.SKIPPED:
+                if build.state is WatchState.SKIPPED:
                     self.out.write(build.line() + "\n")
         while True:
             data = self.client.get("api/builds")
             active = {BuildKey(**v["key"]): v for v in data["active"]}
             finished = {BuildKey(**v["key"]): v for v in data["finished"]}
             changed = [build for build in self.builds if build.update(active, finished)]
-            waiting = [build for build in self.builds if not build.phase.finished]
+            waiting = [build for build in self.builds if not build.state.finished]
             if show and self.interactive:
                 self._draw([self._header(), *(build.line() for build in self.builds)])
             elif show:
@@ -129,12 +133,12 @@ class Watch:
                 return self._finish(show, gave_up=True)
             time.sleep(max(interval, 0.05))
 
-    def _count(self, *phases: Phase) -> int:
-        return sum(1 for build in self.builds if build.phase in phases)
+    def _count(self, *states: BuildState | WatchState) -> int:
+        return sum(1 for build in self.builds if build.state in states)
 
     def _header(self) -> str:
-        text = ", ".join(f"{self._count(phase)} {phase.value}" for phase in Phase if self._count(phase))
-        return f"building for {self.target}: {text} ({_seconds(time.monotonic() - self._began)})"
+        text = ", ".join(f"{self._count(state)} {state.value}" for state in STATE_ORDER if self._count(state))
+        return f"building for {self.target}: {text} ({human_seconds(time.monotonic() - self._began)})"
 
     def _draw(self, lines: list[str]) -> None:
         width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
@@ -144,17 +148,18 @@ class Watch:
         self._drawn = len(lines)
 
     def _finish(self, show: bool, gave_up: bool) -> ExitCode:
-        failed = [b for b in self.builds if b.phase in (Phase.FAILED, Phase.GONE)]
-        waiting = [b for b in self.builds if not b.phase.finished]
+        failed = [b for b in self.builds if b.state in (BuildState.FAILED, WatchState.GONE)]
+        waiting = [b for b in self.builds if not b.state.finished]
         if not show:
             entries = [build.to_json() for build in self.builds]
-            _json({"target": self.target, "builds": entries}, self.out)
+            write_json({"target": self.target, "builds": entries}, self.out)
         else:
             for build in failed:
                 self._explain(build)
+            built, skipped = self._count(BuildState.DONE), self._count(WatchState.SKIPPED)
             self.out.write(
-                f"{self._count(Phase.DONE)} built, {len(failed)} failed, {self._count(Phase.SKIPPED)} skipped"
-                f" for {self.target} in {_seconds(time.monotonic() - self._began)}\n"
+                f"{built} built, {len(failed)} failed, {skipped} skipped"
+                f" for {self.target} in {human_seconds(time.monotonic() - self._began)}\n"
             )
             if gave_up:
                 self.out.write(
@@ -165,39 +170,36 @@ class Watch:
 
     def _explain(self, build: Tracked) -> None:
         self.out.write(f"FAILED {build.requirement} ({build.sdist})")
-        if build.phase is Phase.GONE or build.key is None:
+        if build.state is WatchState.GONE or build.key is None:
             self.out.write(f": {build.note}\n")
             return
         self.out.write(f" in {build.view.get('phase')}:\n")
         for line in str(build.view.get("error", "")).splitlines() or ["(no reason given)"]:
-            self.out.write(f"    {_printable(line)}\n")
+            self.out.write(f"    {printable(line)}\n")
         tail = self.client.tail(build.view["log"])
         if errors := [line for line in tail if ERROR_LINE.search(line)][-LOG_LINES:] or tail[-LOG_LINES:]:
-            self.out.write("  from the log:\n" + "".join(f"    | {_printable(line)}\n" for line in errors))
+            self.out.write("  from the log:\n" + "".join(f"    | {printable(line)}\n" for line in errors))
         self.out.write(f"  log:   {self.client.url(build.view['log'])}\n")
         self.out.write(f"  retry: wheelfarm build retry {build.key.sdist_sha256} {build.key.target}\n")
 
 
 def read_requirements(source: str, seen: frozenset[Path] = frozenset()) -> list[str]:
-    """The requirements of a pip requirements file (``-`` is stdin), one per item, as pip reads them:
-    backslash continuations joined, comments and per-requirement options (``--hash=...``) dropped, nested
-    ``-r`` files read in place, other option lines (``-c``, ``--index-url``, ``-e``) skipped."""
+    """The requirements of a pip requirements file (``-`` is stdin), one per item, as pip reads them
+    (proxy/builds/requirementsfile.py), with nested ``-r`` files read in place."""
     path = Path(source)
     try:
         text = sys.stdin.read() if source == "-" else path.read_text(encoding="utf-8")
     except OSError as exc:
         raise AdminError(f"cannot read requirements file {source}: {exc.strerror}") from None
     requirements: list[str] = []
-    for raw in re.sub(r"\\\r?\n", " ", text).splitlines():
-        line = re.sub(r"(^|\s+)#.*$", "", raw).strip()
-        nested = re.fullmatch(r"(?:-r|--requirement)(?:\s*=\s*|\s+|(?=[^\s=]))(\S+)", line)
-        if nested:
-            child = (Path.cwd() if source == "-" else path.parent) / nested.group(1)
+    for item in requirement_items(text):
+        if isinstance(item, Include):
+            child = (Path.cwd() if source == "-" else path.parent) / item.path
             if child.resolve() in seen:
                 raise AdminError(f"requirements file {child} includes itself")
             requirements += read_requirements(str(child), seen | {path.resolve()})
-        elif line and not line.startswith("-"):
-            requirements.append(re.split(r"\s+--?[A-Za-z]", line, maxsplit=1)[0])
+        else:
+            requirements.append(item)
     return requirements
 
 
@@ -213,10 +215,10 @@ def build_ahead(client: AdminClient, args: argparse.Namespace, out: TextIO) -> E
     started = client.post("api/build-ahead", body, timeout=BUILD_AHEAD_TIMEOUT)
     if args.no_wait:
         if args.json:
-            _json(started, out)
+            write_json(started, out)
         else:
             rows = [[b["state"], b["requirement"], b.get("sdist", "")] for b in started["builds"]]
-            out.write("\n".join(_table(rows, indent="")) + "\n")
+            out.write("\n".join(table(rows, indent="")) + "\n")
         return ExitCode.OK
     watch = Watch(client, started, out, interactive=not args.json and out.isatty())
     return watch.run(args.interval, args.timeout, show=not args.json)

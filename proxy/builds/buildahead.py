@@ -10,6 +10,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import Version
 
 from builder.tags import Target
+from proxy.builds.requirementsfile import Include, requirement_items
 from proxy.index.model import DistFile, ProjectPage
 from proxy.index.overlay import releases_needing_wheels
 
@@ -19,32 +20,18 @@ class BadRequirement(ValueError):
 
 
 def parse_requirements(lines: Iterable[str]) -> list[Requirement]:
-    """Requirement lines as in a requirements file: comments, ``\\`` continuations and per-line options
-    (``--hash=...``) are handled; lines that are only options (``-r``, ``--index-url``) are skipped."""
+    """The requirements of requirements-file lines (proxy/builds/requirementsfile.py has the grammar).
+    ``-r`` lines are skipped: they name files on the operator's machine, which the command line reads and
+    sends."""
     requirements = []
-    for line in _logical_lines(lines):
-        text = line.split(" #", 1)[0].split("\t#", 1)[0]
-        text = " ".join(word for word in text.split() if not word.startswith("-")).strip()
-        if not text or line.lstrip().startswith(("#", "-")):
+    for item in requirement_items("\n".join(lines)):
+        if isinstance(item, Include):
             continue
         try:
-            requirements.append(Requirement(text))
+            requirements.append(Requirement(item))
         except InvalidRequirement as exc:
-            raise BadRequirement(f"{text!r} is not a requirement: {exc}") from None
+            raise BadRequirement(f"{item!r} is not a requirement: {exc}") from None
     return requirements
-
-
-def _logical_lines(lines: Iterable[str]) -> Iterable[str]:
-    pending = ""
-    for raw in lines:
-        for line in raw.splitlines() or [""]:
-            if line.rstrip().endswith("\\"):
-                pending += line.rstrip()[:-1] + " "
-                continue
-            yield pending + line
-            pending = ""
-    if pending:
-        yield pending
 
 
 def applies_to(requirement: Requirement, target: Target) -> bool:

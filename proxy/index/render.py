@@ -21,7 +21,6 @@ from proxy.index.names import InvalidProjectName, normalize
 @dataclass(frozen=True, slots=True)
 class Rendered:
     body: bytes
-    content_type: str
     etag: str
     gzipped: bytes  # the same body gzip-compressed once: pip and uv send Accept-Encoding: gzip
 
@@ -35,7 +34,7 @@ def render_project(page: ProjectPage, fmt: PageFormat) -> Rendered:
     body = render_project_json(page) if fmt.is_json else render_project_html(page)
     # mtime=0: the same page always compresses to the same bytes.
     gzipped = gzip.compress(body, compresslevel=6, mtime=0)
-    return Rendered(body=body, content_type=fmt.content_type, etag=strong_etag(body), gzipped=gzipped)
+    return Rendered(body=body, etag=strong_etag(body), gzipped=gzipped)
 
 
 def strong_etag(body: bytes) -> str:

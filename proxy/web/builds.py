@@ -165,11 +165,7 @@ async def serve_built(request: web.Request, services: Services) -> web.StreamRes
     record = await _record_of(request, services)
     sha, filename = info["sha256"], info["filename"]
     for artifact in Artifact:
-        if (
-            sha
-            and built_address(record, artifact) == sha
-            and artifact_filename(record, artifact) == filename
-        ):
+        if sha and built_address(record, artifact) == sha and artifact_filename(record, artifact) == filename:
             request[CACHE_OUTCOME] = "hit"
             return await _artifact_response(request, services, record, artifact, IMMUTABLE)
     raise NotFound(f"the build of {record.sdist_filename} for {record.key.target} left no {filename} {sha}")

@@ -45,12 +45,15 @@ async def file(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"no such file: {request.path}")
     if project in services.pages.quarantined:
         raise NotFound(f"{project} is quarantined upstream (PEP 792): it offers no files")
+    recheck_after = services.settings.cache_not_found_ttl
     if filename.endswith(METADATA_SUFFIX):
-        source = await _metadata_source(services.pages, project, key, filename.removesuffix(METADATA_SUFFIX))
+        source = await _metadata_source(
+            services.pages, project, key, filename.removesuffix(METADATA_SUFFIX), recheck_after
+        )
         content_type = "text/plain; charset=utf-8"
     elif filename.endswith(PROVENANCE_SUFFIX):
         source = await _provenance_source(
-            services.pages, project, key, filename.removesuffix(PROVENANCE_SUFFIX)
+            services.pages, project, key, filename.removesuffix(PROVENANCE_SUFFIX), recheck_after
         )
         content_type = "application/json"
     else:
@@ -58,7 +61,7 @@ async def file(request: web.Request) -> web.StreamResponse:
         if cached is not None:  # content addressed: a cached blob needs no page lookup
             request[CACHE_OUTCOME] = "hit"
             return _cached_response(services.files, key, cached, "application/octet-stream")
-        dist = await _listed_file(services.pages, project, key, filename)
+        dist = await _listed_file(services.pages, project, key, filename, recheck_after)
         source = FileSource(key, dist.url, dist.sha256, dist.size)
         if source.sha256 is None and not _keeps(services.settings, key):
             return await _pass_through(request, services.files, source, "application/octet-stream")
@@ -207,9 +210,13 @@ def _cached_response(store: FileStore, key: str, path: Path, content_type: str) 
     return LeasedFileResponse(path, lambda: store.index.lease(key), chunk_size=CHUNK, headers=headers)
 
 
-async def _listed_file(pages: PageCache, project: NormalizedName, key: str, filename: str) -> DistFile:
-    """The page entry for ``key``; one forced revalidation covers files uploaded since the page was cached."""
-    for max_age in (None, 0.0):
+async def _listed_file(
+    pages: PageCache, project: NormalizedName, key: str, filename: str, recheck_after: float
+) -> DistFile:
+    """The page entry for ``key``. A key the page lacks may be a file uploaded since the page was cached, so
+    the page is revalidated for it, but only once it is ``recheck_after`` seconds old ([cache]
+    not_found_ttl): made-up keys cost at most one upstream page request per project in that time."""
+    for max_age in (None, recheck_after):
         dist = (await pages.project(project, max_age=max_age)).page.file_by_key(key)
         if dist is not None:
             if dist.filename != filename:
@@ -218,8 +225,10 @@ async def _listed_file(pages: PageCache, project: NormalizedName, key: str, file
     raise NotFound(f"{project} lists no file {filename!r} upstream (key {key})")
 
 
-async def _metadata_source(pages: PageCache, project: NormalizedName, key: str, filename: str) -> FileSource:
-    dist = await _listed_file(pages, project, key, filename)
+async def _metadata_source(
+    pages: PageCache, project: NormalizedName, key: str, filename: str, recheck_after: float
+) -> FileSource:
+    dist = await _listed_file(pages, project, key, filename, recheck_after)
     if not dist.has_metadata:
         raise NotFound(f"upstream offers no metadata file (PEP 658) for {filename}")
     url = dist.url + METADATA_SUFFIX
@@ -228,9 +237,9 @@ async def _metadata_source(pages: PageCache, project: NormalizedName, key: str, 
 
 
 async def _provenance_source(
-    pages: PageCache, project: NormalizedName, key: str, filename: str
+    pages: PageCache, project: NormalizedName, key: str, filename: str, recheck_after: float
 ) -> FileSource:
-    dist = await _listed_file(pages, project, key, filename)
+    dist = await _listed_file(pages, project, key, filename, recheck_after)
     if dist.provenance is None:
         raise NotFound(f"upstream offers no provenance (PEP 740) for {filename}")
     return FileSource(file_key(DistFile(filename, dist.provenance)), dist.provenance, None, None)
