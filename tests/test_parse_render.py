@@ -156,7 +156,8 @@ def test_html_round_trip_property(reason: bool | str, requires: str | None) -> N
     ],
 )
 def test_project_status_from_json_and_html(status: str, expected: ProjectState) -> None:
-    """PEP 792; an unknown status counts as active; a quarantined project keeps no files."""
+    """PEP 792; an unknown status counts as active. Parsing keeps every file (proxy/pages/policy.py drops a
+    quarantined project's)."""
     document = {**UPSTREAM_JSON, "project-status": {"status": status, "reason": "why <not>"}}
     from_json = parse_project_json(orjson.dumps(document), PAGE_URL, NAME)
     html = (
@@ -167,7 +168,7 @@ def test_project_status_from_json_and_html(status: str, expected: ProjectState) 
     from_html = parse_project_html(html, PAGE_URL, NAME, None)
     for parsed in (from_json, from_html):
         assert parsed.status == ProjectStatus(expected, "why <not>")
-        assert (parsed.files == ()) is (expected is ProjectState.QUARANTINED)
+        assert parsed.files  # kept, whatever the status
     rendered = orjson.loads(render_project_json(from_json))
     assert rendered["project-status"] == {"status": expected.value, "reason": "why <not>"}
     assert rendered["meta"]["api-version"] == "1.4"

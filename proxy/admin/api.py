@@ -130,7 +130,7 @@ def counts_view(counts: BuildCounts) -> dict[str, int]:
 
 async def summary(request: web.Request) -> web.Response:
     services = services_of(request)
-    pages, page_bytes = await services.pages.store_stats()
+    pages, page_bytes = await services.page_cache.store_stats()
     counts = await services.builds.counts()
     status = (await services.builds.capabilities()).status
     lookups_counts = services.metrics.cache_counts()
@@ -150,7 +150,11 @@ async def summary(request: web.Request) -> web.Response:
             "builds": counts_view(counts) if status.state is not ServiceState.OFF else {},
             "cache": {**lookups_counts, "hit_ratio": ratio},
             "builder": status.view(),
-            "memory": {**services.pages.sizes(), "rendered": len(services.rendered)},
+            "memory": {
+                **services.page_cache.sizes(),
+                "quarantined": len(services.policy),
+                "rendered": len(services.overlay),
+            },
             "upstream": redact(services.settings.upstream_simple_url),
         }
     )
@@ -213,7 +217,7 @@ async def purge(request: web.Request) -> web.Response:
             pass
         for record in await services.builds.records(name):
             removed["builds"] += int(await services.builds.forget(record.key) is not None)
-    removed["page"] = await services.pages.forget(name)
+    removed["page"] = await services.page_cache.forget(name)
     return reply({"project": name, "removed": removed})
 
 

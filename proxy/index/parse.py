@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from html.parser import HTMLParser
 from typing import Any
@@ -35,14 +34,12 @@ def parse_project_json(body: bytes, page_url: str, name: NormalizedName) -> Proj
         if isinstance(raw_status, dict)
         else None
     )
-    return _quarantine(
-        ProjectPage(
-            name=name,
-            files=files,
-            versions=tuple(str(v) for v in versions) if isinstance(versions, list) else None,
-            last_serial=_int_or_none(meta.get("_last-serial")),
-            status=status,
-        )
+    return ProjectPage(
+        name=name,
+        files=files,
+        versions=tuple(str(v) for v in versions) if isinstance(versions, list) else None,
+        last_serial=_int_or_none(meta.get("_last-serial")),
+        status=status,
     )
 
 
@@ -81,12 +78,7 @@ def parse_project_html(body: bytes, page_url: str, name: NormalizedName, serial:
     status = ProjectStatus.parse(
         parser.meta.get("pypi:project-status"), parser.meta.get("pypi:project-status-reason")
     )
-    return _quarantine(ProjectPage(name=name, files=files, versions=None, last_serial=serial, status=status))
-
-
-def _quarantine(page: ProjectPage) -> ProjectPage:
-    """PEP 792: a quarantined project offers no files, whatever else the page lists (and so no builds)."""
-    return dataclasses.replace(page, files=()) if page.quarantined and page.files else page
+    return ProjectPage(name=name, files=files, versions=None, last_serial=serial, status=status)
 
 
 def _html_file(attrs: Mapping[str, str | None], page_url: str) -> DistFile:

@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import hashlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -32,7 +31,6 @@ log = structlog.get_logger(__name__)
 # After upstream failed for a project, serve the stale page without asking again for this long, so a dead
 # upstream costs one timeout per project per interval rather than one per request.
 FAILURE_BACKOFF_SECONDS = 15.0
-QUARANTINED_REMEMBERED = 100_000
 
 
 class CacheOutcome(enum.Enum):
@@ -63,9 +61,6 @@ class _Known:
     page: ProjectPage | None  # None: upstream said 404
 
 
-PageListener = Callable[[NormalizedName, ProjectPage | None], Awaitable[None]]
-
-
 class PageCache:
     def __init__(
         self,
@@ -73,10 +68,7 @@ class PageCache:
         store: PageStore,
         clock: Clock,
         settings: Settings,
-        on_change: PageListener | None = None,
     ) -> None:
-        """``on_change`` hears of every new upstream content of a page (None: the project is gone)."""
-        self._on_change = on_change
         self._upstream = upstream
         self._store = store
         self._clock = clock
@@ -84,16 +76,10 @@ class PageCache:
         self._inflight: dict[NormalizedName, asyncio.Task[PageResult]] = {}
         self._known: OrderedDict[NormalizedName, _Known] = OrderedDict()
         self._failures: OrderedDict[NormalizedName, tuple[float, str]] = OrderedDict()
-        # PEP 792: projects whose last page said "quarantined"; their cached files are not served either.
-        self.quarantined: set[NormalizedName] = set()
 
     def sizes(self) -> dict[str, int]:
         """How much this cache holds in memory (the admin summary shows it; each is bounded)."""
-        return {
-            "pages": len(self._known),
-            "failures": len(self._failures),
-            "quarantined": len(self.quarantined),
-        }
+        return {"pages": len(self._known), "failures": len(self._failures)}
 
     async def project(self, name: NormalizedName, *, max_age: float | None = None) -> PageResult:
         """The page for ``name``; ``max_age`` overrides the TTL (0 forces a revalidation)."""
@@ -160,11 +146,6 @@ class PageCache:
         return self._remember(name, _Known(meta, page))
 
     def _remember(self, name: NormalizedName, known: _Known) -> _Known:
-        if known.page is not None and known.page.quarantined:
-            if len(self.quarantined) < QUARANTINED_REMEMBERED:
-                self.quarantined.add(name)
-        else:
-            self.quarantined.discard(name)
         self._known[name] = known
         self._known.move_to_end(name)
         if len(self._known) > self._settings.cache_pages_in_memory:
@@ -218,8 +199,6 @@ class PageCache:
         )
         await self._store.put(_key(name), meta, answer.body if page is not None else None)
         known = self._remember(name, _Known(meta, page))
-        if self._on_change is not None and (cached is None or cached.meta["version"] != meta["version"]):
-            await self._on_change(name, page)
         return _result(name, known, CacheOutcome.MISS)
 
 

@@ -18,14 +18,15 @@ from builder.host import BuildHost, HostSettings
 from builder.jobs import BuildJob, Limits
 from proxy.admin.api import create_admin_app
 from proxy.builds.embedded import BuildPolicy, EmbeddedBuildService
+from proxy.builds.following import FollowingUpstream
 from proxy.builds.records import BuildRecords
 from proxy.builds.service import BuildService, NoBuilds
 from proxy.clock import Clock, SystemClock
 from proxy.errors import UpstreamError
-from proxy.index.model import ProjectPage
-from proxy.index.names import NormalizedName
 from proxy.index.urls import BUILT_BY_NAME_ROUTE, BUILT_ROUTE, FILE_ROUTE, PENDING_ROUTE
 from proxy.pages.cache import PageCache
+from proxy.pages.overlaid import OverlayPages
+from proxy.pages.policy import PolicyPages
 from proxy.pages.rootlist import RootList
 from proxy.pages.store import PageStore
 from proxy.pages.upstream import HttpUpstream, Upstream, host_policy, make_session
@@ -43,7 +44,7 @@ from proxy.web.metrics import Metrics, TimedUpstream
 from proxy.web.middleware import errors_and_context
 from proxy.web.pages import project_page, root_page
 from proxy.web.resources import connection_budget, quiet_loop_errors, raise_fd_limit
-from proxy.web.services import SERVICES, RenderedPages, Services
+from proxy.web.services import SERVICES, Services
 
 log = structlog.get_logger("wheelfarm")
 __all__ = ["AccessLog", "create_app", "errors_and_context", "run"]  # AccessLog: the tests' server threads
@@ -107,22 +108,27 @@ def create_app(
         if settings.builder_enabled:
             builds = await start_embedded_builds(settings, files, the_clock)
         builds.on_finished(app_metrics.build_finished)
-        the_builds = builds
-
-        async def on_change(name: NormalizedName, page: ProjectPage | None) -> None:
-            # Built wheels follow their sdist: one gone from upstream orphans its builds.
-            sdists = frozenset(d.sha256 for d in page.files if d.sha256) if page else frozenset()
-            await the_builds.upstream_changed(name, sdists)
-
+        # The page layers, bottom up (proxy/pages/source.py).
+        page_cache = PageCache(source, store, the_clock, settings)
+        policy = PolicyPages(page_cache)
+        pages = FollowingUpstream(policy, builds, remembered=settings.cache_pages_in_memory)
+        overlay = OverlayPages(
+            pages,
+            builds,
+            rendered_limit=settings.cache_rendered_in_memory,
+            lock_hold_seconds=settings.builder_uv_hold_seconds,
+        )
         app[SERVICES] = Services(
             settings=settings,
-            pages=PageCache(source, store, the_clock, settings, on_change),
+            overlay=overlay,
+            pages=pages,
+            policy=policy,
+            page_cache=page_cache,
             root=RootList(source, store, cache_dir / "root", the_clock, settings),
             files=files,
             metrics=app_metrics,
             verifier=verifier,
             builds=builds,
-            rendered=RenderedPages(limit=settings.cache_rendered_in_memory),
         )
         page_sizes: dict[str, float] = {"pages.bytes": 0, "pages.entries": 0}
 

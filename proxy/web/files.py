@@ -23,7 +23,7 @@ from proxy.errors import NotFound, WheelfarmError
 from proxy.index.model import DistFile, file_key
 from proxy.index.names import NormalizedName
 from proxy.index.urls import METADATA_SUFFIX, PROVENANCE_SUFFIX
-from proxy.pages.cache import PageCache
+from proxy.pages.source import PageSource
 from proxy.redact import redact
 from proxy.settings import Settings
 from proxy.storage.files import Download, DownloadState, FileSource, FileStore
@@ -43,7 +43,7 @@ async def file(request: web.Request) -> web.StreamResponse:
     project = project_name(raw_project)
     if project != raw_project or not services.files.valid_key(key) or not _safe_filename(filename):
         raise NotFound(f"no such file: {request.path}")
-    if project in services.pages.quarantined:
+    if services.policy.quarantined(project):
         raise NotFound(f"{project} is quarantined upstream (PEP 792): it offers no files")
     recheck_after = services.settings.cache_not_found_ttl
     if filename.endswith(METADATA_SUFFIX):
@@ -211,7 +211,7 @@ def _cached_response(store: FileStore, key: str, path: Path, content_type: str) 
 
 
 async def _listed_file(
-    pages: PageCache, project: NormalizedName, key: str, filename: str, recheck_after: float
+    pages: PageSource, project: NormalizedName, key: str, filename: str, recheck_after: float
 ) -> DistFile:
     """The page entry for ``key``. A key the page lacks may be a file uploaded since the page was cached, so
     the page is revalidated for it, but only once it is ``recheck_after`` seconds old ([cache]
@@ -226,7 +226,7 @@ async def _listed_file(
 
 
 async def _metadata_source(
-    pages: PageCache, project: NormalizedName, key: str, filename: str, recheck_after: float
+    pages: PageSource, project: NormalizedName, key: str, filename: str, recheck_after: float
 ) -> FileSource:
     dist = await _listed_file(pages, project, key, filename, recheck_after)
     if not dist.has_metadata:
@@ -237,7 +237,7 @@ async def _metadata_source(
 
 
 async def _provenance_source(
-    pages: PageCache, project: NormalizedName, key: str, filename: str, recheck_after: float
+    pages: PageSource, project: NormalizedName, key: str, filename: str, recheck_after: float
 ) -> FileSource:
     dist = await _listed_file(pages, project, key, filename, recheck_after)
     if dist.provenance is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from builder.tags import InvalidTarget, Target, locking_client, target_from_user_agent
-from proxy.builds.locking import lock_view
 from proxy.errors import BadRequest, NotAcceptable
 from proxy.index.model import PageFormat
 from proxy.index.names import InvalidProjectName, NormalizedName, normalize
@@ -74,16 +73,9 @@ async def project_page(request: web.Request) -> web.StreamResponse:
         raise web.HTTPMovedPermanently(location=location)
     fmt = negotiated_format(request)
     target, vary = page_target(request)
-    result = await services.pages.project(name)
+    locking = locking_client(request.headers.get("User-Agent"))
+    result, rendered = await services.overlay.page(name, fmt, target, locking=locking)
     request[CACHE_OUTCOME] = result.outcome.value
-    targets: tuple[Target, ...] = (target,) if target is not None else ()
-    capabilities = await services.builds.capabilities()
-    builds = await services.builds.project(name)
-    if target is not None and locking_client(request.headers.get("User-Agent")):
-        hold = services.settings.builder_uv_hold_seconds
-        targets = await lock_view(services.builds, result.page, target, capabilities, builds, hold)
-        builds = await services.builds.project(name)  # what the lock view's builds finished meanwhile
-    rendered = await services.rendered.get(result, fmt, targets, capabilities, builds)
     compressed = _accepts_gzip(request)
     etag = rendered.gzip_etag if compressed else rendered.etag
     # One header dict, handed to the response whole: a warm page costs ~150 microseconds, and setting
