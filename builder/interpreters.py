@@ -43,11 +43,6 @@ def _base_interpreter(path: Path) -> Path | None:
     return real
 
 
-def available_versions(configured: Mapping[str, str] | None = None) -> list[str]:
-    candidates = [f"3.{minor}" for minor in range(8, 15)]
-    return [v for v in candidates if find_interpreter(v, configured) is not None]
-
-
 def _pyenv_roots(env: Mapping[str, str]) -> list[Path]:
     roots = [Path(env["PYENV_ROOT"])] if env.get("PYENV_ROOT") else []
     roots.append(Path(env.get("HOME", "/root")) / ".pyenv")
