@@ -146,9 +146,10 @@ async def _stream(request: web.Request, download: Download, content_type: str) -
     if request.method == "HEAD":
         return response
     try:
-        # Opened in the loop, as FileStore.download creates it: a local open(2) takes microseconds, and a
-        # thread hop per client would queue fifty clients behind the downloader's writes at the first byte.
-        reader = download.temp_path.open("rb")
+        # Opened in the loop: a local open(2) takes microseconds, and a thread hop per client would queue
+        # fifty clients behind the downloader's writes at the first byte. Begun before the first byte.
+        assert download.upload is not None
+        reader = download.upload.path.open("rb")
     except FileNotFoundError:  # finished (renamed) or failed between our checks
         await download.wait_done()
         if download.state is not DownloadState.DONE:
