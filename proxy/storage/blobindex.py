@@ -9,11 +9,9 @@ started: a file found on disk at start is not trusted until its first hit rehash
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from proxy.clock import Clock
 
@@ -32,15 +30,11 @@ class BlobIndex:
         self._leases: Counter[str] = Counter()
         self.total_bytes = 0
 
-    def load(self, blobs: Path) -> None:
-        """Index the files already on disk (blocking: run it in a thread at start)."""
-        for folder in blobs.iterdir():
-            if not folder.is_dir():
-                continue
-            for entry in os.scandir(folder):
-                with contextlib.suppress(OSError):
-                    stat = entry.stat()
-                    self.added(entry.name, stat.st_size, stat.st_mtime, verified=False)
+    def load(self, blobs: Iterable[tuple[str, int, float]]) -> None:
+        """Index the blobs already stored, as (key, size, modification time): not yet checked by this
+        process. A store lists them as it reads its disk: run this in a thread at start."""
+        for key, size, mtime in blobs:
+            self.added(key, size, mtime, verified=False)
 
     def __len__(self) -> int:
         return len(self._entries)

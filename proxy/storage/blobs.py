@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -62,6 +62,20 @@ class Stored:
     sha256: str
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What ``check`` found: its verdict, what the blob must hash to (``expected``) and what it did hash to
+    (``sha256``: None when unread or unreadable, ``error`` then says why), the bytes read (``size``: None when
+    there was no blob to read), and where a bad blob was moved."""
+
+    check: Check
+    expected: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    error: str | None = None
+    moved_to: Path | None = None
+
+
 @dataclass(eq=False)
 class Upload:
     """A blob being written: append to ``path`` (readers may follow it), then commit or abort."""
@@ -100,9 +114,8 @@ class BlobStore(Protocol):
 
     async def delete(self, key: str) -> bool: ...
 
-    async def check(self, key: str) -> tuple[Check, str | None]:
-        """Rehash the blob against its key (or recorded digest); a bad one is moved to quarantine. Also the
-        sha256 found (None when unread)."""
+    async def check(self, key: str) -> Checked:
+        """Rehash the blob against its key (or recorded digest); a bad one is moved to quarantine."""
         ...
 
     def keys(self) -> Iterator[tuple[str, int, float]]:
@@ -236,26 +249,28 @@ class LocalBlobStore:
             drop_digest(self.digests, key)
         return True
 
-    async def check(self, key: str) -> tuple[Check, str | None]:
+    async def check(self, key: str) -> Checked:
         return await asyncio.to_thread(self._check, key)
 
-    def _check(self, key: str) -> tuple[Check, str | None]:
+    def _check(self, key: str) -> Checked:
         expected: str | None = key
         if not content_key(key):
             expected = read_digest(self.digests, key)
             if expected is None:
-                return Check.UNVERIFIABLE, None
+                return Checked(Check.UNVERIFIABLE)
         path = self.path_for(key)
         hashed = hash_file(path)
         if hashed is None:
-            return Check.MISSING, None
+            return Checked(Check.MISSING, expected)
+        read = Checked(Check.GOOD, expected, hashed.sha256, hashed.identity.size, hashed.error)
         if hashed.sha256 == expected:
-            return Check.GOOD, hashed.sha256
-        if quarantine(path, self.quarantined, key, hashed.identity) is None:
-            return Check.MISSING, None  # replaced since it was read (stored again): not the blob judged
+            return read
+        moved = quarantine(path, self.quarantined, key, hashed.identity)
+        if moved is None:  # replaced since it was read (stored again): not the blob judged
+            return replace(read, check=Check.MISSING)
         if not content_key(key):
             drop_digest(self.digests, key)
-        return Check.CORRUPT, hashed.sha256
+        return replace(read, check=Check.CORRUPT, moved_to=moved)
 
     def keys(self) -> Iterator[tuple[str, int, float]]:
         for folder in self.blobs.iterdir():

@@ -1,8 +1,9 @@
 """The content-addressed file store and its single-flight downloads.
 
-Files are immutable, so a verified file is kept forever under its sha256. A download writes to a temporary
-file in the store's own folder, hashes while writing, and is renamed into place only when hash and size
-match. Every client asking for a file that is being downloaded reads the same temporary file as it grows.
+Files are immutable, so a verified file is kept forever under its sha256, as a blob of a LocalBlobStore
+(proxy/storage/blobs.py). A download writes to the store's upload, hashes while writing, and is committed
+only when hash and size match. Every client asking for a file that is being downloaded reads the same upload
+as it grows.
 
 Disks rot and fill up. A file found on disk at start is rehashed on its first hit before it is served (later
 hits cost nothing more); the scrub and operators rehash the rest (proxy/storage/scrub.py). A blob whose
@@ -14,11 +15,9 @@ disk fills mid-stream; either way nothing partial is kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
-import os
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -29,20 +28,12 @@ from proxy.clock import Clock
 from proxy.errors import InsufficientStorage, UpstreamError, WheelfarmError
 from proxy.pages.upstream import Upstream
 from proxy.storage.blobindex import BlobIndex
+from proxy.storage.blobs import LocalBlobStore, Upload
+from proxy.storage.blobs import valid_key as valid_blob_key
 from proxy.storage.diskspace import DiskFullReport, Stage, free_bytes, is_disk_full, mib
-from proxy.storage.integrity import (
-    Check,
-    IntegrityCounts,
-    drop_digest,
-    hash_file,
-    quarantine,
-    read_digest,
-    write_digest,
-)
+from proxy.storage.integrity import Check, IntegrityCounts
 
 log = structlog.get_logger(__name__)
-
-_KEY = re.compile(r"^(url-)?[0-9a-f]{64}$")
 
 
 class DownloadState(enum.Enum):
@@ -53,7 +44,8 @@ class DownloadState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class FileSource:
-    """Where a file comes from and what it must hash to (None: upstream gave no sha256 to check)."""
+    """Where a file comes from and what it must hash to (None: upstream gave no sha256 to check). A content
+    key is that sha256 (proxy.index.model.file_key)."""
 
     key: str
     url: str
@@ -63,16 +55,16 @@ class FileSource:
 
 @dataclass(eq=False)
 class Download:
-    """One upstream download in progress; readers follow ``written`` and wait on ``changed``."""
+    """One upstream download in progress; readers follow ``written`` bytes of ``upload.path`` (``final_path``
+    once it is done) and wait on ``changed``."""
 
     source: FileSource
-    temp_path: Path
     final_path: Path
+    upload: Upload | None = None  # begun by the download's task, before its first byte
     length: int | None = None  # announced: by the page (PEP 700 size) or upstream's Content-Length
     written: int = 0
     state: DownloadState = DownloadState.RUNNING
     error: WheelfarmError | None = None
-    started: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def wait_for_more(self, seen: int) -> None:
@@ -113,14 +105,7 @@ class FileStore:
     ) -> None:
         """``max_bytes`` > 0 bounds the store: least recently used files are evicted past it. A download that
         would leave less than ``min_free_bytes`` free on the disk is refused; ``disk`` hears of each."""
-        self._blobs = root / "blobs"
-        self._partial = root / "partial"
-        self._quarantine = root / "quarantine"
-        self._digests = root / "digests"  # sha256 of url- keyed blobs, written as they are published
-        self._blobs.mkdir(parents=True, exist_ok=True)
-        self._partial.mkdir(parents=True, exist_ok=True)
-        for leftover in self._partial.iterdir():  # downloads a previous process did not finish
-            leftover.unlink(missing_ok=True)
+        self.blobs = LocalBlobStore(root)
         self._upstream = upstream
         self._clock = clock
         self.max_bytes = max_bytes
@@ -136,15 +121,18 @@ class FileStore:
 
     @staticmethod
     def valid_key(key: str) -> bool:
-        return bool(_KEY.match(key))
+        return valid_blob_key(key)
 
     def path_for(self, key: str) -> Path:
-        if not self.valid_key(key):
-            raise ValueError(f"not a file key: {key!r}")
-        return self._blobs / key[-64:-62] / key
+        return self.blobs.path_for(key)
 
     async def load(self) -> None:
-        await asyncio.to_thread(self.index.load, self._blobs)
+        """Clear the downloads a previous process did not finish and index the blobs stored."""
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        self.blobs.clear_partial()
+        self.index.load(self.blobs.keys())
 
     async def cached(self, key: str) -> Path | None:
         """The path of a stored, checked blob; None when it must be downloaded (absent, or found bad)."""
@@ -158,11 +146,11 @@ class FileStore:
             # Not there yet (the index learns of a file when its download ends): no disk check, which would
             # cost every client joining a download a thread hop just when they all arrive at once.
             return None
-        size = await asyncio.to_thread(_size_of, path)
-        if size is None:
+        blob = await self.blobs.get(key)
+        if blob is None:
             return None
         # On disk yet unknown to the index (another process sharing the folder stored it): check it first.
-        self.index.added(key, size, verified=False)
+        self.index.added(key, blob.size, verified=False)
         return path if await self.verify(key) is Check.GOOD else None
 
     async def verify(self, key: str) -> Check:
@@ -176,40 +164,30 @@ class FileStore:
         return await asyncio.shield(task)
 
     async def _check(self, key: str) -> Check:
-        expected: str | None = key
-        if key.startswith("url-"):
-            expected = await asyncio.to_thread(read_digest, self._digests, key)
-            if expected is None:
-                return Check.UNVERIFIABLE
-        path = self.path_for(key)
-        hashed = await asyncio.to_thread(hash_file, path)
-        if hashed is None:
-            if key not in self._downloads:
-                self.index.removed(key)
-            return Check.MISSING
-        self.counts.checked += 1
-        self.counts.checked_bytes += hashed.identity.size
-        if hashed.sha256 == expected:
+        checked = await self.blobs.check(key)
+        if checked.size is not None:  # the bytes were read, whatever the verdict
+            self.counts.checked += 1
+            self.counts.checked_bytes += checked.size
+        if checked.check is Check.GOOD:
             self.index.verified(key)
-            return Check.GOOD
-        moved = await asyncio.to_thread(quarantine, path, self._quarantine, key, hashed.identity)
-        if moved is None:
-            return Check.MISSING  # replaced since it was read (downloaded again): not the file judged
-        self.index.removed(key)
-        if key.startswith("url-"):
-            await asyncio.to_thread(drop_digest, self._digests, key)
-        self.counts.quarantined += 1
-        # Logged once: the blob is gone from where it was served, so nothing finds it bad a second time.
-        log.error(
-            "file_corrupt_quarantined",
-            key=key,
-            expected_sha256=expected,
-            found_sha256=hashed.sha256,
-            read_error=hashed.error,
-            bytes=hashed.identity.size,
-            moved_to=str(moved),
-        )
-        return Check.CORRUPT
+        elif checked.check is Check.MISSING and checked.size is None and key not in self._downloads:
+            # No blob to read (evicted, or quarantined by another check). One that was read, then found
+            # replaced before it could be quarantined, is a fresh download's: it stays in the index.
+            self.index.removed(key)
+        elif checked.check is Check.CORRUPT:
+            self.index.removed(key)
+            self.counts.quarantined += 1
+            # Logged once: the blob is gone from where it was served, so nothing finds it bad a second time.
+            log.error(
+                "file_corrupt_quarantined",
+                key=key,
+                expected_sha256=checked.expected,
+                found_sha256=checked.sha256,
+                read_error=checked.error,
+                bytes=checked.size,
+                moved_to=str(checked.moved_to),
+            )
+        return checked.check
 
     async def evict(self, keys: list[str]) -> int:
         """Remove these files (skipping any in use now); the number removed."""
@@ -217,7 +195,7 @@ class FileStore:
         for key in keys:
             if key not in self.index or self.index.in_use(key) or key in self._downloads:
                 continue
-            await asyncio.to_thread(self._remove, key)
+            await self.blobs.delete(key)
             self.index.removed(key)
             removed += 1
             log.info("file_evicted", key=key)
@@ -237,26 +215,14 @@ class FileStore:
         """Where files come from (web_files passes unverifiable ones straight through)."""
         return self._upstream
 
-    def _remove(self, key: str) -> None:
-        self.path_for(key).unlink(missing_ok=True)
-        if key.startswith("url-"):
-            drop_digest(self._digests, key)
-
     def download(self, source: FileSource) -> Download:
-        """Start the download of ``source``, or join the one already running."""
+        """Start the download of ``source``, or join the one already running. Registered at once and its
+        upload begun by its own task (a file is created: blocking): one download per key, whoever asks while
+        the upload is begun, and a client that hangs up meanwhile leaves nothing behind."""
         running = self._downloads.get(source.key)
         if running is not None and running.state is DownloadState.RUNNING:
             return running
-        try:
-            fd, temp_name = tempfile.mkstemp(dir=self._partial, prefix=source.key[:16] + ".")
-        except OSError as exc:
-            name = source.url.rsplit("/", 1)[-1]
-            if is_disk_full(exc):
-                self.disk.report("files", Stage.BEFORE_DOWNLOAD, file=name, error=str(exc))
-                raise InsufficientStorage(f"no room on the proxy's cache disk to store {name}") from None
-            raise WheelfarmError(f"cannot store {name}: {exc}") from None
-        os.close(fd)
-        download = Download(source, Path(temp_name), self.path_for(source.key))
+        download = Download(source, self.path_for(source.key))
         self._downloads[source.key] = download
         task = asyncio.create_task(self._run(download))
         self._tasks.add(task)
@@ -266,7 +232,9 @@ class FileStore:
     async def _run(self, download: Download) -> None:
         source = download.source
         digest = hashlib.sha256()
+        sink: BinaryIO | None = None
         try:
+            upload = download.upload = await self._begin(download)
             if source.size is not None:  # known from the page: refuse before even asking upstream
                 await self._ensure_room(download, source.size)
             self.upstream_downloads += 1
@@ -274,22 +242,21 @@ class FileStore:
                 download.length = source.size if source.size is not None else upstream_file.length
                 if source.size is None and download.length is not None:
                     await self._ensure_room(download, download.length)
-                download.started.set()
-                with download.temp_path.open("r+b") as sink:
-                    async for chunk in upstream_file.chunks:
-                        digest.update(chunk)
-                        await asyncio.to_thread(_write_all, sink, chunk)
-                        download.written += len(chunk)
-                        await download._notify()
+                sink = await asyncio.to_thread(upload.path.open, "r+b")
+                async for chunk in upstream_file.chunks:
+                    digest.update(chunk)
+                    await asyncio.to_thread(_write_all, sink, chunk)
+                    download.written += len(chunk)
+                    await download._notify()
             self._verify(download, digest.hexdigest())
-            digests = self._digests if source.key.startswith("url-") else None
-            await asyncio.to_thread(_publish, download, digest.hexdigest(), digests)
+            await asyncio.to_thread(sink.close)
+            await self.blobs.commit(upload, digest.hexdigest())
             self.index.added(source.key, download.written)
             download.state = DownloadState.DONE
             log.info("file_cached", key=source.key, bytes=download.written)
             await self.enforce_limit()
         except WheelfarmError as exc:
-            self._fail(download, exc)
+            await self._fail(download, exc, sink)
         except OSError as exc:
             if is_disk_full(exc):
                 self.disk.report("files", Stage.DURING_DOWNLOAD, file=download.name, written=download.written)
@@ -298,20 +265,29 @@ class FileStore:
                 )
             else:
                 error = WheelfarmError(f"cannot store {download.name}: {exc}")
-            self._fail(download, error)
+            await self._fail(download, error, sink)
         except asyncio.CancelledError:
-            self._fail(download, UpstreamError("download cancelled (proxy shutting down)"))
+            await self._fail(download, UpstreamError("download cancelled (proxy shutting down)"), sink)
             raise
         finally:
-            download.started.set()
             if self._downloads.get(source.key) is download:
                 del self._downloads[source.key]
             await download._notify()
 
+    async def _begin(self, download: Download) -> Upload:
+        try:
+            return await asyncio.to_thread(self.blobs.begin, download.source.key)
+        except OSError as exc:
+            name = download.name
+            if is_disk_full(exc):
+                self.disk.report("files", Stage.BEFORE_DOWNLOAD, file=name, error=str(exc))
+                raise InsufficientStorage(f"no room on the proxy's cache disk to store {name}") from None
+            raise WheelfarmError(f"cannot store {name}: {exc}") from None
+
     async def _ensure_room(self, download: Download, size: int) -> None:
         """Refuse, before any byte, a file the cache disk cannot hold next to what downloads in flight still
         have to write and the ``min_free_bytes`` kept for pages and the page index."""
-        free = await asyncio.to_thread(free_bytes, self._partial)
+        free = await asyncio.to_thread(free_bytes, self.blobs.partial)
         promised = sum(d.still_to_write for d in self._downloads.values() if d is not download)
         if free - promised - size >= self.min_free_bytes:
             return
@@ -336,12 +312,19 @@ class FileStore:
                 f"{name} from upstream has sha256 {sha256}, but the index says {source.sha256}; not cached"
             )
 
-    def _fail(self, download: Download, error: WheelfarmError) -> None:
+    async def _fail(self, download: Download, error: WheelfarmError, sink: BinaryIO | None) -> None:
+        # Failed before anything awaits: a reader woken by the last chunk must find the download failed (a
+        # clear error answer before any byte), not running with nothing more to come.
         download.state = DownloadState.FAILED
         download.error = error
         if not isinstance(error, InsufficientStorage):  # those the disk report has logged, rate-limited
             log.warning("file_download_failed", key=download.source.key, error=error.message)
-        download.temp_path.unlink(missing_ok=True)
+        if sink is not None:
+            # On a full disk the close fails to flush what is still buffered; the file is closed all the same.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(sink.close)
+        if download.upload is not None:
+            await self.blobs.abort(download.upload)
 
     async def close(self) -> None:
         tasks = [*self._tasks, *self._checks.values()]
@@ -354,18 +337,3 @@ def _write_all(sink: BinaryIO, chunk: bytes) -> None:
     sink.write(chunk)
     # Readers use their own descriptors on the same file: flush so they see what we count as written.
     sink.flush()
-
-
-def _publish(download: Download, sha256: str, digests: Path | None) -> None:
-    if digests is not None:  # first: a url- blob is never in place without what to check it against
-        write_digest(digests, download.source.key, sha256)
-    download.final_path.parent.mkdir(parents=True, exist_ok=True)
-    # Atomic on one filesystem: readers see no file or the whole file.
-    os.replace(download.temp_path, download.final_path)
-
-
-def _size_of(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return None

@@ -94,7 +94,8 @@ def create_app(
         cache_dir = settings.cache_dir
         disk = DiskFullReport()  # pages and files share the disk: one rate-limited voice for both
         store = PageStore(cache_dir / "pages", max_bytes=settings.cache_max_page_mb << 20, disk=disk)
-        files = FileStore(
+        files = await asyncio.to_thread(  # makes its folders
+            FileStore,
             cache_dir / "files",
             source,
             the_clock,

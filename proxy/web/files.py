@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 from aiohttp import web
@@ -145,41 +145,56 @@ async def _stream(request: web.Request, download: Download, content_type: str) -
     await response.prepare(request)
     if request.method == "HEAD":
         return response
-    try:
-        # Opened in the loop, as FileStore.download creates it: a local open(2) takes microseconds, and a
-        # thread hop per client would queue fifty clients behind the downloader's writes at the first byte.
-        reader = download.temp_path.open("rb")
-    except FileNotFoundError:  # finished (renamed) or failed between our checks
+    reader = await _open_upload(download)
+    if reader is None:  # finished (committed) or failed between our checks
         await download.wait_done()
         if download.state is not DownloadState.DONE:
             return _abort(request, response, download)
-        reader = download.final_path.open("rb")
+        reader = await asyncio.to_thread(download.final_path.open, "rb")
+    try:
+        return await _send_growing(request, response, download, reader)
+    finally:
+        await asyncio.to_thread(reader.close)
+
+
+async def _open_upload(download: Download) -> BinaryIO | None:
+    """The download's upload opened for reading; None once it is gone (committed or aborted)."""
+    if download.upload is None:  # never begun: its task failed at once
+        return None
+    try:
+        return await asyncio.to_thread(download.upload.path.open, "rb")
+    except FileNotFoundError:
+        return None
+
+
+async def _send_growing(
+    request: web.Request, response: GrowingFileResponse, download: Download, reader: BinaryIO
+) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
-    with reader:
-        while True:
-            state = download.state
-            if state is DownloadState.FAILED:
+    while True:
+        state = download.state
+        if state is DownloadState.FAILED:
+            return _abort(request, response, download)
+        # Until the hash is checked, keep the last byte back: the body cannot look complete before then.
+        limit = download.written if state is DownloadState.DONE else download.written - 1
+        sent = response.bytes_sent
+        if sent < limit:
+            # sendfile: zero-copy from the page cache, no thread hop. A lagging client catches up in
+            # slices, so one client's backlog never holds the loop while others wait for a first byte.
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return response  # the client hung up; the shared download goes on for the others
+            try:
+                count = await loop.sendfile(transport, reader, sent, min(limit - sent, SENDFILE_SLICE))
+            except ConnectionError:
+                return response
+            if not count:  # the file ends before what was counted as written: never a short success
                 return _abort(request, response, download)
-            # Until the hash is checked, keep the last byte back: the body cannot look complete before then.
-            limit = download.written if state is DownloadState.DONE else download.written - 1
-            sent = response.bytes_sent
-            if sent < limit:
-                # sendfile: zero-copy from the page cache, no thread hop. A lagging client catches up in
-                # slices, so one client's backlog never holds the loop while others wait for a first byte.
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    return response  # the client hung up; the shared download goes on for the others
-                try:
-                    count = await loop.sendfile(transport, reader, sent, min(limit - sent, SENDFILE_SLICE))
-                except ConnectionError:
-                    return response
-                if not count:  # the file ends before what was counted as written: never a short success
-                    return _abort(request, response, download)
-                response.bytes_sent += count
-            elif state is DownloadState.DONE:
-                break
-            else:
-                await download.wait_for_more(sent + 1)
+            response.bytes_sent += count
+        elif state is DownloadState.DONE:
+            break
+        else:
+            await download.wait_for_more(sent + 1)
     await response.write_eof()
     return response
 
