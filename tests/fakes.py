@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
+from loopwatch import LoopWatch
 from prometheus_client.parser import text_string_to_metric_families
 from servers import ServerThread
 
@@ -42,6 +43,9 @@ class FakeClock:
             self._now += seconds
 
 
+PROXY_THREAD = "wheelfarm-proxy"  # the name of the thread that runs a ProxyServer's event loop
+
+
 class ProxyServer(ServerThread):
     """wheelfarm's app (create_app, as `wheelfarm serve` builds it) on 127.0.0.1 in a thread."""
 
@@ -52,7 +56,7 @@ class ProxyServer(ServerThread):
         super().__init__(
             self._application,
             port=settings.port,
-            name="wheelfarm-proxy",
+            name=PROXY_THREAD,
             runner_options={"access_log_class": AccessLog},
         )
 
@@ -91,6 +95,13 @@ class ProxyServer(ServerThread):
 
     def __enter__(self) -> Self:
         return self.start()
+
+
+def watch_proxy_loop(*, cpu_limit: float = 0.1, blocked_limit: float = 0.2) -> LoopWatch:
+    """Opt-in: a watchdog on the event loop of every ProxyServer running while it is entered (start-up too,
+    for one started inside), recording each callback that held the loop more than ``cpu_limit`` seconds of
+    CPU time or ``blocked_limit`` seconds asleep: see tests/loopwatch.py."""
+    return LoopWatch(PROXY_THREAD, cpu_limit=cpu_limit, blocked_limit=blocked_limit)
 
 
 def wait_for(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
