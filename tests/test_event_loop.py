@@ -7,7 +7,7 @@ loaded CI machine does not make it cry wolf; a callback over a limit fails the t
 it was busy in.
 
 The limits: 0.1 s of CPU time, 0.2 s asleep. Pages of RENDER_IN_THREAD_FROM (2000) files or more render
-in a thread (proxy/web/services.py); the big project here has more, so its renders must leave the loop.
+in a thread (proxy/pages/overlaid.py); the big project here has more, so its renders must leave the loop.
 """
 
 from __future__ import annotations
@@ -214,8 +214,8 @@ def test_the_watch_catches_a_callback_that_holds_the_loop(
         hold()
         return render_project(*args)
 
-    # Pages of fewer than 2000 files render inline, on the loop (proxy/web/services.py).
-    monkeypatch.setattr("proxy.web.services.render_project", held_render)
+    # Pages of fewer than 2000 files render inline, on the loop (proxy/pages/overlaid.py).
+    monkeypatch.setattr("proxy.pages.overlaid.render_project", held_render)
     with watch_proxy_loop() as watch:
         watch.label("a page rendered with a hold")
         assert httpx.get(f"{proxy.url}/simple/tinypure/", timeout=30).status_code == 200
@@ -228,7 +228,7 @@ def test_the_watch_catches_a_callback_that_holds_the_loop(
     assert hold.__name__ in str(failed.value)
     # Named by the line that held the loop and the proxy's line that called it.
     named = re.compile(
-        rf"tests/test_event_loop\.py:\d+ in {hold.__name__}, from proxy/web/services\.py:\d+ in"
+        rf"tests/test_event_loop\.py:\d+ in {hold.__name__}, from proxy/pages/overlaid\.py:\d+ in"
     )
     assert any(named.match(line) for line in slow.lines), slow.lines
     if hold is hold_the_loop_asleep:  # caught asleep, not busy
