@@ -113,6 +113,9 @@ def test_deleted_sdist_hides_its_built_wheel_and_orphans_it(
     page(builder_proxy, "tinypure")
     assert build_records(builder_proxy, "tinypure") == []
     assert httpx.get(wheel_url).status_code == 404
+    # Its bytes are gone from the disk too, not only from the index.
+    blobs = builder_proxy.settings.cache_dir / "built" / "blobs"
+    assert not list(blobs.rglob(built["hashes"]["sha256"]))
 
 
 @pytest.mark.parametrize("removal", ["release", "project"])

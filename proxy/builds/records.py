@@ -119,9 +119,7 @@ class BuildRecords:
         return record
 
     def _index(self, record: BuildRecord) -> None:
-        old = self._records.get(record.key)
-        if old is not None:
-            self._references.update(_shas(old))  # released by the caller once the new record is written
+        """Index ``record``; the caller releases the references of a record it replaces."""
         self._records[record.key] = record
         self._by_project.setdefault(record.project, {})[record.key] = record
         self._references.update(_shas(record))
