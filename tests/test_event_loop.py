@@ -6,7 +6,7 @@ watchdog (tests/loopwatch.py) times every callback the proxy's loop runs, by CPU
 loaded CI machine does not make it cry wolf; a callback over a limit fails the test, named with the lines
 it was busy in.
 
-The limits: 0.1 s of CPU time, 0.2 s asleep. Pages of RENDER_IN_THREAD_FROM (2000) files or more render
+The limits: 0.1 s of CPU time, 0.2 s asleep. Pages of RENDER_IN_THREAD_FROM (1000) files or more render
 in a thread (proxy/pages/overlaid.py); the big project here has more, so its renders must leave the loop.
 """
 
@@ -214,7 +214,7 @@ def test_the_watch_catches_a_callback_that_holds_the_loop(
         hold()
         return render_project(*args)
 
-    # Pages of fewer than 2000 files render inline, on the loop (proxy/pages/overlaid.py).
+    # Pages of fewer than 1000 files render inline, on the loop (proxy/pages/overlaid.py).
     monkeypatch.setattr("proxy.pages.overlaid.render_project", held_render)
     with watch_proxy_loop() as watch:
         watch.label("a page rendered with a hold")

@@ -103,6 +103,9 @@ def test_overlay_picks_sdist_only_releases_for_the_target() -> None:
             dist("demo-6.0.tar.gz"),
             dist("demo-6.0-py3-none-any.whl", yanked=True),  # yanked wheel, sdist not: not covered
             DistFile("demo-7.0.tar.gz", "https://x/demo-7.0.tar.gz"),  # no sha256: cannot be built
+            dist("demo-8.0.tar.gz"),
+            dist("demo-8.0-py3-none-any.whl", yanked=True),
+            dist("demo-8.0-py2.py3-none-any.whl"),  # one wheel of the release not yanked: covered
         ),
     )
     chosen = [(str(version), sdist.filename) for version, sdist in releases_needing_wheels(page, target)]

@@ -35,7 +35,9 @@ Offer = Callable[[Version, DistFile, Target], tuple[DistFile, ...]]
 def releases_needing_wheels(page: ProjectPage, target: Target) -> Iterator[tuple[Version, DistFile]]:
     """(version, sdist) for each release with a buildable sdist and no wheel the target supports."""
     sdists: dict[Version, list[DistFile]] = defaultdict(list)
-    wheels: list[tuple[Version, DistFile]] = []
+    # Per version: is there a supporting wheel at all, and is one of them not yanked (indexed so the
+    # check below is linear in the page: pages of up to 1,000 files render on the event loop).
+    wheel_yanked: dict[Version, bool] = {}
     for dist in page.files:
         if dist.filename.endswith(".whl"):
             try:
@@ -43,7 +45,7 @@ def releases_needing_wheels(page: ProjectPage, target: Target) -> Iterator[tuple
             except InvalidWheelFilename:
                 continue
             if target.supports(frozenset(tags)):
-                wheels.append((version, dist))
+                wheel_yanked[version] = wheel_yanked.get(version, True) and bool(dist.yanked)
         else:
             try:
                 _, version = parse_sdist_filename(dist.filename)
@@ -54,7 +56,8 @@ def releases_needing_wheels(page: ProjectPage, target: Target) -> Iterator[tuple
     for version, candidates in sorted(sdists.items()):
         sdist = min(candidates, key=lambda d: (not d.filename.endswith(".tar.gz"), d.filename))
         # A yanked wheel does not cover a release whose sdist is not yanked: clients skip the wheel.
-        if any(v == version and (not w.yanked or sdist.yanked) for v, w in wheels):
+        all_yanked = wheel_yanked.get(version)
+        if all_yanked is not None and (not all_yanked or sdist.yanked):
             continue
         if _python_may_match(sdist.requires_python, target):
             yield version, sdist
