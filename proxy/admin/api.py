@@ -28,7 +28,7 @@ from proxy.index.urls import BUILT_BY_NAME_ROUTE, BUILT_ROUTE, built_path
 from proxy.redact import redact
 from proxy.web.builds import serve_built, serve_built_by_name
 from proxy.web.security import secure_admin
-from proxy.web.services import SERVICES, Services
+from proxy.web.services import SERVICES, RequestOutcome, Services
 
 MAIN_APP = web.AppKey("main_app", web.Application)
 PAGE = Path(__file__).with_name("admin.html")
@@ -128,14 +128,18 @@ def counts_view(counts: BuildCounts) -> dict[str, int]:
     }
 
 
+# What the hit ratio counts: requests answered from the page or file cache, or from upstream (not builds).
+CACHE_LOOKUPS = (RequestOutcome.HIT, RequestOutcome.MISS, RequestOutcome.STALE, RequestOutcome.REVALIDATED)
+
+
 async def summary(request: web.Request) -> web.Response:
     services = services_of(request)
     pages, page_bytes = await services.page_cache.store_stats()
     counts = await services.builds.counts()
     status = (await services.builds.capabilities()).status
     lookups_counts = services.metrics.cache_counts()
-    lookups = sum(lookups_counts.get(k, 0) for k in ("hit", "miss", "stale", "revalidated"))
-    ratio = round(lookups_counts.get("hit", 0) / lookups, 4) if lookups else None
+    lookups = sum(lookups_counts.get(o.value, 0) for o in CACHE_LOOKUPS)
+    ratio = round(lookups_counts.get(RequestOutcome.HIT.value, 0) / lookups, 4) if lookups else None
     return reply(
         {
             "pages": {"count": pages, "bytes": page_bytes},

@@ -46,7 +46,7 @@ class AccessLog(AbstractAccessLogger):
         route = request.get(ROUTE) or (MALFORMED_ROUTE if unparsed is not None else "unmatched")
         metrics = self.metrics or self._find_metrics(request)
         if metrics is not None:
-            metrics.count_request(route, response.status, sent, request.get(CACHE_OUTCOME), time)
+            metrics.count_request(route, response.status, sent, _outcome(request), time)
         if not self._lines:
             return
         if unparsed is not None:
@@ -60,7 +60,7 @@ class AccessLog(AbstractAccessLogger):
             status=response.status,
             bytes=sent,
             duration_ms=round(time * 1000, 2),
-            cache=request.get(CACHE_OUTCOME),
+            cache=_outcome(request),
             user_agent=request.headers.get("User-Agent", "")[:120],
         )
 
@@ -106,3 +106,8 @@ def _bytes_sent(response: web.StreamResponse) -> int:
     if isinstance(response, web.FileResponse) and response.content_length is not None:
         return response.content_length
     return response.body_length
+
+
+def _outcome(request: BaseRequest) -> str | None:
+    outcome = request.get(CACHE_OUTCOME)
+    return outcome.value if outcome is not None else None

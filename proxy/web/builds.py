@@ -38,7 +38,7 @@ from proxy.index.urls import built_address, built_path
 from proxy.web.files import CHUNK, IMMUTABLE
 from proxy.web.pages import project_name
 from proxy.web.security import error_response, plain_text
-from proxy.web.services import CACHE_OUTCOME, SERVICES, Services
+from proxy.web.services import CACHE_OUTCOME, SERVICES, RequestOutcome, Services
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TARGET = re.compile(r"^[a-z0-9]+-[a-z0-9_]+$")  # a Target id: <interpreter>-<platform>
@@ -90,7 +90,7 @@ async def pending(request: web.Request) -> web.StreamResponse:
         if isinstance(submitted, BuildRecord):
             record = submitted
         else:
-            request[CACHE_OUTCOME] = "building"
+            request[CACHE_OUTCOME] = RequestOutcome.BUILDING
             waiting = _waiting(services)
             age = max(0.0, time.time() - submitted.queued_at)
             if not waiting.gave_up(age):
@@ -148,7 +148,7 @@ async def _answer(request: web.Request, services: Services, record: BuildRecord)
         error.reason = plain_text(f"{summary} (log: {log_url})".replace("\n", " "))[:300]
         error.reason = error.reason.encode("latin-1", "replace").decode("latin-1")
         raise error
-    request[CACHE_OUTCOME] = request.get(CACHE_OUTCOME, "built")
+    request[CACHE_OUTCOME] = request.get(CACHE_OUTCOME, RequestOutcome.BUILT)
     # pip names the downloaded file after Content-Disposition (RFC 6266): the wheel's real name.
     disposition = {"Content-Disposition": f'attachment; filename="{record.wheel_filename}"'}
     headers = {**disposition, "X-Wheelfarm-Built-From": record.sdist_filename}
@@ -166,7 +166,7 @@ async def serve_built(request: web.Request, services: Services) -> web.StreamRes
     sha, filename = info["sha256"], info["filename"]
     for artifact in Artifact:
         if sha and built_address(record, artifact) == sha and artifact_filename(record, artifact) == filename:
-            request[CACHE_OUTCOME] = "hit"
+            request[CACHE_OUTCOME] = RequestOutcome.HIT
             return await _artifact_response(request, services, record, artifact, IMMUTABLE)
     raise NotFound(f"the build of {record.sdist_filename} for {record.key.target} left no {filename} {sha}")
 
@@ -181,7 +181,7 @@ async def serve_built_by_name(request: web.Request, services: Services) -> web.S
     filename = request.match_info["filename"]
     for artifact in Artifact:
         if artifact_filename(record, artifact) == filename and artifact_sha256(record, artifact):
-            request[CACHE_OUTCOME] = "hit"
+            request[CACHE_OUTCOME] = RequestOutcome.HIT
             return await _artifact_response(request, services, record, artifact, "no-cache")
     raise NotFound(f"the build of {record.sdist_filename} for {record.key.target} made no {filename}")
 

@@ -28,7 +28,7 @@ from proxy.redact import redact
 from proxy.settings import Settings
 from proxy.storage.files import Download, DownloadState, FileSource, FileStore
 from proxy.web.pages import project_name
-from proxy.web.services import CACHE_OUTCOME, SERVICES
+from proxy.web.services import CACHE_OUTCOME, SERVICES, RequestOutcome
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,7 @@ async def file(request: web.Request) -> web.StreamResponse:
     else:
         cached = await services.files.cached(key) if _keeps(services.settings, key) else None
         if cached is not None:  # content addressed: a cached blob needs no page lookup
-            request[CACHE_OUTCOME] = "hit"
+            request[CACHE_OUTCOME] = RequestOutcome.HIT
             return _cached_response(services.files, key, cached, "application/octet-stream")
         dist = await _listed_file(services.pages, project, key, filename, recheck_after)
         source = FileSource(key, dist.url, dist.sha256, dist.size)
@@ -81,10 +81,14 @@ async def _pass_through(
     request: web.Request, store: FileStore, source: FileSource, content_type: str
 ) -> web.StreamResponse:
     """Stream a file that cannot be verified from upstream to the client, keeping nothing of it."""
-    request[CACHE_OUTCOME] = "miss"
+    request[CACHE_OUTCOME] = RequestOutcome.MISS
     async with store.upstream.open_file(source.url) as upstream_file:
         response = web.StreamResponse(
-            headers={"Content-Type": content_type, "Cache-Control": "no-store", "X-Wheelfarm-Cache": "miss"}
+            headers={
+                "Content-Type": content_type,
+                "Cache-Control": "no-store",
+                "X-Wheelfarm-Cache": RequestOutcome.MISS.value,
+            }
         )
         if upstream_file.length is not None:
             response.content_length = upstream_file.length
@@ -106,7 +110,7 @@ async def serve(
 ) -> web.StreamResponse:
     cached = await store.cached(source.key)
     if cached is not None:
-        request[CACHE_OUTCOME] = "hit"
+        request[CACHE_OUTCOME] = RequestOutcome.HIT
         return _cached_response(store, source.key, cached, content_type)
     return await _serve_missing(request, store, source, content_type)
 
@@ -115,7 +119,7 @@ async def _serve_missing(
     request: web.Request, store: FileStore, source: FileSource, content_type: str
 ) -> web.StreamResponse:
     """Join (or start) the download of a file found missing, and stream it as it arrives."""
-    request[CACHE_OUTCOME] = "miss"
+    request[CACHE_OUTCOME] = RequestOutcome.MISS
     download = store.download(source)
     # No headers before the first byte: a download that fails at once becomes a clear error answer.
     await download.wait_for_more(0)
@@ -136,7 +140,11 @@ class GrowingFileResponse(web.StreamResponse):
 
 async def _stream(request: web.Request, download: Download, content_type: str) -> web.StreamResponse:
     response = GrowingFileResponse(
-        headers={"Content-Type": content_type, "Cache-Control": IMMUTABLE, "X-Wheelfarm-Cache": "miss"}
+        headers={
+            "Content-Type": content_type,
+            "Cache-Control": IMMUTABLE,
+            "X-Wheelfarm-Cache": RequestOutcome.MISS.value,
+        }
     )
     if download.length is not None:
         response.content_length = download.length
@@ -221,7 +229,11 @@ class LeasedFileResponse(web.FileResponse):
 
 
 def _cached_response(store: FileStore, key: str, path: Path, content_type: str) -> web.FileResponse:
-    headers = {"Content-Type": content_type, "Cache-Control": IMMUTABLE, "X-Wheelfarm-Cache": "hit"}
+    headers = {
+        "Content-Type": content_type,
+        "Cache-Control": IMMUTABLE,
+        "X-Wheelfarm-Cache": RequestOutcome.HIT.value,
+    }
     return LeasedFileResponse(path, lambda: store.index.lease(key), chunk_size=CHUNK, headers=headers)
 
 

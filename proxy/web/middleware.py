@@ -12,9 +12,10 @@ import structlog
 from aiohttp import web
 
 from proxy.errors import WheelfarmError
+from proxy.pages.cache import ProjectNotFound
 from proxy.web.resources import OUT_OF_FILES, Throttled, is_out_of_descriptors
 from proxy.web.security import ERROR_HEADERS, error_response
-from proxy.web.services import CACHE_OUTCOME, REQUEST_ID, ROUTE
+from proxy.web.services import CACHE_OUTCOME, REQUEST_ID, ROUTE, RequestOutcome
 
 log = structlog.get_logger("wheelfarm")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -46,9 +47,8 @@ async def errors_and_context(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
     except WheelfarmError as exc:
-        outcome = getattr(exc, "outcome", None)
-        if outcome is not None:
-            request[CACHE_OUTCOME] = outcome.value
+        if isinstance(exc, ProjectNotFound):  # a remembered 404 is a cache hit too
+            request[CACHE_OUTCOME] = RequestOutcome.of_cache(exc.outcome)
         response = error_response(exc.status, exc.message, reason=exc.reason)
     except web.HTTPException as exc:
         exc.headers["X-Request-ID"] = request_id

@@ -10,7 +10,7 @@ from proxy.index.model import PageFormat
 from proxy.index.names import InvalidProjectName, NormalizedName, normalize
 from proxy.index.negotiate import SUPPORTED_MEDIA_TYPES, choose_format
 from proxy.pages.cache import CacheOutcome
-from proxy.web.services import CACHE_OUTCOME, SERVICES
+from proxy.web.services import CACHE_OUTCOME, SERVICES, RequestOutcome
 
 
 def page_target(request: web.Request) -> tuple[Target | None, str]:
@@ -56,7 +56,7 @@ async def root_page(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     fmt = negotiated_format(request)
     result = await services.root.current()
-    request[CACHE_OUTCOME] = result.outcome.value
+    request[CACHE_OUTCOME] = RequestOutcome.of_cache(result.outcome)
     headers = _cache_headers(result.outcome, result.stale_reason, services.settings.cache_root_ttl, "Accept")
     headers["Content-Type"] = fmt.content_type
     return web.FileResponse(result.path_for(fmt), chunk_size=1 << 18, headers=headers)
@@ -75,7 +75,7 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     target, vary = page_target(request)
     locking = locking_client(request.headers.get("User-Agent"))
     result, rendered = await services.overlay.page(name, fmt, target, locking=locking)
-    request[CACHE_OUTCOME] = result.outcome.value
+    request[CACHE_OUTCOME] = RequestOutcome.of_cache(result.outcome)
     compressed = _accepts_gzip(request)
     etag = rendered.gzip_etag if compressed else rendered.etag
     # One header dict, handed to the response whole: a warm page costs ~150 microseconds, and setting

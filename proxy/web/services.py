@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from proxy.builds.service import BuildService
-from proxy.pages.cache import PageCache
+from proxy.pages.cache import CacheOutcome, PageCache
 from proxy.pages.overlaid import OverlayPages
 from proxy.pages.policy import PolicyPages
 from proxy.pages.rootlist import RootList
@@ -36,8 +37,23 @@ class Services:
     builds: BuildService
 
 
+class RequestOutcome(enum.Enum):
+    """How a request was answered, as the access log and ``wheelfarm_cache_outcomes`` name it."""
+
+    HIT = "hit"  # from the cache, upstream not asked
+    MISS = "miss"  # fetched from upstream now
+    REVALIDATED = "revalidated"  # upstream said the cached page is current
+    STALE = "stale"  # upstream failed or was slow: the cached page, marked stale
+    BUILDING = "building"  # the client waited for (or joined) a build
+    BUILT = "built"  # a finished build's wheel, through its pending link
+
+    @classmethod
+    def of_cache(cls, outcome: CacheOutcome) -> RequestOutcome:
+        return cls(outcome.value)
+
+
 SERVICES = web.AppKey("services", Services)
-CACHE_OUTCOME = web.RequestKey("cache_outcome", str)  # set by handlers, read by the access log
+CACHE_OUTCOME = web.RequestKey("cache_outcome", RequestOutcome)  # set by handlers, read by the access log
 REQUEST_ID = web.RequestKey("request_id", str)
 ROUTE = web.RequestKey("route", str)  # the matched route's pattern, set by the error middleware
 # Why aiohttp's parser refused the request (no route, no handler ran), set by proxy.edge.
