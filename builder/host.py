@@ -45,7 +45,7 @@ from builder.workdir import (
 log = structlog.get_logger(__name__)
 
 BUILDER_VERSION = "wheelfarm-builder/2"  # a failure recorded by an older builder is tried again
-_OLD_LAYOUT = re.compile(r"^([0-9a-f]{16}-[a-z0-9_]+-\d+|jobs|\.frontend(-\d+)?)$")  # wheelfarm-builder/1
+_OLD_LAYOUT = re.compile(r"^([0-9a-f]{16}-[a-z0-9_]+-\d+|jobs|\.frontend(-\d+)?)\Z")  # wheelfarm-builder/1
 _PYTHONS = tuple(range(MIN_PYTHON[1], 15))  # CPython 3 minor versions looked for
 
 Kept = TypeVar("Kept")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import fnmatch
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -52,12 +53,32 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_TARGET_ID = re.compile(r"[a-z0-9]+-[a-z0-9_]+")  # <interpreter>-<platform>, as Target.id spells it
+
+
+def is_sha256(text: str) -> bool:
+    """A sha256 as wheelfarm names things by it: 64 lower-case hex digits, nothing else (no newline)."""
+    return _SHA256_HEX.fullmatch(text) is not None
+
+
+class InvalidBuildKey(ValueError):
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class BuildKey:
     """One build per (sdist sha256, target): the same sdist for the same target always builds the same."""
 
     sdist_sha256: str
     target: str
+
+    @classmethod
+    def checked(cls, sdist_sha256: str, target: str) -> BuildKey:
+        """A key from untrusted text (a URL, a file name): both parts end up in paths and URLs."""
+        if not is_sha256(sdist_sha256) or _TARGET_ID.fullmatch(target) is None:
+            raise InvalidBuildKey(f"not a build key: {sdist_sha256[:80]!r}/{target[:80]!r}")
+        return cls(sdist_sha256, target)
 
     def __str__(self) -> str:
         return f"{self.sdist_sha256}/{self.target}"

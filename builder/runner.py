@@ -61,8 +61,8 @@ DEFAULT_BUILD_SYSTEM: dict[str, Any] = {
 UV_ROOT = "/uv"  # the uv binary, read-only
 SDIST_ROOT = "/sdist"
 CHECK_ROOT = "/check"
-_WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.+!-]{1,200}\.whl$")
-_FOLDER_NAME = re.compile(r"^[^/\x00]{1,255}$")
+_WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.+!-]{1,200}\.whl\Z")  # \Z: `$` would let a trailing newline through
+_FOLDER_NAME = re.compile(r"^[^/\x00]{1,255}\Z")
 _IMPORT_CHECK_SECONDS = 300.0
 _MODULES_CHECKED = 200
 

@@ -25,7 +25,7 @@ _LEGACY_MANYLINUX = {(2, 17): "manylinux2014", (2, 12): "manylinux2010", (2, 5):
 _LEGACY_ARCHS = {"x86_64", "i686", "aarch64", "ppc64le", "s390x", "armv7l"}
 _TARGET = re.compile(
     r"^cp(?P<major>3)(?P<minor>\d{1,2})-(?P<platform>"
-    r"(?P<libc>manylinux|musllinux)_(?P<libc_major>\d+)_(?P<libc_minor>\d+)_(?P<arch>[a-z0-9_]+))$"
+    r"(?P<libc>manylinux|musllinux)_(?P<libc_major>\d+)_(?P<libc_minor>\d+)_(?P<arch>[a-z0-9_]+))\Z"
 )
 _USER_AGENT = re.compile(r"^(?:pip|uv)/\S+ (?P<json>\{.*\})\s*$", re.DOTALL)
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "x64": "x86_64"}

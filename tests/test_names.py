@@ -21,7 +21,9 @@ def test_pep503_normalisation(raw: str, expected: str) -> None:
     assert normalize(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["", "-six", "six-", "..", "../etc", "a/b", "six ", "ünïcode", "x" * 201])
+@pytest.mark.parametrize(
+    "raw", ["", "-six", "six-", "..", "../etc", "a/b", "six ", "six\n", "ünïcode", "x" * 201]
+)
 def test_impossible_names_are_rejected_with_the_name_in_the_message(raw: str) -> None:
     with pytest.raises(InvalidProjectName) as caught:
         normalize(raw)

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from packaging.tags import Tag
 
+from builder.jobs import BuildKey, InvalidBuildKey
 from builder.tags import InvalidTarget, Target, target_from_user_agent
 from proxy.index.model import DistFile, ProjectPage
 from proxy.index.names import NormalizedName
@@ -75,11 +76,40 @@ def test_tag_sets() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "cp311", "cp311-win_amd64", "py3-none-any", "cp311-manylinux_2_36", "cp2-x"]
+    "text",
+    [
+        "",
+        "cp311",
+        "cp311-win_amd64",
+        "py3-none-any",
+        "cp311-manylinux_2_36",
+        "cp2-x",
+        "cp311-manylinux_2_36_x86_64\n",
+    ],
 )
 def test_invalid_targets_name_the_input(text: str) -> None:
     with pytest.raises(InvalidTarget, match="not a target"):
         Target.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("sha", "target"),
+    [
+        ("a" * 63, "cp311-manylinux_2_36_x86_64"),
+        ("A" * 64, "cp311-manylinux_2_36_x86_64"),
+        ("a" * 64 + "\n", "cp311-manylinux_2_36_x86_64"),
+        ("a" * 64, "cp311-manylinux_2_36_x86_64\n"),
+        ("a" * 64, "../cp311"),
+        ("a" * 64, "cp311-x/y"),
+    ],
+)
+def test_build_keys_from_untrusted_text_must_be_exact(sha: str, target: str) -> None:
+    """Both parts become file and URL path segments: anything but the exact spelling is refused."""
+    with pytest.raises(InvalidBuildKey, match="not a build key"):
+        BuildKey.checked(sha, target)
+    assert BuildKey.checked("a" * 64, "cp311-manylinux_2_36_x86_64") == BuildKey(
+        "a" * 64, "cp311-manylinux_2_36_x86_64"
+    )
 
 
 def dist(filename: str, **fields: object) -> DistFile:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -24,15 +23,12 @@ from pathlib import Path
 import orjson
 import structlog
 
-from builder.jobs import Artifact, BuildKey, BuildRecord, artifact_sha256
+from builder.jobs import Artifact, BuildKey, BuildRecord, artifact_sha256, is_sha256
 from builder.protocol import WorkerReport
 from builder.workdir import BuildFolder
 from proxy.storage.blobs import LocalBlobStore, Stored
 
 log = structlog.get_logger(__name__)
-
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_TARGET = re.compile(r"^[a-z0-9]+-[a-z0-9_]+$")  # a Target id: <interpreter>-<platform>
 
 
 class BuildRecords:
@@ -132,8 +128,7 @@ class BuildRecords:
                 await self.blobs.delete(sha)
 
     def _path(self, key: BuildKey) -> Path:
-        if not _SHA256.match(key.sdist_sha256) or not _TARGET.match(key.target):
-            raise ValueError(f"not a build key: {key}")
+        BuildKey.checked(key.sdist_sha256, key.target)  # raises InvalidBuildKey, a ValueError
         return self._folder / key.sdist_sha256 / f"{key.target}.json"
 
     def _write(self, record: BuildRecord) -> None:
@@ -146,7 +141,7 @@ class BuildRecords:
     def _migrate_old_layout(self) -> None:
         """Move wheelfarm-builder/2's folders (record.json next to the files) into the blob store."""
         for folder in self.root.iterdir():
-            if not _SHA256.match(folder.name) or not folder.is_dir() or folder.is_symlink():
+            if not is_sha256(folder.name) or not folder.is_dir() or folder.is_symlink():
                 continue
             for build in folder.iterdir():
                 try:

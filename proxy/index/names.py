@@ -9,7 +9,7 @@ from typing import NewType
 NormalizedName = NewType("NormalizedName", str)
 
 # PEP 508 / core metadata: a name starts and ends with a letter or digit; inside, also "-", "_" and ".".
-_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z", re.IGNORECASE)
 _SEPARATORS = re.compile(r"[-_.]+")
 MAX_NAME_LENGTH = 200
 

@@ -27,8 +27,8 @@ from typing import Protocol
 
 from proxy.storage.integrity import Check, drop_digest, hash_file, quarantine, read_digest, write_digest
 
-_CONTENT_KEY = re.compile(r"^[0-9a-f]{64}$")
-_NAMED_KEY = re.compile(r"^url-[0-9a-f]{64}$")
+_CONTENT_KEY = re.compile(r"^[0-9a-f]{64}\Z")  # \Z, not $: no trailing newline
+_NAMED_KEY = re.compile(r"^url-[0-9a-f]{64}\Z")
 READ_CHUNK = 1 << 20
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 
 from aiohttp import web
@@ -26,8 +25,10 @@ from builder.jobs import (
     BuildKey,
     BuildRecord,
     BuildState,
+    InvalidBuildKey,
     artifact_filename,
     artifact_sha256,
+    is_sha256,
 )
 from builder.tags import InvalidTarget, Target
 from proxy.builds.service import NotOffered
@@ -40,8 +41,6 @@ from proxy.web.pages import project_name
 from proxy.web.security import error_response, plain_text
 from proxy.web.services import CACHE_OUTCOME, SERVICES, RequestOutcome, Services
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_TARGET = re.compile(r"^[a-z0-9]+-[a-z0-9_]+$")  # a Target id: <interpreter>-<platform>
 _CONTENT_TYPES = {
     Artifact.WHEEL: "application/octet-stream",
     Artifact.METADATA: "text/plain; charset=utf-8",
@@ -67,7 +66,7 @@ async def pending(request: web.Request) -> web.StreamResponse:
         raise BadRequest(str(exc)) from None
     project = project_name(info["project"])
     sha = info["sdist"]
-    if not _SHA256.match(sha) or project != info["project"]:
+    if not is_sha256(sha) or project != info["project"]:
         raise NotFound(f"no such build link: {request.path}")
     page = (await services.pages.project(project)).page
     if page.quarantined:
@@ -188,9 +187,11 @@ async def serve_built_by_name(request: web.Request, services: Services) -> web.S
 
 async def _record_of(request: web.Request, services: Services) -> BuildRecord:
     sha, target = request.match_info["sdist"], request.match_info["target"]
-    if not _SHA256.match(sha) or not _TARGET.match(target):
-        raise NotFound(f"no such built file: {request.path}")
-    record = await services.builds.record(BuildKey(sha, target), final=False)
+    try:
+        key = BuildKey.checked(sha, target)
+    except InvalidBuildKey:
+        raise NotFound(f"no such built file: {request.path}") from None
+    record = await services.builds.record(key, final=False)
     if record is None:
         raise NotFound(f"no build of {sha} for {target}")
     return record
