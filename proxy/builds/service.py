@@ -190,9 +190,8 @@ class NoBuilds:
     async def artifact(self, record: BuildRecord, artifact: Artifact) -> Blob | None:
         return None
 
-    async def chunks(self, blob: Blob, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        raise FileNotFoundError(blob.key)
-        yield b""  # an async generator, like every store's
+    def chunks(self, blob: Blob, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        raise FileNotFoundError(blob.key)  # no blob came from here: artifact() has none
 
     async def forget(self, key: BuildKey) -> BuildRecord | None:
         return None
