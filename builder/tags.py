@@ -53,7 +53,7 @@ class Target:
             raise InvalidTarget(text)
         return cls((int(match["major"]), int(match["minor"])), match["platform"])
 
-    @property
+    @cached_property  # part of every page's render key
     def id(self) -> str:
         return f"cp{self.python[0]}{self.python[1]}-{self.platform}"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import pytest
 from fakes import FakeClock
 from hypothesis import given
@@ -10,6 +12,7 @@ from packaging.tags import Tag
 
 from builder.jobs import BuildKey, InvalidBuildKey
 from builder.tags import InvalidTarget, Target, target_from_user_agent
+from proxy.builds.embedded import BuildPolicy
 from proxy.index.model import DistFile, ProjectPage
 from proxy.index.names import NormalizedName
 from proxy.index.overlay import apply_overlay, pending_filename, releases_needing_wheels
@@ -163,3 +166,15 @@ def test_blob_index_evicts_least_recently_used_but_never_leased() -> None:
     assert index.over_limit(300) == []
     index.removed("a")
     assert index.total_bytes == 200
+
+
+@given(
+    st.text(alphabet="abc-*?[]!", max_size=6),
+    st.lists(st.text(alphabet="abc-*?[]!", min_size=1, max_size=4), max_size=3),
+)
+def test_build_policy_matches_names_as_fnmatchcase_does(name: str, patterns: list[str]) -> None:
+    """The policy compiles its patterns into one regex (it is asked on every page): same answers."""
+    policy = BuildPolicy(allow=tuple(patterns), deny=())
+    allowed = any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    assert (policy.why_not(name) is None) == allowed
+    assert (BuildPolicy(deny=tuple(patterns)).why_not(name) is None) == (not allowed)

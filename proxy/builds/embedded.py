@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fnmatch
+import functools
+import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,8 @@ log = structlog.get_logger(__name__)
 
 SdistFetcher = Callable[[BuildJob], Awaitable[Path]]
 SWEEP_INTERVAL_SECONDS = 600.0
+# Projects whose build snapshot (ProjectBuilds) is kept between page requests, least recently asked first.
+SNAPSHOTS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +65,19 @@ class BuildPolicy:
     max_builds: int = 10_000  # records kept; past it orphans go first, then the oldest
 
     def why_not(self, project: str) -> str | None:
-        if any(fnmatch.fnmatchcase(project, pattern) for pattern in self.deny):
+        if _matches_any(self.deny).match(project):
             return f"the builder's policy does not allow building {project} ([builder] deny)"
-        if not any(fnmatch.fnmatchcase(project, pattern) for pattern in self.allow):
+        if not _matches_any(self.allow).match(project):
             return f"the builder's policy does not allow building {project} ([builder] allow)"
         return None
+
+
+@functools.lru_cache(maxsize=8)
+def _matches_any(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One regex for a list of fnmatch patterns (case-sensitive, as fnmatchcase): asked on every page."""
+    if not patterns:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile("|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in patterns))
 
 
 @dataclass(eq=False)
@@ -98,7 +111,8 @@ class EmbeddedBuildService:
         self._status = ServiceStatus(ServiceState.CHECKING)
         self._running: dict[BuildKey, _Running] = {}
         self._versions: dict[str, int] = {}
-        self._snapshots: dict[str, ProjectBuilds] = {}
+        self._snapshots: OrderedDict[str, ProjectBuilds] = OrderedDict()
+        self._capabilities = Capabilities(self._status)  # made again whenever the status changes
         # Projects a build found to need a toolchain this builder lacks (Phase.TOOLCHAIN): none of their
         # releases is offered for builds here, so no other client meets a build that cannot work.
         self._lacking: dict[str, str] = {}
@@ -118,16 +132,16 @@ class EmbeddedBuildService:
         reason = await self._host.start()
         if reason is None:
             self._status = ServiceStatus(ServiceState.READY)
+            self._capabilities = Capabilities(self._status, (self._host.offer,))
             settings = self._host.settings
             log.info("builder_ready", workers=settings.workers, index=settings.index_url)
         else:
             self._status = ServiceStatus(ServiceState.UNAVAILABLE, reason)
+            self._capabilities = Capabilities(self._status)
             log.warning("builds_disabled", reason=reason)
 
     async def capabilities(self) -> Capabilities:
-        if self._status.state is not ServiceState.READY:
-            return Capabilities(self._status)
-        return Capabilities(self._status, (self._host.offer,))
+        return self._capabilities
 
     async def wait_ready(self) -> ServiceStatus:
         if self._status.state is ServiceState.CHECKING and self._check is not None:
@@ -138,12 +152,15 @@ class EmbeddedBuildService:
         version = self._versions.get(project, 0)
         snapshot = self._snapshots.get(project)
         if snapshot is not None and snapshot.version == version:
+            self._snapshots.move_to_end(project)
             return snapshot
         final = {key: r for key, r in self._records.of_project(project).items() if self._final(r)}
         reason = self._why_not(project)
-        snapshot = ProjectBuilds(project, version, reason is None, final, reason or "")
-        if final:  # only projects with builds: the names are the clients' to choose
-            self._snapshots[project] = snapshot
+        snapshot = self._snapshots[project] = ProjectBuilds(
+            project, version, reason is None, final, reason or ""
+        )
+        if len(self._snapshots) > SNAPSHOTS_KEPT:  # bounded: the project names are the clients' to choose
+            self._snapshots.popitem(last=False)
         return snapshot
 
     async def submit(self, job: BuildJob) -> BuildProgress | BuildRecord:

@@ -47,9 +47,12 @@ class RequestOutcome(enum.Enum):
     BUILDING = "building"  # the client waited for (or joined) a build
     BUILT = "built"  # a finished build's wheel, through its pending link
 
-    @classmethod
-    def of_cache(cls, outcome: CacheOutcome) -> RequestOutcome:
-        return cls(outcome.value)
+    @staticmethod
+    def of_cache(outcome: CacheOutcome) -> RequestOutcome:
+        return _OF_CACHE[outcome]  # a dict: Enum(value) is slow enough to show on a warm page
+
+
+_OF_CACHE = {outcome: RequestOutcome(outcome.value) for outcome in CacheOutcome}
 
 
 SERVICES = web.AppKey("services", Services)
