@@ -199,6 +199,9 @@ class BuildHost:
     async def _remove(self, folder: BuildFolder) -> None:
         """Remove a build's folder; a failure is logged (start-up tries again), never a client's 500."""
         try:
+            # Whatever still runs in the build's cgroups (as root) is killed first: the sandbox dies with its
+            # worker (PR_SET_PDEATHSIG), but a worker killed while it forked a launcher can leave one behind.
+            await asyncio.to_thread(remove_leftover_cgroups, folder.path.name)
             removed = await asyncio.to_thread(remove_build_folder, self.settings.work_root, folder.path)
         except OSError as exc:
             removed = False
@@ -269,7 +272,7 @@ class BuildHost:
 
 def _kill_worker(process: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)  # the worker leads its own session (and its launchers')
+        os.killpg(process.pid, signal.SIGKILL)  # the worker leads its own session (launchers have theirs)
 
 
 def _worker_environment() -> dict[str, str]:
