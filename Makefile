@@ -54,6 +54,13 @@ CHROMIUM := /usr/bin/chromium
 $(BWRAP):
 	-apt-get update -qq && apt-get install -y -qq bubblewrap || echo "could not install bubblewrap: wheel builds stay off"
 
+# PostgreSQL (Debian's package) for the cluster tests: they run their own server in a temporary folder.
+.PHONY: postgresql
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq postgresql) || \
+		echo "could not install postgresql: tests/test_cluster.py fails"
+
 # Headless Chromium for the admin page's browser test.
 $(CHROMIUM):
 	-apt-get update -qq && apt-get install -y -qq chromium || echo "could not install chromium: tests/test_admin_page.py fails"
@@ -72,7 +79,7 @@ typecheck: venv
 # clients, so the suite takes about half the time on the 2 cores CI has.
 # The Docker image's test is not among them (`make test-docker`, below).
 PYTEST_PARALLEL ?= -n 2 --dist loadfile
-test: lint typecheck $(WHEELHOUSE)/.done $(CLIENTS)/.done $(BWRAP) $(CHROMIUM)
+test: lint typecheck $(WHEELHOUSE)/.done $(CLIENTS)/.done $(BWRAP) $(CHROMIUM) postgresql
 	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not docker" $(PYTEST_ARGS)
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-unprivileged; fi
 

@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     config = commands.add_parser("config", help="settings: print config.example.toml")
     config.add_argument("config_command", choices=["example"], help="example: every setting, documented")
+    db = commands.add_parser("db", help="the cluster's PostgreSQL ([cluster] database)")
+    db.add_argument("db_command", choices=["upgrade"], help="upgrade: apply the schema migrations it lacks")
+    db.add_argument("--config", type=Path, help="TOML settings file naming [cluster] database")
     builder = commands.add_parser("builder", help="the wheel builder on its own")
     builder_cli.add_arguments(builder)
     admin_cli.add_commands(commands)
@@ -77,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "target":
         return _print_target(args.url.rstrip("/"))
+    if args.command == "db":
+        return _upgrade_database(args.config)
     overrides = {item.attr: getattr(args, item.attr) for item in fields()}
     try:
         settings = load_settings(args.config, overrides=overrides)
@@ -95,6 +100,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:  # one clear line for what the operator must fix, not a traceback
             print(f"wheelfarm: cannot start: {_startup_problem(exc, settings)}", file=sys.stderr)
             return 1
+    return 0
+
+
+def _upgrade_database(config: Path | None) -> int:
+    import asyncio
+
+    import psycopg
+
+    from proxy.cluster.schema import SchemaTooNew, upgrade_database
+    from proxy.redact import redact
+
+    try:
+        url = load_settings(config).cluster_database
+    except SettingsError as exc:
+        print(f"wheelfarm: {exc}", file=sys.stderr)
+        return 2
+    if not url:
+        print(
+            "wheelfarm: no [cluster] database is configured (or WHEELFARM_CLUSTER_DATABASE)", file=sys.stderr
+        )
+        return 2
+    try:
+        before, after = asyncio.run(upgrade_database(url))
+    except (psycopg.Error, SchemaTooNew) as exc:
+        print(f"wheelfarm: cannot upgrade {redact(url)}: {redact(str(exc)).strip()}", file=sys.stderr)
+        return 1
+    print(f"schema version {before} -> {after}" if after != before else f"schema version {after}: up to date")
     return 0
 
 

@@ -436,6 +436,32 @@ class Settings:
         parse=_text,
     )  # fmt: skip
 
+    cluster_database: str = setting(
+        "cluster", "database", "",
+        "PostgreSQL URL (\"postgresql://user:password@host/db\") of the build queue and records that several "
+        "wheelfarm processes and hosts share; \"\" keeps them in this process (the embedded default). "
+        "Prefer the environment: WHEELFARM_CLUSTER_DATABASE.",
+        parse=_text,
+    )  # fmt: skip
+    cluster_store: Path | None = setting(
+        "cluster", "store", None,
+        "Folder every process of the cluster reaches (a shared mount) for built wheels, logs and provenance; "
+        "unset: <cache_dir>/built.",
+        parse=_optional_path,
+        example="/srv/wheelfarm-shared/built",
+    )  # fmt: skip
+    cluster_lease_seconds: float = setting(
+        "cluster", "lease_seconds", 60.0,
+        "How long a builder holds a job without renewing its lease (it renews every third of this); a job "
+        "whose lease expires is queued again for another builder.",
+        parse=_number,
+    )  # fmt: skip
+
+    @property
+    def offers_builds(self) -> bool:
+        """Whether pages may offer builds: a builder here, or a cluster whose builders may be elsewhere."""
+        return self.builder_enabled or bool(self.cluster_database)
+
     @property
     def plain_index_url(self) -> str:
         """Where builders install build requirements from: this proxy without the overlay (no recursion)."""
@@ -559,7 +585,12 @@ def _from_toml(path: Path) -> dict[str, Any]:
 
 
 # A zero here would refuse every connection or drop it at once.
-_POSITIVE = ("server_header_timeout", "server_idle_timeout", "server_max_connections")
+_POSITIVE = (
+    "server_header_timeout",
+    "server_idle_timeout",
+    "server_max_connections",
+    "cluster_lease_seconds",
+)
 
 
 def _convert(item: Field, raw: Any, origin: str) -> Any:

@@ -26,7 +26,7 @@ import structlog
 from builder.jobs import Artifact, BuildKey, BuildRecord, artifact_sha256, is_sha256
 from builder.protocol import WorkerReport
 from builder.workdir import BuildFolder
-from proxy.storage.blobs import LocalBlobStore, Stored
+from proxy.storage.blobs import BlobStore, LocalBlobStore
 
 log = structlog.get_logger(__name__)
 
@@ -68,30 +68,10 @@ class BuildRecords:
     async def keep(
         self, record: BuildRecord, report: WorkerReport, folder: BuildFolder | None
     ) -> BuildRecord:
-        """Store a finished build: its log, and when it succeeded its wheel, METADATA and provenance, copied
-        from the worker's own files in ``folder`` (never from the build's tree); then its record."""
-        log_file = folder.log if folder is not None else None
-        stored_log = await self._put_log(log_file, report)
-        record = dataclasses.replace(record, log_sha256=stored_log.sha256)
-        if report.ok and folder is not None:
-            wheel = folder.result / report.wheel_filename
-            stored_wheel = await self.blobs.put(wheel)
-            metadata = await self.blobs.put(wheel.with_name(wheel.name + ".metadata"))
-            provenance = await self.blobs.put(orjson.dumps(report.provenance, option=orjson.OPT_INDENT_2))
-            record = dataclasses.replace(
-                record,
-                wheel_sha256=stored_wheel.sha256,
-                wheel_size=stored_wheel.blob.size,
-                metadata_sha256=metadata.sha256,
-                provenance_sha256=provenance.sha256,
-            )
+        """Store a finished build's artifacts (``store_artifacts``), then its record."""
+        record = await store_artifacts(self.blobs, record, report, folder)
         await self.save(record)
         return record
-
-    async def _put_log(self, path: Path | None, report: WorkerReport) -> Stored:
-        if path is not None and await asyncio.to_thread(_plain_file, path):
-            return await self.blobs.put(path)
-        return await self.blobs.put(f"build failed in {report.phase}: {report.error}\n".encode())
 
     async def save(self, record: BuildRecord) -> None:
         """Write ``record`` (a new one, or an existing one changed), replacing any record of its key."""
@@ -185,3 +165,34 @@ def _plain_file(path: Path) -> bool:
 
 def _shas(record: BuildRecord) -> list[str]:
     return [sha for artifact in Artifact if (sha := artifact_sha256(record, artifact))]
+
+
+async def store_artifacts(
+    blobs: BlobStore, record: BuildRecord, report: WorkerReport, folder: BuildFolder | None
+) -> BuildRecord:
+    """Put a finished build's log, and when it succeeded its wheel, METADATA and provenance, into ``blobs``,
+    copied from the worker's own files in ``folder`` (never from the build's tree); ``record`` naming them."""
+    log_file = folder.log if folder is not None else None
+    if log_file is not None and await asyncio.to_thread(_plain_file, log_file):
+        stored_log = await blobs.put(log_file)
+    else:
+        stored_log = await blobs.put(f"build failed in {report.phase}: {report.error}\n".encode())
+    record = dataclasses.replace(record, log_sha256=stored_log.sha256)
+    if report.ok and folder is not None:
+        wheel = folder.result / report.wheel_filename
+        stored_wheel = await blobs.put(wheel)
+        metadata = await blobs.put(wheel.with_name(wheel.name + ".metadata"))
+        provenance = await blobs.put(orjson.dumps(report.provenance, option=orjson.OPT_INDENT_2))
+        record = dataclasses.replace(
+            record,
+            wheel_sha256=stored_wheel.sha256,
+            wheel_size=stored_wheel.blob.size,
+            metadata_sha256=metadata.sha256,
+            provenance_sha256=provenance.sha256,
+        )
+    return record
+
+
+def artifact_shas(record: BuildRecord) -> list[str]:
+    """The blobs ``record`` names."""
+    return sorted(_shas(record))

@@ -13,15 +13,19 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
 
 from builder.host import BuildHost, HostSettings
 from builder.jobs import BuildJob, Limits
 from proxy.admin.api import create_admin_app
-from proxy.builds.embedded import BuildPolicy, EmbeddedBuildService
+from proxy.builds.embedded import BuildPolicy, EmbeddedBuildService, SdistFetcher
 from proxy.builds.following import FollowingUpstream
 from proxy.builds.records import BuildRecords
 from proxy.builds.service import BuildService, NoBuilds
 from proxy.clock import Clock, SystemClock
+from proxy.cluster.queue import Pool
+from proxy.cluster.schema import upgrade_database
+from proxy.cluster.service import ClusterBuildService
 from proxy.errors import UpstreamError
 from proxy.index.urls import BUILT_BY_NAME_ROUTE, BUILT_ROUTE, FILE_ROUTE, PENDING_ROUTE
 from proxy.pages.cache import PageCache
@@ -32,6 +36,7 @@ from proxy.pages.store import PageStore
 from proxy.pages.upstream import HttpUpstream, Upstream, host_policy, make_session
 from proxy.redact import redact
 from proxy.settings import Settings
+from proxy.storage.blobs import LocalBlobStore
 from proxy.storage.diskspace import DiskFullReport
 from proxy.storage.files import DownloadState, FileSource, FileStore
 from proxy.storage.scrub import Scrubber, Verifier
@@ -106,7 +111,9 @@ def create_app(
         await files.load()
         verifier = Verifier(files, the_clock)
         builds: BuildService = NoBuilds()
-        if settings.builder_enabled:
+        if settings.cluster_database:
+            builds = await start_cluster_builds(settings, files, the_clock)
+        elif settings.builder_enabled:
             builds = await start_embedded_builds(settings, files, the_clock)
         builds.on_finished(app_metrics.build_finished)
         # The page layers, bottom up (proxy/pages/source.py).
@@ -199,9 +206,8 @@ def _writable_folder(folder: Path) -> None:
     probe.unlink()
 
 
-async def start_embedded_builds(settings: Settings, files: FileStore, clock: Clock) -> EmbeddedBuildService:
-    """Builds on this host: worker processes, sdists from our own file store, records and artifacts in the
-    cache folder. The sandbox self-check runs in the background; builds are offered once it passes."""
+def sdist_fetcher(files: FileStore) -> SdistFetcher:
+    """Builds take their sdists from our own file store (verified against the sha256 the page gave)."""
 
     async def fetch_sdist(job: BuildJob) -> Path:
         source = FileSource(job.sdist_sha256, job.sdist_url, job.sdist_sha256, None)
@@ -214,15 +220,47 @@ async def start_embedded_builds(settings: Settings, files: FileStore, clock: Clo
             raise download.error or UpstreamError("sdist download failed")
         return download.final_path
 
-    policy = BuildPolicy(
+    return fetch_sdist
+
+
+def build_policy(settings: Settings) -> BuildPolicy:
+    return BuildPolicy(
         allow=settings.builder_allow,
         deny=settings.builder_deny,
         orphan_retention=settings.builder_orphan_retention,
         max_builds=settings.builder_max_builds,
     )
+
+
+async def start_embedded_builds(settings: Settings, files: FileStore, clock: Clock) -> EmbeddedBuildService:
+    """Builds on this host: worker processes, sdists from our own file store, records and artifacts in the
+    cache folder. The sandbox self-check runs in the background; builds are offered once it passes."""
     host = BuildHost(host_settings(settings))
     records = BuildRecords(settings.cache_dir / "built")
-    service = EmbeddedBuildService(host, records, fetch_sdist, policy, clock, settings.builder_timeout)
+    service = EmbeddedBuildService(
+        host, records, sdist_fetcher(files), build_policy(settings), clock, settings.builder_timeout
+    )
+    await service.start()
+    return service
+
+
+async def start_cluster_builds(settings: Settings, files: FileStore, clock: Clock) -> ClusterBuildService:
+    """The queue and records in the cluster's PostgreSQL (its schema brought up to date first), the
+    artifacts in the shared store, and, unless builds are off here, this host's builder taking jobs."""
+    url = settings.cluster_database
+    await upgrade_database(url)
+    pool: Pool = AsyncConnectionPool(url, min_size=1, max_size=10, open=False, kwargs={"autocommit": True})
+    service = ClusterBuildService(
+        pool,
+        url,
+        LocalBlobStore(settings.cluster_store or settings.cache_dir / "built"),
+        BuildHost(host_settings(settings)) if settings.builder_enabled else None,
+        sdist_fetcher(files),
+        build_policy(settings),
+        clock,
+        settings.builder_timeout,
+        settings.cluster_lease_seconds,
+    )
     await service.start()
     return service
 

@@ -27,7 +27,7 @@ def page_target(request: web.Request) -> tuple[Target | None, str]:
             raise BadRequest(str(exc)) from None
     if request.path.startswith("/plain/"):
         return None, "Accept"
-    if not request.app[SERVICES].settings.builder_enabled:
+    if not request.app[SERVICES].settings.offers_builds:
         return None, "Accept"
     return target_from_user_agent(request.headers.get("User-Agent")), "Accept, User-Agent"
 

@@ -1,0 +1,1 @@
+"""Several wheelfarm processes and hosts on one PostgreSQL and one shared blob store (issue: scale-out)."""

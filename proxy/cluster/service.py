@@ -1,0 +1,442 @@
+"""The build service of a cluster: the queue and records in PostgreSQL, the artifacts in a blob store every
+process reaches, and this host's builder taking jobs from the queue like any other builder.
+
+Every process of the cluster answers for all of it: a build submitted through one process is queued once
+(the key is the row's primary key), built by whichever builder claims it, and the clients waiting in every
+process wake when its ``NOTIFY`` arrives. Pages stay fast: each process keeps the build snapshot of the
+projects it serves in memory and drops one only when a notification names its project (all of them when the
+notification connection was lost, as notifications may have been missed meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import orjson
+import psycopg
+import structlog
+
+from builder.host import BUILDER_VERSION, BuildHost
+from builder.jobs import (
+    Artifact,
+    BuildJob,
+    BuildKey,
+    BuildProgress,
+    BuildRecord,
+    BuildState,
+    Phase,
+    TargetOffer,
+    artifact_sha256,
+)
+from builder.protocol import WorkerReport
+from builder.workdir import BuildFolder
+from proxy.builds.embedded import BuildPolicy, SdistFetcher
+from proxy.builds.records import artifact_shas, store_artifacts
+from proxy.builds.service import (
+    BuildCounts,
+    Capabilities,
+    FinishedListener,
+    NotOffered,
+    ProjectBuilds,
+    ServiceState,
+    ServiceStatus,
+)
+from proxy.clock import Clock
+from proxy.cluster.queue import BUILDS_CHANNEL, JOBS_CHANNEL, BuildQueue, Pool
+from proxy.redact import redact
+from proxy.storage.blobs import Blob, BlobStore
+
+log = structlog.get_logger(__name__)
+
+SNAPSHOTS_KEPT = 4096
+WAIT_POLL_SECONDS = 5.0  # a waiting client looks at its build this often even without a notification
+IDLE_POLL_SECONDS = 5.0  # an idle builder slot looks for jobs this often even without a notification
+RECONNECT_SECONDS = 1.0
+BUILDERS_REFRESH_SECONDS = 2.0  # how often a process reads which builders are live
+
+
+class ClusterBuildService:
+    def __init__(
+        self,
+        pool: Pool,
+        database_url: str,
+        blobs: BlobStore,
+        host: BuildHost | None,
+        fetch_sdist: SdistFetcher,
+        policy: BuildPolicy,
+        clock: Clock,
+        fetch_timeout: float,
+        lease_seconds: float,
+    ) -> None:
+        self._queue = BuildQueue(pool)
+        self._pool = pool
+        self._url = database_url
+        self._blobs = blobs
+        self._host = host
+        self._fetch_sdist = fetch_sdist
+        self._policy = policy
+        self._clock = clock
+        self._fetch_timeout = fetch_timeout
+        self._lease = lease_seconds
+        self.builder_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._status = ServiceStatus(ServiceState.CHECKING)
+        self._capabilities = Capabilities(self._status)
+        self._checked = asyncio.Event()  # the builder's start-up check is over (passed or not)
+        self._local = ServiceStatus(ServiceState.CHECKING)  # this host's builder
+        # Per-project build versions from one counter: after a lost notification connection every project
+        # starts past every version handed out before, so no render cached then is taken as current.
+        self._counter = 0
+        self._floor = 0
+        self._versions: dict[str, int] = {}
+        self._snapshots: OrderedDict[str, ProjectBuilds] = OrderedDict()
+        self._changed: dict[BuildKey, asyncio.Event] = {}
+        self._jobs = asyncio.Event()
+        self._listeners: list[FinishedListener] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self._pool.open(wait=True, timeout=30)
+        self._tasks.append(asyncio.create_task(self._listen(), name="cluster notifications"))
+        self._tasks.append(asyncio.create_task(self._requeue_expired(), name="cluster leases"))
+        self._tasks.append(asyncio.create_task(self._start_builder(), name="cluster builder"))
+        self._tasks.append(asyncio.create_task(self._follow_builders(), name="cluster builders"))
+
+    async def _start_builder(self) -> None:
+        if self._host is None:
+            self._local = ServiceStatus(ServiceState.OFF, "no builder runs in this process")
+            await self._refresh_builders()
+            return
+        reason = await self._host.start()
+        if reason is not None:
+            self._local = ServiceStatus(ServiceState.UNAVAILABLE, reason)
+            log.warning("builds_disabled", reason=reason)
+            await self._refresh_builders()
+            return
+        self._local = ServiceStatus(ServiceState.READY)
+        log.info("builder_ready", workers=self._host.settings.workers, builder=self.builder_id)
+        self._tasks.append(asyncio.create_task(self._heartbeat(self._host.offer), name="builder heartbeat"))
+        for slot in range(self._host.settings.workers):
+            self._tasks.append(asyncio.create_task(self._builder_slot(), name=f"builder slot {slot}"))
+
+    async def _heartbeat(self, offer: TargetOffer) -> None:
+        while True:
+            try:
+                await self._queue.announce(self.builder_id, offer)
+                await self._refresh_builders()
+            except psycopg.Error as exc:
+                log.warning("builder_heartbeat_failed", error=redact(str(exc)).strip()[:300])
+            await asyncio.sleep(self._lease / 3)
+
+    async def _follow_builders(self) -> None:
+        """Which targets the cluster serves: what the builders heard from within a lease announced."""
+        while True:
+            await asyncio.sleep(BUILDERS_REFRESH_SECONDS)
+            try:
+                await self._refresh_builders()
+            except psycopg.Error as exc:
+                log.warning("cluster_builders_unknown", error=redact(str(exc)).strip()[:300])
+
+    async def _refresh_builders(self) -> None:
+        offers = tuple(offer for _, offer in await self._queue.live_offers(self._lease))
+        if offers:
+            status = ServiceStatus(ServiceState.READY)
+        elif self._local.state is ServiceState.CHECKING:
+            return
+        else:
+            local = f" (this host's: {self._local.reason})" if self._local.reason else ""
+            status = ServiceStatus(ServiceState.UNAVAILABLE, f"no builder of the cluster is live{local}")
+        if status != self._status or offers != self._capabilities.offers:
+            self._status = status
+            self._capabilities = Capabilities(status, offers)
+        self._checked.set()
+
+    # -- the BuildService interface --------------------------------------------------------------------
+
+    async def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    async def wait_ready(self) -> ServiceStatus:
+        await self._checked.wait()
+        return self._status
+
+    async def project(self, project: str) -> ProjectBuilds:
+        version = self._versions.get(project, self._floor)
+        snapshot = self._snapshots.get(project)
+        if snapshot is not None and snapshot.version == version:
+            self._snapshots.move_to_end(project)
+            return snapshot
+        try:
+            records = await self._queue.records(project)
+        except psycopg.Error as exc:
+            unreachable = f"the cluster database is unreachable: {redact(str(exc)).strip()[:200]}"
+            log.warning("cluster_database_unreachable", error=unreachable)
+            return snapshot or ProjectBuilds(project, version, False, {}, unreachable)
+        final = {r.key: r for r in records if _final(r)}
+        reason = _lacking(project, records) or self._policy.why_not(project)
+        snapshot = self._snapshots[project] = ProjectBuilds(
+            project, version, reason is None, final, reason or ""
+        )
+        if len(self._snapshots) > SNAPSHOTS_KEPT:
+            self._snapshots.popitem(last=False)
+        return snapshot
+
+    async def submit(self, job: BuildJob) -> BuildProgress | BuildRecord:
+        record = await self.record(job.key)
+        if record is not None:
+            return record
+        if not self._capabilities.serves(job.target):
+            raise NotOffered(f"no builder of this cluster builds for {job.target}")
+        reason = _lacking(job.project, await self._queue.records(job.project)) or self._policy.why_not(
+            job.project
+        )
+        if reason is not None:
+            raise NotOffered(reason)
+        return await self._queue.enqueue(job, time.time())
+
+    async def wait(self, key: BuildKey) -> BuildRecord | None:
+        while True:
+            # The event first, then the look: a notification between the two is not lost.
+            changed = self._changed.setdefault(key, asyncio.Event())
+            state = await self._queue.state(key)
+            if state is None or isinstance(state, BuildRecord):
+                return state
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), WAIT_POLL_SECONDS)
+
+    async def record(self, key: BuildKey, *, final: bool = True) -> BuildRecord | None:
+        state = await self._queue.state(key)
+        if not isinstance(state, BuildRecord):
+            return None
+        return state if not final or _final(state) else None
+
+    async def records(self, project: str | None = None) -> Sequence[BuildRecord]:
+        chosen = await self._queue.records(project)
+        return sorted(chosen, key=lambda r: (r.project, r.version, r.key.target))
+
+    async def active(self) -> Sequence[BuildProgress]:
+        return await self._queue.active()
+
+    async def counts(self) -> BuildCounts:
+        return BuildCounts(**await self._queue.counts())
+
+    async def artifact(self, record: BuildRecord, artifact: Artifact) -> Blob | None:
+        sha = artifact_sha256(record, artifact)
+        return await self._blobs.get(sha) if sha else None
+
+    async def chunks(self, blob: Blob, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        async for chunk in self._blobs.chunks(blob.key, start, end):
+            yield chunk
+
+    async def forget(self, key: BuildKey) -> BuildRecord | None:
+        record = await self._queue.forget(key, self._blobs.delete)
+        if record is not None:
+            self._bump(record.project)
+        return record
+
+    async def upstream_changed(self, project: str, sdists: frozenset[str]) -> None:
+        now = self._clock.now()
+        if await self._queue.set_orphaned(project, sdists, now):
+            self._bump(project)
+        for record in await self._queue.records(project):
+            since = record.orphaned_since
+            if since is not None and now - since >= self._policy.orphan_retention:
+                await self.forget(record.key)
+                log.info("orphan_deleted", project=record.project, sdist=record.sdist_filename)
+
+    def on_finished(self, listener: FinishedListener) -> None:
+        self._listeners.append(listener)
+
+    async def close(self) -> None:
+        tasks = [*self._tasks, *self._running]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._pool.close()
+
+    # -- notifications ----------------------------------------------------------------------------------
+
+    def _bump(self, project: str) -> None:
+        self._counter += 1
+        self._versions[project] = self._floor + self._counter
+        self._snapshots.pop(project, None)
+
+    def _forget_everything(self) -> None:
+        """Notifications may have been missed: every snapshot is suspect, every waiter looks again."""
+        self._floor += self._counter + 1
+        self._counter = 0
+        self._versions.clear()
+        self._snapshots.clear()
+        for event in self._changed.values():
+            event.set()
+        self._changed.clear()
+        self._jobs.set()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {BUILDS_CHANNEL}")
+                    await conn.execute(f"LISTEN {JOBS_CHANNEL}")
+                    self._forget_everything()
+                    async for notice in conn.notifies():
+                        if notice.channel == JOBS_CHANNEL:
+                            self._jobs.set()
+                        else:
+                            self._notified(notice.payload)
+            except psycopg.Error as exc:
+                log.warning("cluster_notifications_lost", error=redact(str(exc)).strip()[:300])
+            self._forget_everything()
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    def _notified(self, payload: str) -> None:
+        try:
+            data = orjson.loads(payload)
+            project, key = str(data["project"]), str(data["key"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        self._bump(project)
+        sha, _, target = key.partition("/")
+        event = self._changed.pop(BuildKey(sha, target), None)
+        if event is not None:
+            event.set()
+
+    async def _requeue_expired(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self._lease / 3))
+            try:
+                for key in await self._queue.requeue_expired(time.time()):
+                    log.warning("build_lease_expired", key=str(key))
+            except psycopg.Error as exc:
+                log.warning("cluster_lease_check_failed", error=redact(str(exc)).strip()[:300])
+
+    # -- this host's builder ----------------------------------------------------------------------------
+
+    async def _builder_slot(self) -> None:
+        assert self._host is not None
+        offer = self._host.offer
+        while True:
+            try:
+                job = await self._queue.claim(offer, self.builder_id, self._lease, time.time())
+            except psycopg.Error as exc:
+                log.warning("cluster_claim_failed", error=redact(str(exc)).strip()[:300])
+                job = None
+            if job is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._jobs.wait(), IDLE_POLL_SECONDS)
+                self._jobs.clear()
+                continue
+            build = asyncio.create_task(self._build(job), name=f"build {job.key}")
+            self._running.add(build)
+            try:
+                await asyncio.shield(build)
+            finally:
+                self._running.discard(build)
+
+    async def _build(self, job: BuildJob) -> None:
+        assert self._host is not None
+        renewing = asyncio.create_task(self._renew(job.key), name=f"lease {job.key}")
+        queued = time.time()
+        try:
+            sdist, failure = await self._fetch(job)
+            if sdist is None:
+                await self._keep(job, queued, failure or WorkerReport.failure(Phase.FETCH, "no sdist"), None)
+            else:
+                await self._host.build(
+                    job, sdist, lambda report, folder: self._keep(job, queued, report, folder)
+                )
+        except Exception as exc:  # a build's failure must never end this slot
+            log.exception("cluster_build_crashed", key=str(job.key), error=str(exc))
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def _renew(self, key: BuildKey) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                if not await self._queue.renew(key, self.builder_id, self._lease):
+                    log.warning("build_lease_lost", key=str(key))
+                    return
+            except psycopg.Error as exc:
+                log.warning("build_lease_not_renewed", key=str(key), error=redact(str(exc)).strip()[:300])
+
+    async def _keep(
+        self, job: BuildJob, queued: float, report: WorkerReport, folder: BuildFolder | None
+    ) -> BuildRecord:
+        finished = time.time()
+        record = BuildRecord(
+            key=job.key,
+            state=BuildState.DONE if report.ok else BuildState.FAILED,
+            project=job.project,
+            version=job.version,
+            sdist_filename=job.sdist_filename,
+            started_at=finished - report.build_seconds,
+            finished_at=finished,
+            queued_seconds=0.0,
+            wheel_filename=report.wheel_filename,
+            error=report.error,
+            phase=Phase(report.phase) if report.phase else None,
+            builder=BUILDER_VERSION,
+        )
+        record = await store_artifacts(self._blobs, record, report, folder)
+        if not await self._queue.finish(record, artifact_shas(record), self.builder_id):
+            log.warning("build_result_dropped", key=str(job.key), reason="the lease was lost meanwhile")
+            return record
+        self._bump(job.project)
+        for listener in self._listeners:
+            listener(record)
+        log.info(
+            "build_finished",
+            project=job.project,
+            version=job.version,
+            target=job.target.id,
+            state=record.state.value,
+            seconds=round(record.duration, 2),
+            builder=self.builder_id,
+        )
+        await self._prune()
+        return record
+
+    async def _fetch(self, job: BuildJob) -> tuple[Path | None, WorkerReport | None]:
+        deadline = self._fetch_timeout
+        try:
+            return await asyncio.wait_for(self._fetch_sdist(job), deadline), None
+        except TimeoutError:
+            return None, WorkerReport.failure(
+                Phase.FETCH, f"the sdist did not arrive within {deadline:.0f} s"
+            )
+        except Exception as exc:  # any fetch failure is this build's failure, named
+            return None, WorkerReport.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}")
+
+    async def _prune(self) -> None:
+        limit = self._policy.max_builds
+        if limit <= 0:
+            return
+        counts = await self._queue.counts()
+        excess = counts["done"] + counts["failed"] - limit
+        if excess > 0:
+            for key in await self._queue.oldest_finished(excess):
+                await self.forget(key)
+
+
+def _final(record: BuildRecord) -> bool:
+    """As the embedded service: a failure is final only when the package caused it with this builder."""
+    if record.state is not BuildState.FAILED:
+        return True
+    return record.builder == BUILDER_VERSION and record.phase is not Phase.INTERNAL
+
+
+def _lacking(project: str, records: Sequence[BuildRecord]) -> str | None:
+    for record in records:
+        if record.phase is Phase.TOOLCHAIN and record.builder == BUILDER_VERSION:
+            return f"an earlier build of {project} needed a toolchain this builder lacks: {record.error}"
+    return None

@@ -1,0 +1,239 @@
+"""Scale-out on PostgreSQL: a real server (initdb on loopback, tests/pgserver.py), the build queue's
+semantics against it, and several `wheelfarm serve` processes sharing one database and one blob store."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import psycopg
+import pytest
+from buildkit import ADMIN_TOKEN, TARGET
+from clientenv import Client
+from clients import install
+from fake_upstream import FakeIndex, FakeUpstreamServer
+from fakes import free_port
+from pgserver import PASSWORD, PostgresServer
+from psycopg_pool import AsyncConnectionPool
+from serve import WHEELFARM, server_env, wheelfarm_serve
+
+from builder.jobs import BuildJob, BuildKey, BuildProgress, BuildRecord, BuildState, TargetOffer
+from builder.tags import Target
+from proxy.cluster.queue import MAX_ATTEMPTS, BuildQueue
+from proxy.cluster.schema import MIGRATIONS, upgrade_database
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+X86 = TargetOffer("manylinux", "x86_64", (11, 12))
+ARM = TargetOffer("manylinux", "aarch64", (11, 12))
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.init()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> str:
+    """A database of its own for each test, on the module's server."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres.url.rsplit("/", 1)[0] + "/" + name
+
+
+def job(sha: str, target: str = TARGET, project: str = "demo") -> BuildJob:
+    return BuildJob(
+        project, "1.0", f"{project}-1.0.tar.gz", sha, f"https://files.example/{sha}", Target.parse(target)
+    )
+
+
+def done(record_of: BuildJob, builder: str = "x") -> BuildRecord:
+    now = time.time()
+    return BuildRecord(
+        record_of.key, BuildState.DONE, record_of.project, record_of.version, record_of.sdist_filename,
+        now, now, wheel_filename="demo-1.0-py3-none-any.whl", wheel_sha256="c" * 64, builder=builder,
+    )  # fmt: skip
+
+
+def wheelfarm(*args: str, database: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(WHEELFARM), *args],
+        env=server_env(home, {"WHEELFARM_CLUSTER_DATABASE": database}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_db_upgrade_applies_each_migration_once_even_from_several_processes_at_once(
+    database: str, tmp_path: Path
+) -> None:
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        runs = list(
+            pool.map(
+                lambda i: wheelfarm("db", "upgrade", database=database, home=tmp_path / str(i)), range(3)
+            )
+        )
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    outputs = sorted(run.stdout.strip() for run in runs)
+    assert outputs.count(f"schema version 0 -> {len(MIGRATIONS)}") == 1, outputs
+    assert outputs.count(f"schema version {len(MIGRATIONS)}: up to date") == 2, outputs
+    with psycopg.connect(database) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM wheelfarm_schema ORDER BY version")]
+    assert versions == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_db_upgrade_names_an_unreachable_database_without_its_password(tmp_path: Path) -> None:
+    url = f"postgresql://wheelfarm:{PASSWORD}@127.0.0.1:{free_port()}/nowhere"
+    run = wheelfarm("db", "upgrade", database=url, home=tmp_path)
+    assert run.returncode == 1
+    assert "cannot upgrade postgresql://***@127.0.0.1:" in run.stderr
+    assert PASSWORD not in run.stderr + run.stdout
+
+
+def test_the_queue_builds_each_key_once_claims_without_waiting_and_takes_back_lost_jobs(
+    database: str,
+) -> None:
+    async def scenario() -> None:
+        await upgrade_database(database)
+        async with AsyncConnectionPool(database, min_size=2, max_size=8, kwargs={"autocommit": True}) as pool:
+            queue = BuildQueue(pool)
+            first = await queue.enqueue(job(SHA_A), 100.0)
+            again = await queue.enqueue(job(SHA_A), 200.0)  # another process, the same key: joined
+            assert isinstance(first, BuildProgress)
+            assert isinstance(again, BuildProgress)
+            assert again.queued_at == 100.0
+            await queue.enqueue(job(SHA_B), 101.0)
+            # Two builders at once: SKIP LOCKED gives each its own job, oldest first, none waits.
+            claims = await asyncio.gather(
+                queue.claim(X86, "builder-1", 60, 300.0), queue.claim(X86, "builder-2", 60, 300.0)
+            )
+            assert sorted(c.sdist_sha256 for c in claims if c) == [SHA_A, SHA_B]
+            assert await queue.claim(X86, "builder-3", 60, 300.0) is None  # nothing left
+            # A builder for another architecture never gets an x86_64 job.
+            await queue.enqueue(job("d" * 64), 102.0)
+            assert await queue.claim(ARM, "arm", 60, 300.0) is None
+            # Only the holder renews or finishes.
+            holder = {c.sdist_sha256: n for c, n in zip(claims, ("builder-1", "builder-2"), strict=True) if c}
+            assert not await queue.renew(BuildKey(SHA_A, TARGET), "intruder", 60)
+            assert await queue.renew(BuildKey(SHA_A, TARGET), holder[SHA_A], 60)
+            assert not await queue.finish(done(job(SHA_A)), [], "intruder")
+            assert await queue.finish(done(job(SHA_A)), ["c" * 64], holder[SHA_A])
+            finished = await queue.state(BuildKey(SHA_A, TARGET))
+            assert isinstance(finished, BuildRecord)
+            assert finished.state is BuildState.DONE
+            assert isinstance(await queue.enqueue(job(SHA_A), 400.0), BuildRecord)  # done stays done
+            # A builder that stops renewing loses its job to the next one; its late result is refused.
+            lost = holder[SHA_B]
+            assert await queue.renew(BuildKey(SHA_B, TARGET), lost, 0.01)
+            await asyncio.sleep(0.1)
+            assert await queue.requeue_expired(500.0) == [BuildKey(SHA_B, TARGET)]
+            retaken = await queue.claim(X86, "builder-4", 60, 501.0)
+            assert retaken is not None
+            assert retaken.sdist_sha256 == SHA_B
+            assert not await queue.finish(done(job(SHA_B)), [], lost)
+            assert await queue.finish(done(job(SHA_B)), [], "builder-4")
+
+    asyncio.run(scenario())
+
+
+def test_a_job_that_loses_every_builder_fails_after_max_attempts(database: str) -> None:
+    async def scenario() -> None:
+        await upgrade_database(database)
+        async with AsyncConnectionPool(database, min_size=1, max_size=4, kwargs={"autocommit": True}) as pool:
+            queue = BuildQueue(pool)
+            await queue.enqueue(job(SHA_A), 1.0)
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                claimed = await queue.claim(X86, f"doomed-{attempt}", 0.01, 2.0)
+                assert claimed is not None, attempt
+                await asyncio.sleep(0.05)
+                assert await queue.requeue_expired(3.0) == [claimed.key]
+            failed = await queue.state(BuildKey(SHA_A, TARGET))
+            assert isinstance(failed, BuildRecord)
+            assert failed.state is BuildState.FAILED
+            assert f"taken {MAX_ATTEMPTS} times" in failed.error
+            assert "doomed-3" in failed.error
+            assert await queue.claim(X86, "next", 60, 4.0) is None
+
+    asyncio.run(scenario())
+
+
+def cluster_args(
+    port: int, cache: Path, store: Path, upstream: FakeUpstreamServer, builds: bool
+) -> list[str]:
+    return [
+        "--port", str(port), "--cache-dir", str(cache), "--upstream", upstream.simple_url,
+        "--builder-enabled", "yes" if builds else "no", "--cluster-store", str(store),
+        "--admin-enabled", "yes", "--logging-format", "json", "--builder-timeout", "120",
+    ]  # fmt: skip
+
+
+def test_two_processes_share_the_queue_records_and_store(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, database: str, tmp_path: Path
+) -> None:
+    """Process A builds, process B does not: pip through B gets the wheel A built for B's request, and both
+    list it; asking both at once for another release builds it once."""
+    env = {"WHEELFARM_CLUSTER_DATABASE": database, "WHEELFARM_ADMIN_TOKEN": ADMIN_TOKEN}
+    store = tmp_path / "shared"
+    port_a, port_b = free_port(), free_port()
+    args_a = cluster_args(port_a, tmp_path / "a", store, fake_upstream, builds=True)
+    args_b = cluster_args(port_b, tmp_path / "b", store, fake_upstream, builds=False)
+    with (
+        wheelfarm_serve(args_a, port_a, tmp_path / "sa", env) as a,
+        wheelfarm_serve(args_b, port_b, tmp_path / "sb", env) as b,
+    ):
+        assert a.builder()["state"] == "ready"
+        deadline = time.monotonic() + 30  # B learns of A's builder from the database
+        while b.builder()["state"] != "ready":
+            assert time.monotonic() < deadline, b.builder()
+            time.sleep(0.2)
+        result = install(Client.PIP, b.simple_url, ["tinypure==3.0"], tmp_path / "pip").check()
+        assert result.installed()["tinypure"] == "3.0"
+        assert "Building wheel for tinypure" not in result.output
+        finished_by = [line for line in a.log_lines() if line.get("event") == "build_finished"]
+        assert [line["project"] for line in finished_by] == ["tinypure"]
+        assert not [line for line in b.log_lines() if line.get("event") == "build_finished"]
+        for server in (a, b):
+            records = httpx.get(server.url + "/admin/api/builds", timeout=30).json()["finished"]
+            assert [(r["project"], r["state"]) for r in records] == [("tinypure", "done")]
+            listed = httpx.get(
+                f"{server.url}/t/{TARGET}/simple/tinypure/",
+                headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+            ).json()
+            names = [f["filename"] for f in listed["files"]]
+            assert "tinypure-3.0-py2.py3-none-any.whl" in names, names
+        # Two clients, one through each process, ask for the same pending build at the same instant.
+        pending = [
+            f["url"]
+            for f in httpx.get(
+                f"{a.url}/t/{TARGET}/simple/slowpkg/",
+                headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+            ).json()["files"]
+            if f.get("_wheelfarm", {}).get("pending")
+        ]
+        assert pending, "slowpkg has no pending link"
+        urls = [httpx.URL(f"{server.url}/t/{TARGET}/simple/slowpkg/").join(pending[0]) for server in (a, b)]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda url: httpx.get(url, timeout=180, follow_redirects=True), urls))
+        assert [answer.status_code for answer in answers] == [200, 200], [
+            answer.text[:300] for answer in answers
+        ]
+        assert answers[0].content == answers[1].content
+        with psycopg.connect(database) as conn:
+            rows = conn.execute("SELECT project, attempts, builder FROM builds ORDER BY project").fetchall()
+        assert [(project, attempts) for project, attempts, _ in rows] == [("slowpkg", 1), ("tinypure", 1)]
+        assert all(builder.endswith(f":{a.process.pid}") for _, _, builder in rows), rows
+        summary = orjson.loads(httpx.get(b.url + "/admin/api/summary", timeout=30).content)
+        assert summary["builds"]["done"] == 2
