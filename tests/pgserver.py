@@ -12,6 +12,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -51,9 +52,6 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/wheelfarm"
 
-    def _command(self, *argv: str) -> list[str]:
-        return ["runuser", "-u", self._as_user, "--", *argv] if self._as_user else list(argv)
-
     def _own(self, path: Path) -> None:
         if self._as_user:
             entry = pwd.getpwnam(self._as_user)
@@ -69,12 +67,15 @@ class PostgresServer:
         password_file.write_text(PASSWORD + "\n")
         self._own(password_file)
         subprocess.run(
-            self._command(
+            [
                 str(self.bin / "initdb"), "-D", str(self.data), "-U", USER, "--pwfile", str(password_file),
                 "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
-            ),
+            ],
             check=True,
             capture_output=True,
+            cwd=self.folder,
+            # As the server's user directly (no runuser in between, so signals reach the server itself).
+            user=self._as_user, group=self._as_user, extra_groups=[] if self._as_user else None,
         )  # fmt: skip
         password_file.unlink()
         self.start()
@@ -89,13 +90,16 @@ class PostgresServer:
         log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the server keeps writing to it
         self._own(self.folder / "server.log")
         self.process = subprocess.Popen(
-            self._command(
+            [
                 str(self.bin / "postgres"), "-D", str(self.data), "-h", "127.0.0.1", "-p", str(self.port),
                 "-k", str(self.sockets), "-c", "fsync=off", "-c", "full_page_writes=off",
                 "-c", "max_connections=200",
-            ),
+            ],
             stdout=log,
             stderr=log,
+            cwd=self.folder,
+            # As the server's user directly (no runuser in between, so signals reach the server itself).
+            user=self._as_user, group=self._as_user, extra_groups=[] if self._as_user else None,
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + 30
@@ -112,7 +116,9 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # a "smart" shutdown would wait for clients; SIGINT is "fast"
+            self.process.send_signal(
+                signal.SIGINT
+            )  # "fast" shutdown: SIGTERM's "smart" one waits for clients
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -18,11 +18,12 @@ import pytest
 from buildkit import ADMIN_TOKEN, TARGET
 from clientenv import Client
 from clients import install
-from fake_upstream import FakeIndex, FakeUpstreamServer
+from dists import in_tree_backend_sdist
+from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import free_port
 from pgserver import PASSWORD, PostgresServer
 from psycopg_pool import AsyncConnectionPool
-from serve import WHEELFARM, server_env, wheelfarm_serve
+from serve import WHEELFARM, RunningServer, server_env, wheelfarm_serve
 
 from builder.jobs import BuildJob, BuildKey, BuildProgress, BuildRecord, BuildState, TargetOffer
 from builder.tags import Target
@@ -195,10 +196,7 @@ def test_two_processes_share_the_queue_records_and_store(
         wheelfarm_serve(args_b, port_b, tmp_path / "sb", env) as b,
     ):
         assert a.builder()["state"] == "ready"
-        deadline = time.monotonic() + 30  # B learns of A's builder from the database
-        while b.builder()["state"] != "ready":
-            assert time.monotonic() < deadline, b.builder()
-            time.sleep(0.2)
+        learns_of_builders(b)
         result = install(Client.PIP, b.simple_url, ["tinypure==3.0"], tmp_path / "pip").check()
         assert result.installed()["tinypure"] == "3.0"
         assert "Building wheel for tinypure" not in result.output
@@ -237,3 +235,124 @@ def test_two_processes_share_the_queue_records_and_store(
         assert all(builder.endswith(f":{a.process.pid}") for _, _, builder in rows), rows
         summary = orjson.loads(httpx.get(b.url + "/admin/api/summary", timeout=30).content)
         assert summary["builds"]["done"] == 2
+
+
+def learns_of_builders(server: RunningServer, timeout: float = 30.0) -> None:
+    """A process without a builder of its own offers builds once it reads a live one from the database."""
+    deadline = time.monotonic() + timeout
+    while server.builder()["state"] != "ready":
+        assert time.monotonic() < deadline, server.builder()
+        time.sleep(0.2)
+
+
+def holder_of(database: str, project: str, timeout: float = 60.0) -> str:
+    """The builder that holds ``project``'s build once it runs."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT builder FROM builds WHERE project = %s AND state = 'running'", (project,)
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            time.sleep(0.1)
+    raise AssertionError(f"no build of {project} started within {timeout} s")
+
+
+def add_slow_release(index: FakeIndex, folder: Path, name: str, seconds: float) -> None:
+    sdist = in_tree_backend_sdist(folder, name, "1.0", f"    import time\n    time.sleep({seconds})")
+    index.add_file(name, FakeFile.from_path(sdist))
+
+
+def test_a_builder_killed_mid_build_loses_the_job_to_another_and_the_client_still_gets_its_wheel(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, database: str, tmp_path: Path
+) -> None:
+    add_slow_release(build_index, tmp_path / "sdists", "sleepy", 6)
+    env = {"WHEELFARM_CLUSTER_DATABASE": database}
+    store = tmp_path / "shared"
+    ports = [free_port() for _ in range(3)]
+    lease = ["--cluster-lease-seconds", "3", "--builder-workers", "1"]
+    with (
+        wheelfarm_serve(
+            [*cluster_args(ports[0], tmp_path / "a", store, fake_upstream, builds=True), *lease],
+            ports[0], tmp_path / "sa", env,
+        ) as a,
+        wheelfarm_serve(
+            [*cluster_args(ports[1], tmp_path / "c", store, fake_upstream, builds=True), *lease,
+             "--builder-build-uid", "1900100000"],  # two builders on one host: uid ranges of their own
+            ports[1], tmp_path / "sc", env,
+        ) as c,
+        wheelfarm_serve(
+            cluster_args(ports[2], tmp_path / "b", store, fake_upstream, builds=False),
+            ports[2], tmp_path / "sb", env,
+        ) as b,
+    ):  # fmt: skip
+        assert a.builder()["state"] == c.builder()["state"] == "ready"
+        learns_of_builders(b)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            installing = pool.submit(install, Client.PIP, b.simple_url, ["sleepy==1.0"], tmp_path / "pip")
+            first = holder_of(database, "sleepy")
+            victim, survivor = (a, c) if first.endswith(f":{a.process.pid}") else (c, a)
+            victim.process.kill()  # kill -9, mid-build
+            result = installing.result(timeout=240)
+        result.check()
+        assert result.installed()["sleepy"] == "1.0"
+        with psycopg.connect(database) as conn:
+            row = conn.execute(
+                "SELECT attempts, builder, state FROM builds WHERE project = 'sleepy'"
+            ).fetchone()
+        assert row is not None
+        assert row[0] == 2
+        assert row[1] == f"{first.rsplit(':', 1)[0]}:{survivor.process.pid}"
+        assert row[2] == "done"
+        expired = [
+            line
+            for line in b.log_lines() + survivor.log_lines()
+            if line.get("event") == "build_lease_expired"
+        ]
+        assert expired, "nobody noticed the lost lease"
+
+
+def test_waiting_clients_and_a_running_build_outlast_a_database_restart(
+    fake_upstream: FakeUpstreamServer,
+    build_index: FakeIndex,
+    database: str,
+    postgres: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    add_slow_release(build_index, tmp_path / "sdists", "patient", 5)
+    env = {"WHEELFARM_CLUSTER_DATABASE": database}
+    store = tmp_path / "shared"
+    port_a, port_b = free_port(), free_port()
+    args_a = [
+        *cluster_args(port_a, tmp_path / "a", store, fake_upstream, builds=True),
+        "--builder-workers",
+        "1",
+    ]
+    args_b = cluster_args(port_b, tmp_path / "b", store, fake_upstream, builds=False)
+    with (
+        wheelfarm_serve(args_a, port_a, tmp_path / "sa", env) as a,
+        wheelfarm_serve(args_b, port_b, tmp_path / "sb", env) as b,
+    ):
+        assert a.builder()["state"] == "ready"
+        learns_of_builders(b)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            installing = pool.submit(install, Client.PIP, b.simple_url, ["patient==1.0"], tmp_path / "pip")
+            holder_of(database, "patient")
+            postgres.restart()  # every connection of both processes is cut while the build runs
+            result = installing.result(timeout=240)
+        result.check()
+        assert result.installed()["patient"] == "1.0"
+        with psycopg.connect(database) as conn:
+            row = conn.execute("SELECT attempts, state FROM builds WHERE project = 'patient'").fetchone()
+        assert row == (1, "done")  # not lost, not built twice
+        assert [line["project"] for line in a.log_lines() if line.get("event") == "build_finished"] == [
+            "patient"
+        ]
+        # Both processes are back on the database: a page through each lists the wheel.
+        for server in (a, b):
+            listed = httpx.get(
+                f"{server.url}/t/{TARGET}/simple/patient/",
+                headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+            ).json()
+            assert any(f["filename"].endswith("-none-any.whl") for f in listed["files"]), listed

@@ -16,8 +16,9 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 import psycopg
@@ -54,11 +55,13 @@ from proxy.redact import redact
 from proxy.storage.blobs import Blob, BlobStore
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 SNAPSHOTS_KEPT = 4096
 WAIT_POLL_SECONDS = 5.0  # a waiting client looks at its build this often even without a notification
 IDLE_POLL_SECONDS = 5.0  # an idle builder slot looks for jobs this often even without a notification
 RECONNECT_SECONDS = 1.0
+OUTLAST_SECONDS = 120.0
 BUILDERS_REFRESH_SECONDS = 2.0  # how often a process reads which builders are live
 
 
@@ -199,13 +202,13 @@ class ClusterBuildService:
         )
         if reason is not None:
             raise NotOffered(reason)
-        return await self._queue.enqueue(job, time.time())
+        return await _outlasting_restarts(lambda: self._queue.enqueue(job, time.time()))
 
     async def wait(self, key: BuildKey) -> BuildRecord | None:
         while True:
             # The event first, then the look: a notification between the two is not lost.
             changed = self._changed.setdefault(key, asyncio.Event())
-            state = await self._queue.state(key)
+            state = await _outlasting_restarts(lambda: self._queue.state(key))
             if state is None or isinstance(state, BuildRecord):
                 return state
             with contextlib.suppress(TimeoutError):
@@ -259,7 +262,7 @@ class ClusterBuildService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._pool.close()
+        await self._pool.close(timeout=5)
 
     # -- notifications ----------------------------------------------------------------------------------
 
@@ -388,7 +391,8 @@ class ClusterBuildService:
             builder=BUILDER_VERSION,
         )
         record = await store_artifacts(self._blobs, record, report, folder)
-        if not await self._queue.finish(record, artifact_shas(record), self.builder_id):
+        shas = artifact_shas(record)
+        if not await _outlasting_restarts(lambda: self._queue.finish(record, shas, self.builder_id)):
             log.warning("build_result_dropped", key=str(job.key), reason="the lease was lost meanwhile")
             return record
         self._bump(job.project)
@@ -426,6 +430,20 @@ class ClusterBuildService:
         if excess > 0:
             for key in await self._queue.oldest_finished(excess):
                 await self.forget(key)
+
+
+async def _outlasting_restarts(operation: Callable[[], Awaitable[T]]) -> T:
+    """``operation``, tried again while the database is unreachable (a restart, a fail-over) for up to
+    ``OUTLAST_SECONDS``: a finished build must be recorded, a waiting client must not get a 500 for it."""
+    deadline = time.monotonic() + OUTLAST_SECONDS
+    while True:
+        try:
+            return await operation()
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("cluster_database_retry", error=redact(str(exc)).strip()[:300])
+            await asyncio.sleep(RECONNECT_SECONDS)
 
 
 def _final(record: BuildRecord) -> bool:

@@ -249,7 +249,15 @@ async def start_cluster_builds(settings: Settings, files: FileStore, clock: Cloc
     artifacts in the shared store, and, unless builds are off here, this host's builder taking jobs."""
     url = settings.cluster_database
     await upgrade_database(url)
-    pool: Pool = AsyncConnectionPool(url, min_size=1, max_size=10, open=False, kwargs={"autocommit": True})
+    # Each connection checked as it is taken: after a database restart the pool's old ones are dead.
+    pool: Pool = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=10,
+        open=False,
+        kwargs={"autocommit": True},
+        check=AsyncConnectionPool.check_connection,
+    )
     service = ClusterBuildService(
         pool,
         url,
