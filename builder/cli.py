@@ -46,6 +46,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1_900_000_000,
         help="when run as root, the uid and gid the sandbox runs as (default 1900000000)",
     )
+    add_run_arguments(actions)
+
+
+def add_run_arguments(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = actions.add_parser(
+        "run",
+        help="pull jobs from a farm over HTTP and build them here (a remote builder)",
+        description="The token comes from $WHEELFARM_BUILDER_TOKEN or --token-file (an argument would be "
+        "visible to every user of this host in the process list).",
+    )
+    run.add_argument("--farm", required=True, help="the farm's URL, e.g. https://wheelfarm.example:8080")
+    run.add_argument(
+        "--token-file", type=Path, help="file holding the builder token (wheelfarm db add-token)"
+    )
+    run.add_argument(
+        "--work-dir", type=Path, default=Path("/var/tmp/wheelfarm-builder"), help="build folders"
+    )
+    run.add_argument("--workers", type=int, default=2, help="builds at once (default 2)")
+    run.add_argument("--targets", nargs="*", default=["*"], help="fnmatch patterns of the targets offered")
+    run.add_argument(
+        "--build-uid", type=int, default=1_900_000_000, help="as root: slot N builds as this + N"
+    )
+    run.add_argument("--timeout", type=float, default=900.0, help="seconds per sandboxed step")
+
+
+def run_remote_builder(args: argparse.Namespace) -> int:
+    import os
+
+    from builder.host import HostSettings
+    from builder.remote import run_remote
+
+    token = os.environ.get("WHEELFARM_BUILDER_TOKEN", "")
+    if args.token_file is not None:
+        token = args.token_file.read_text().strip()
+    if not token:
+        print("wheelfarm builder run: no token ($WHEELFARM_BUILDER_TOKEN or --token-file)", file=sys.stderr)
+        return 2
+    farm = args.farm.rstrip("/")
+    settings = HostSettings(
+        work_root=args.work_dir.resolve(),
+        index_url=f"{farm}/plain/simple/",
+        workers=max(1, args.workers),
+        limits=Limits(timeout_seconds=args.timeout),
+        build_uid=args.build_uid,
+        targets=tuple(args.targets),
+    )
+    return run_remote(farm, token, settings)
 
 
 def host_target(python: tuple[int, int]) -> Target:
@@ -60,6 +107,8 @@ def host_target(python: tuple[int, int]) -> Target:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.builder_command == "run":
+        return run_remote_builder(args)
     sdist: Path = args.sdist.resolve()
     try:
         name, version = parse_sdist_filename(sdist.name)

@@ -160,6 +160,7 @@ class BuildRecord:
     phase: Phase | None = None
     builder: str = ""  # the builder's version: a failure is not final for a newer builder
     orphaned_since: float | None = None  # when upstream stopped listing the sdist (None: it still does)
+    made_by: str = ""  # in a cluster, the builder that made it (a host:pid, or a remote builder's name)
 
     @property
     def duration(self) -> float:

@@ -60,7 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="settings: print config.example.toml")
     config.add_argument("config_command", choices=["example"], help="example: every setting, documented")
     db = commands.add_parser("db", help="the cluster's PostgreSQL ([cluster] database)")
-    db.add_argument("db_command", choices=["upgrade"], help="upgrade: apply the schema migrations it lacks")
+    db.add_argument(
+        "db_command",
+        choices=["upgrade", "add-token", "revoke-token", "tokens"],
+        help="upgrade: apply the schema migrations it lacks; add-token NAME: a remote builder's token (shown "
+        "once); revoke-token NAME; tokens: list them",
+    )
+    db.add_argument("name", nargs="?", help="the builder's name (add-token, revoke-token)")
     db.add_argument("--config", type=Path, help="TOML settings file naming [cluster] database")
     builder = commands.add_parser("builder", help="the wheel builder on its own")
     builder_cli.add_arguments(builder)
@@ -81,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "target":
         return _print_target(args.url.rstrip("/"))
     if args.command == "db":
-        return _upgrade_database(args.config)
+        return _database_command(args.db_command, args.name, args.config)
     overrides = {item.attr: getattr(args, item.attr) for item in fields()}
     try:
         settings = load_settings(args.config, overrides=overrides)
@@ -103,12 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _upgrade_database(config: Path | None) -> int:
+def _database_command(command: str, name: str | None, config: Path | None) -> int:
     import asyncio
 
     import psycopg
 
-    from proxy.cluster.schema import SchemaTooNew, upgrade_database
+    from proxy.cluster.admin import database_command
+    from proxy.cluster.schema import SchemaTooNew
     from proxy.redact import redact
 
     try:
@@ -121,13 +128,16 @@ def _upgrade_database(config: Path | None) -> int:
             "wheelfarm: no [cluster] database is configured (or WHEELFARM_CLUSTER_DATABASE)", file=sys.stderr
         )
         return 2
+    if command in ("add-token", "revoke-token") and not name:
+        print(f"wheelfarm: db {command} needs the builder's name", file=sys.stderr)
+        return 2
     try:
-        before, after = asyncio.run(upgrade_database(url))
+        code, output = asyncio.run(database_command(url, command, name or ""))
     except (psycopg.Error, SchemaTooNew) as exc:
-        print(f"wheelfarm: cannot upgrade {redact(url)}: {redact(str(exc)).strip()}", file=sys.stderr)
+        print(f"wheelfarm: {redact(url)}: {redact(str(exc)).strip()}", file=sys.stderr)
         return 1
-    print(f"schema version {before} -> {after}" if after != before else f"schema version {after}: up to date")
-    return 0
+    print(output, file=sys.stdout if code == 0 else sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
+import signal
 import subprocess
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -356,3 +359,105 @@ def test_waiting_clients_and_a_running_build_outlast_a_database_restart(
                 headers={"Accept": "application/vnd.pypi.simple.v1+json"},
             ).json()
             assert any(f["filename"].endswith("-none-any.whl") for f in listed["files"]), listed
+
+
+def add_token(database: str, name: str, home: Path) -> str:
+    run = wheelfarm("db", "add-token", name, database=database, home=home)
+    assert run.returncode == 0, run.stderr
+    token = run.stdout.strip()
+    assert token.startswith("wfb_")
+    return token
+
+
+def evil_wheel(path: Path) -> Path:
+    """A well-formed wheel, but of another project than the job's."""
+    wheel = path / "evil-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("evil/__init__.py", "print('pwned')\n")
+        archive.writestr("evil-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n")
+        archive.writestr(
+            "evil-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        archive.writestr("evil-1.0.dist-info/RECORD", "")
+    return wheel
+
+
+def test_remote_builders_pull_jobs_with_a_token_and_a_bad_upload_is_refused_and_flagged(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, database: str, tmp_path: Path
+) -> None:
+    """The farm builds nothing itself: a remote builder does, holding only its token. A builder that
+    uploads a wheel of another project is refused, flagged and gets no more jobs; the job goes to the next
+    builder and the client still gets the right wheel; a revoked token gets nothing."""
+    env = {"WHEELFARM_CLUSTER_DATABASE": database}
+    port = free_port()
+    farm_args = cluster_args(port, tmp_path / "farm", tmp_path / "shared", fake_upstream, builds=False)
+    with wheelfarm_serve(farm_args, port, tmp_path / "sf", env) as farm:
+        good = add_token(database, "remote-1", tmp_path / "cli")
+        mallory = add_token(database, "mallory", tmp_path / "cli")
+        auth = {"Authorization": f"Bearer {mallory}"}
+        offer = {"offer": {"family": "manylinux", "arch": "x86_64", "pythons": [11]}}
+        assert httpx.post(farm.url + "/cluster/api/claim", json=offer, timeout=60).status_code == 401
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            claiming = pool.submit(
+                httpx.post, farm.url + "/cluster/api/claim", json=offer, headers=auth, timeout=60
+            )
+            learns_of_builders(farm)  # mallory's claim announced a builder
+            installing = pool.submit(install, Client.PIP, farm.simple_url, ["slowpkg==1.0"], tmp_path / "pip")
+            claimed = claiming.result(timeout=60)
+            assert claimed.status_code == 200, claimed.text
+            job = claimed.json()["job"]
+            assert job["project"] == "slowpkg"
+            sdist = httpx.get(farm.url + claimed.json()["sdist_url"], headers=auth, timeout=30)
+            assert hashlib.sha256(sdist.content).hexdigest() == job["sdist_sha256"]
+            wheel = evil_wheel(tmp_path)
+            report = {"ok": True, "wheel_filename": wheel.name, "build_seconds": 1.0}
+            upload = httpx.post(
+                f"{farm.url}/cluster/api/jobs/{job['sdist_sha256']}/{job['target']}/result",
+                headers=auth,
+                files={
+                    "report": ("report.json", orjson.dumps(report)),
+                    "wheel": (wheel.name, wheel.read_bytes()),
+                },
+                timeout=60,
+            )
+            assert upload.status_code == 422, upload.text
+            assert "the wheel is for project 'evil'" in upload.text
+            flagged = httpx.post(farm.url + "/cluster/api/claim", json=offer, headers=auth, timeout=60)
+            assert flagged.status_code == 403
+            assert "flagged" in flagged.text
+            # The real builder: only its token in its environment, no database URL, no admin token.
+            builder = subprocess.Popen(
+                [str(WHEELFARM), "builder", "run", "--farm", farm.url, "--work-dir", str(tmp_path / "rb"),
+                 "--workers", "1", "--build-uid", "1900200000"],
+                env=server_env(tmp_path / "rbhome", {"WHEELFARM_BUILDER_TOKEN": good}),
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp_path / "builder.log").open("wb"),
+            )  # fmt: skip
+            try:
+                result = installing.result(timeout=240)
+            finally:
+                builder.send_signal(signal.SIGINT)
+                builder.wait(timeout=30)
+        result.check()
+        assert result.installed()["slowpkg"] == "1.0"
+        with psycopg.connect(database) as conn:
+            row = conn.execute(
+                "SELECT builder, record->>'made_by', attempts FROM builds WHERE project = 'slowpkg'"
+            ).fetchone()
+            reason = conn.execute("SELECT flagged_reason FROM builders WHERE id = 'mallory'").fetchone()
+        assert row == ("remote-1", "remote-1", 2)
+        assert reason is not None
+        assert "evil" in reason[0]
+        # A revoked token is refused at once (the farm looks tokens up again within 10 s).
+        assert (
+            wheelfarm("db", "revoke-token", "remote-1", database=database, home=tmp_path / "cli").returncode
+            == 0
+        )
+        deadline = time.monotonic() + 15
+        good_auth = {"Authorization": f"Bearer {good}"}
+        lease = (
+            f"{farm.url}/cluster/api/jobs/{'0' * 64}/{TARGET}/lease"  # answers at once: 409 (not held) or 401
+        )
+        while (answer := httpx.post(lease, headers=good_auth, timeout=30)).status_code != 401:
+            assert time.monotonic() < deadline, f"the revoked token still works: {answer.status_code}"
+            time.sleep(1)

@@ -10,7 +10,10 @@ new jobs on ``JOBS_CHANNEL`` (wakes idle builders).
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import orjson
 import psycopg
@@ -27,6 +30,10 @@ CLAIM_WINDOW = 50  # queued jobs of a builder's platforms looked at per claim (p
 
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]
 BlobDeleter = Callable[[str], Awaitable[object]]
+
+
+def _token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _family(platform: str) -> str:
@@ -213,12 +220,106 @@ class BuildQueue:
                 (builder, Jsonb(data)),
             )
 
+    async def add_token(self, name: str) -> str:
+        """A new builder token named ``name`` (shown once: only its sha256 is kept)."""
+        token = "wfb_" + secrets.token_urlsafe(32)
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO builder_tokens (name, token_sha256) VALUES (%s, %s)",
+                (name, _token_sha256(token)),
+            )
+        return token
+
+    async def revoke_token(self, name: str) -> bool:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE builder_tokens SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL", (name,)
+            )
+            return cursor.rowcount == 1
+
+    async def tokens(self) -> list[tuple[str, datetime, datetime | None]]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT name, created_at, revoked_at FROM builder_tokens ORDER BY name"
+            )
+            return [(name, created, revoked) for name, created, revoked in await cursor.fetchall()]
+
+    async def builder_of_token(self, token: str) -> str | None:
+        """The name of the builder that holds ``token``, unless it was revoked (or never existed)."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT name FROM builder_tokens WHERE token_sha256 = %s AND revoked_at IS NULL",
+                (_token_sha256(token),),
+            )
+            row = await cursor.fetchone()
+            return str(row[0]) if row else None
+
+    async def flag(self, builder: str, reason: str) -> None:
+        """``builder`` sent something the farm refused: it gets no more jobs until the operator clears it."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """
+                INSERT INTO builders (id, offer, flagged_reason, flagged_at) VALUES (%s, '{}', %s, now())
+                ON CONFLICT (id) DO UPDATE SET flagged_reason = excluded.flagged_reason, flagged_at = now()
+                """,
+                (builder, reason),
+            )
+
+    async def flagged(self, builder: str) -> str | None:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute("SELECT flagged_reason FROM builders WHERE id = %s", (builder,))
+            row = await cursor.fetchone()
+            return str(row[0]) if row and row[0] is not None else None
+
+    async def release(self, key: BuildKey, builder: str) -> bool:
+        """Put ``builder``'s job back in the queue at once (its result was refused)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                """
+                UPDATE builds SET state = 'queued', builder = NULL, started_at = NULL, lease_until = NULL
+                WHERE sdist_sha256 = %s AND target = %s AND state = 'running' AND builder = %s
+                """,
+                (key.sdist_sha256, key.target, builder),
+            )
+            if cursor.rowcount == 1:
+                await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, key.target))
+            return cursor.rowcount == 1
+
+    async def holds(self, key: BuildKey, builder: str) -> BuildJob | None:
+        """The job of ``key`` if ``builder`` holds it now."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT job FROM builds WHERE sdist_sha256 = %s AND target = %s AND state = 'running'"
+                " AND builder = %s",
+                (key.sdist_sha256, key.target, builder),
+            )
+            row = await cursor.fetchone()
+            return BuildJob.from_json(orjson.dumps(row[0])) if row else None
+
+    async def builders(self, within: float) -> list[dict[str, object]]:
+        """Every builder the cluster has heard of: what it builds, when it was last heard from, whether it is
+        live (within ``within`` seconds) or flagged, and the jobs it holds."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                """
+                SELECT b.id, b.offer, extract(epoch FROM b.last_seen),
+                       b.last_seen > now() - make_interval(secs => %s), b.flagged_reason,
+                       coalesce(array_agg(j.project || ' for ' || j.target)
+                                FILTER (WHERE j.project IS NOT NULL), '{}')
+                FROM builders b LEFT JOIN builds j ON j.builder = b.id AND j.state = 'running'
+                GROUP BY b.id ORDER BY b.id
+                """,
+                (within,),
+            )
+            names = ("id", "offer", "last_seen", "live", "flagged", "jobs")
+            return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+
     async def live_offers(self, within: float) -> list[tuple[str, TargetOffer]]:
         """The builders heard from in the last ``within`` seconds, and what each builds."""
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 "SELECT id, offer FROM builders WHERE last_seen > now() - make_interval(secs => %s)"
-                " ORDER BY id",
+                " AND flagged_reason IS NULL AND offer ? 'family' ORDER BY id",
                 (within,),
             )
             return [

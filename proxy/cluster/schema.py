@@ -47,6 +47,17 @@ MIGRATIONS: tuple[str, ...] = (
         last_seen timestamptz NOT NULL DEFAULT now()
     );
     """,
+    # 2: remote builders: their tokens (only a token's sha256 is kept), and builders flagged for a bad upload
+    """
+    CREATE TABLE builder_tokens (
+        name text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'),
+        token_sha256 text NOT NULL UNIQUE,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        revoked_at timestamptz
+    );
+    ALTER TABLE builders ADD COLUMN flagged_reason text;
+    ALTER TABLE builders ADD COLUMN flagged_at timestamptz;
+    """,
 )
 
 

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import orjson
 import psycopg
@@ -32,11 +32,13 @@ from builder.jobs import (
     BuildProgress,
     BuildRecord,
     BuildState,
+    Limits,
     Phase,
     TargetOffer,
     artifact_sha256,
 )
 from builder.protocol import WorkerReport
+from builder.wheelcheck import BadWheel, inspect_wheel
 from builder.workdir import BuildFolder
 from proxy.builds.embedded import BuildPolicy, SdistFetcher
 from proxy.builds.records import artifact_shas, store_artifacts
@@ -62,6 +64,7 @@ WAIT_POLL_SECONDS = 5.0  # a waiting client looks at its build this often even w
 IDLE_POLL_SECONDS = 5.0  # an idle builder slot looks for jobs this often even without a notification
 RECONNECT_SECONDS = 1.0
 OUTLAST_SECONDS = 120.0
+TOKEN_CACHE_SECONDS = 10.0
 BUILDERS_REFRESH_SECONDS = 2.0  # how often a process reads which builders are live
 
 
@@ -77,6 +80,7 @@ class ClusterBuildService:
         clock: Clock,
         fetch_timeout: float,
         lease_seconds: float,
+        limits: Limits | None = None,
     ) -> None:
         self._queue = BuildQueue(pool)
         self._pool = pool
@@ -88,6 +92,10 @@ class ClusterBuildService:
         self._clock = clock
         self._fetch_timeout = fetch_timeout
         self._lease = lease_seconds
+        self.lease_seconds = lease_seconds
+        self.limits = limits or Limits()  # what an uploaded wheel is inspected against
+        self._job_signal = asyncio.Event()  # replaced at each new-job notice: remote builders long-poll on it
+        self._tokens: dict[str, tuple[str | None, float]] = {}  # token -> (builder, looked up at)
         self.builder_id = f"{socket.gethostname()}:{os.getpid()}"
         self._status = ServiceStatus(ServiceState.CHECKING)
         self._capabilities = Capabilities(self._status)
@@ -264,12 +272,128 @@ class ClusterBuildService:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._pool.close(timeout=5)
 
+    # -- what remote builders ask for (proxy/cluster/farmapi.py) ----------------------------------------
+
+    async def builder_of(self, token: str) -> str | None:
+        """The builder ``token`` belongs to (None: unknown or revoked); looked up again after
+        ``TOKEN_CACHE_SECONDS``, so a revocation takes effect within that."""
+        now = time.monotonic()
+        known = self._tokens.get(token)
+        if known is not None and now - known[1] < TOKEN_CACHE_SECONDS:
+            return known[0]
+        builder = await self._queue.builder_of_token(token)
+        if len(self._tokens) > 1024:
+            self._tokens.clear()
+        self._tokens[token] = (builder, now)
+        return builder
+
+    async def claim_for(self, builder: str, offer: TargetOffer, poll_seconds: float) -> BuildJob | None:
+        """A job for remote ``builder``, waiting up to ``poll_seconds`` for one (a long poll); the
+        announcement of its offer doubles as its heartbeat."""
+        deadline = time.monotonic() + poll_seconds
+        await self._queue.announce(builder, offer)
+        while True:
+            signal = self._job_signal
+            flagged = await self._queue.flagged(builder)
+            if flagged is not None:
+                raise BuilderFlagged(builder, flagged)
+            job = await self._queue.claim(offer, builder, self._lease, time.time())
+            remaining = deadline - time.monotonic()
+            if job is not None or remaining <= 0:
+                return job
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal.wait(), min(remaining, IDLE_POLL_SECONDS))
+
+    async def renew_for(self, builder: str, key: BuildKey) -> bool:
+        return await self._queue.renew(key, builder, self._lease)
+
+    async def accept(
+        self, builder: str, key: BuildKey, report: WorkerReport, wheel: Path | None, log_file: Path | None
+    ) -> BuildRecord:
+        """Verify and record what remote ``builder`` built for ``key``. A wheel that is not what the job
+        asked for (another project or version, tags the target cannot install, a broken archive) is
+        refused: the job goes back to the queue for another builder and ``builder`` is flagged."""
+        job = await self._queue.holds(key, builder)
+        if job is None:
+            raise NotHeld(
+                f"{builder} does not hold the build of {key} (its lease expired, or it never had it)"
+            )
+        stored: list[str] = []
+        wheel_size = 0
+        if report.ok:
+            if wheel is None:
+                await self._refuse(builder, key, "the report says the build succeeded, but no wheel was sent")
+            assert wheel is not None
+            try:
+                inspection = await asyncio.to_thread(
+                    inspect_wheel, wheel, project=job.project, version=job.version, target=job.target,
+                    limits=self.limits,
+                )  # fmt: skip
+            except BadWheel as exc:
+                await self._refuse(builder, key, f"the uploaded wheel was refused: {exc}")
+            if not _wheel_named(report.wheel_filename, wheel):
+                await self._refuse(
+                    builder, key, f"the report names {report.wheel_filename!r}, not the wheel sent"
+                )
+            stored_wheel = await self._blobs.put(wheel)
+            metadata = await self._blobs.put(inspection.metadata)  # read from the wheel, not from the builder
+            provenance = await self._blobs.put(
+                orjson.dumps({**report.provenance, "builder": builder}, option=orjson.OPT_INDENT_2)
+            )
+            stored = [stored_wheel.sha256, metadata.sha256, provenance.sha256]
+            wheel_size = stored_wheel.blob.size
+        if log_file is not None:
+            log_blob = await self._blobs.put(log_file)
+        else:
+            log_blob = await self._blobs.put(f"build failed in {report.phase}: {report.error}\n".encode())
+        finished = time.time()
+        record = BuildRecord(
+            key=key,
+            state=BuildState.DONE if report.ok else BuildState.FAILED,
+            project=job.project,
+            version=job.version,
+            sdist_filename=job.sdist_filename,
+            started_at=finished - report.build_seconds,
+            finished_at=finished,
+            wheel_filename=report.wheel_filename if report.ok else "",
+            wheel_sha256=stored[0] if stored else "",
+            wheel_size=wheel_size,
+            metadata_sha256=stored[1] if stored else "",
+            provenance_sha256=stored[2] if stored else "",
+            log_sha256=log_blob.sha256,
+            error=report.error,
+            phase=Phase(report.phase) if report.phase in _PHASES else (None if report.ok else Phase.INTERNAL),
+            builder=BUILDER_VERSION,
+            made_by=builder,
+        )
+        if not await _outlasting_restarts(lambda: self._queue.finish(record, artifact_shas(record), builder)):
+            raise NotHeld(f"{builder} lost the build of {key} while it uploaded")
+        self._bump(job.project)
+        for listener in self._listeners:
+            listener(record)
+        log.info("build_finished", project=job.project, version=job.version, target=key.target,
+                 state=record.state.value, builder=builder)  # fmt: skip
+        return record
+
+    async def _refuse(self, builder: str, key: BuildKey, reason: str) -> NoReturn:
+        log.warning("builder_upload_refused", builder=builder, key=str(key), reason=reason)
+        await self._queue.flag(builder, reason)
+        await self._queue.release(key, builder)
+        raise UploadRefused(reason)
+
+    async def builders(self) -> list[dict[str, object]]:
+        return await self._queue.builders(self._lease)
+
     # -- notifications ----------------------------------------------------------------------------------
 
     def _bump(self, project: str) -> None:
         self._counter += 1
         self._versions[project] = self._floor + self._counter
         self._snapshots.pop(project, None)
+
+    def _signal_job(self) -> None:
+        signal, self._job_signal = self._job_signal, asyncio.Event()
+        signal.set()
 
     def _forget_everything(self) -> None:
         """Notifications may have been missed: every snapshot is suspect, every waiter looks again."""
@@ -281,6 +405,7 @@ class ClusterBuildService:
             event.set()
         self._changed.clear()
         self._jobs.set()
+        self._signal_job()
 
     async def _listen(self) -> None:
         while True:
@@ -292,6 +417,7 @@ class ClusterBuildService:
                     async for notice in conn.notifies():
                         if notice.channel == JOBS_CHANNEL:
                             self._jobs.set()
+                            self._signal_job()
                         else:
                             self._notified(notice.payload)
             except psycopg.Error as exc:
@@ -389,6 +515,7 @@ class ClusterBuildService:
             error=report.error,
             phase=Phase(report.phase) if report.phase else None,
             builder=BUILDER_VERSION,
+            made_by=self.builder_id,
         )
         record = await store_artifacts(self._blobs, record, report, folder)
         shas = artifact_shas(record)
@@ -444,6 +571,27 @@ async def _outlasting_restarts(operation: Callable[[], Awaitable[T]]) -> T:
                 raise
             log.warning("cluster_database_retry", error=redact(str(exc)).strip()[:300])
             await asyncio.sleep(RECONNECT_SECONDS)
+
+
+_PHASES = {phase.value for phase in Phase}
+
+
+def _wheel_named(filename: str, wheel: Path) -> bool:
+    """The report's wheel name is the one the farm will serve: it must be a plain wheel name."""
+    return filename.endswith(".whl") and "/" not in filename and filename == wheel.name
+
+
+class NotHeld(RuntimeError):
+    pass
+
+
+class UploadRefused(ValueError):
+    pass
+
+
+class BuilderFlagged(PermissionError):
+    def __init__(self, builder: str, reason: str) -> None:
+        super().__init__(f"builder {builder} is flagged and gets no jobs: {reason}")
 
 
 def _final(record: BuildRecord) -> bool:

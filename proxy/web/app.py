@@ -23,6 +23,8 @@ from proxy.builds.following import FollowingUpstream
 from proxy.builds.records import BuildRecords
 from proxy.builds.service import BuildService, NoBuilds
 from proxy.clock import Clock, SystemClock
+from proxy.cluster.farmapi import CLUSTER, UPLOADS
+from proxy.cluster.farmapi import add_routes as add_farm_routes
 from proxy.cluster.queue import Pool
 from proxy.cluster.schema import upgrade_database
 from proxy.cluster.service import ClusterBuildService
@@ -78,6 +80,8 @@ def create_app(
     when ``[builder] enabled``; tests inject the clock."""
     app = web.Application(middlewares=[errors_and_context], client_max_size=1 << 20)
     the_clock = clock if clock is not None else SystemClock()
+    if settings.cluster_database:
+        add_farm_routes(app)  # remote builders pull their jobs here (proxy/cluster/farmapi.py)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # The cache folder first: a start-up that cannot write it fails before anything else is opened.
@@ -112,7 +116,10 @@ def create_app(
         verifier = Verifier(files, the_clock)
         builds: BuildService = NoBuilds()
         if settings.cluster_database:
-            builds = await start_cluster_builds(settings, files, the_clock)
+            cluster = await start_cluster_builds(settings, files, the_clock)
+            app[CLUSTER] = builds = cluster
+            app[UPLOADS] = cache_dir / "uploads"
+            await asyncio.to_thread(app[UPLOADS].mkdir, exist_ok=True)
         elif settings.builder_enabled:
             builds = await start_embedded_builds(settings, files, the_clock)
         builds.on_finished(app_metrics.build_finished)
@@ -268,6 +275,7 @@ async def start_cluster_builds(settings: Settings, files: FileStore, clock: Cloc
         clock,
         settings.builder_timeout,
         settings.cluster_lease_seconds,
+        host_settings(settings).limits,
     )
     await service.start()
     return service
