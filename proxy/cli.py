@@ -134,7 +134,7 @@ def _database_command(command: str, name: str | None, config: Path | None) -> in
     try:
         code, output = asyncio.run(database_command(url, command, name or ""))
     except (psycopg.Error, SchemaTooNew) as exc:
-        print(f"wheelfarm: {redact(url)}: {redact(str(exc)).strip()}", file=sys.stderr)
+        print(f"wheelfarm: cannot reach {redact(url)}: {redact(str(exc)).strip()}", file=sys.stderr)
         return 1
     print(output, file=sys.stdout if code == 0 else sys.stderr)
     return code

@@ -103,7 +103,7 @@ def test_db_upgrade_names_an_unreachable_database_without_its_password(tmp_path:
     url = f"postgresql://wheelfarm:{PASSWORD}@127.0.0.1:{free_port()}/nowhere"
     run = wheelfarm("db", "upgrade", database=url, home=tmp_path)
     assert run.returncode == 1
-    assert "cannot upgrade postgresql://***@127.0.0.1:" in run.stderr
+    assert "cannot reach postgresql://***@127.0.0.1:" in run.stderr
     assert PASSWORD not in run.stderr + run.stdout
 
 
