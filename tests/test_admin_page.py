@@ -197,6 +197,11 @@ def test_admin_page_renders_the_api_in_chromium(built_admin_proxy: ProxyServer, 
     assert "Retry" in failed.text()  # only a failed build offers a retry
     assert "Retry" not in done.text()
     assert "No build is queued or running." in dom.by_id("active").text()
+    builders = dom.by_id("builders").text()  # this proxy's own builder pool, live, with what it builds
+    assert "this host" in builders
+    assert "live" in builders
+    assert "manylinux x86_64, Python 3.8" in builders
+    assert " 3.11 " in builders
 
     # The lookup named in the URL's fragment shows the project's files and its build.
     project = dom.by_id("project").text()

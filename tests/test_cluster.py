@@ -446,6 +446,14 @@ def test_remote_builders_pull_jobs_with_a_token_and_a_bad_upload_is_refused_and_
             ).fetchone()
             reason = conn.execute("SELECT flagged_reason FROM builders WHERE id = 'mallory'").fetchone()
         assert row == ("remote-1", "remote-1", 2)
+        seen = {
+            b["id"]: b for b in httpx.get(farm.url + "/admin/api/builders", timeout=30).json()["builders"]
+        }
+        assert seen["remote-1"]["builds"]["platform"] == "manylinux x86_64"
+        assert "the wheel is for project 'evil'" in seen["mallory"]["flagged"]
+        assert not seen["mallory"]["live"]
+        finished = httpx.get(farm.url + "/admin/api/builds", timeout=30).json()["finished"]
+        assert [(r["project"], r["made_by"]) for r in finished] == [("slowpkg", "remote-1")]
         assert reason is not None
         assert "evil" in reason[0]
         # A revoked token is refused at once (the farm looks tokens up again within 10 s).

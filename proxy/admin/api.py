@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 from builder.jobs import Artifact, BuildJob, BuildKey, BuildProgress, BuildRecord, BuildState
 from builder.tags import InvalidTarget, Target
 from proxy.builds.buildahead import BadRequirement, applies_to, choose_sdist, parse_requirements
-from proxy.builds.service import BuildCounts, BuildService, NotOffered, ServiceState
+from proxy.builds.service import BuildCounts, BuilderView, BuildService, NotOffered, ServiceState
 from proxy.errors import BadRequest, NotFound, WheelfarmError
 from proxy.index.model import file_key
 from proxy.index.names import InvalidProjectName, normalize
@@ -90,6 +90,8 @@ def record_view(record: BuildRecord) -> dict[str, Any]:
         "queued_seconds": round(record.queued_seconds, 3),  # before it: waiting for a worker
         "orphaned_since": record.orphaned_since,
     }
+    if record.made_by:
+        view["made_by"] = record.made_by
     if record.log_sha256:
         view["log"] = "/" + built_path(record, Artifact.LOG)
     if record.wheel_filename:
@@ -174,6 +176,30 @@ async def builds(request: web.Request) -> web.Response:
             "finished": [record_view(r) for r in await service.records()],
         }
     )
+
+
+async def builders(request: web.Request) -> web.Response:
+    """Every builder serving the farm: what it builds, when it was last heard from, what it holds now."""
+    service = services_of(request).builds
+    return reply({"builders": [builder_view(b) for b in await service.builders()]})
+
+
+def builder_view(builder: BuilderView) -> dict[str, Any]:
+    offer = builder.offer
+    return {
+        "id": builder.id,
+        "live": builder.live,
+        "last_seen": builder.last_seen,
+        "flagged": builder.flagged or None,
+        "jobs": list(builder.jobs),
+        "builds": None
+        if offer is None
+        else {
+            "platform": f"{offer.family} {offer.arch}",
+            "pythons": [f"3.{minor}" for minor in offer.pythons],
+            "targets": list(offer.patterns),
+        },
+    }
 
 
 async def project(request: web.Request) -> web.Response:
@@ -373,6 +399,7 @@ def create_admin_app(main: web.Application, middlewares: list[Any], *, standalon
     admin.router.add_get("/", page)
     admin.router.add_get("/api/summary", summary)
     admin.router.add_get("/api/builds", builds)
+    admin.router.add_get("/api/builders", builders)
     admin.router.add_get("/api/projects/{project}", project)
     admin.router.add_post("/api/projects/{project}/purge", purge)
     admin.router.add_delete("/api/builds/{sdist}/{target}", delete_build)

@@ -37,6 +37,7 @@ from builder.workdir import BuildFolder
 from proxy.builds.records import BuildRecords
 from proxy.builds.service import (
     BuildCounts,
+    BuilderView,
     Capabilities,
     FinishedListener,
     NotOffered,
@@ -210,6 +211,11 @@ class EmbeddedBuildService:
             orphaned=sum(1 for r in records if r.orphaned_since is not None),
             built_bytes=sum(r.wheel_size for r in records if r.state is BuildState.DONE),
         )
+
+    async def builders(self) -> Sequence[BuilderView]:
+        ready = self._status.state is ServiceState.READY
+        jobs = tuple(f"{r.job.project} for {r.job.target.id}" for r in self._running.values() if r.started_at)
+        return (BuilderView("this host", self._host.offer if ready else None, ready, jobs=jobs),)
 
     async def artifact(self, record: BuildRecord, artifact: Artifact) -> Blob | None:
         sha = artifact_sha256(record, artifact)

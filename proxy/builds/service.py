@@ -89,6 +89,18 @@ class BuildCounts:
 FinishedListener = Callable[[BuildRecord], None]
 
 
+@dataclass(frozen=True, slots=True)
+class BuilderView:
+    """One builder as the admin sees it: what it builds, when it was last heard from, what it holds."""
+
+    id: str
+    offer: TargetOffer | None
+    live: bool
+    last_seen: float | None = None  # epoch seconds (None: this process's own builder, always current)
+    flagged: str = ""  # why the farm refused its upload and gives it no more jobs
+    jobs: tuple[str, ...] = ()  # "project for target" of each build it holds
+
+
 class BuildService(Protocol):
     async def capabilities(self) -> Capabilities: ...
 
@@ -122,6 +134,10 @@ class BuildService(Protocol):
         ...
 
     async def counts(self) -> BuildCounts: ...
+
+    async def builders(self) -> Sequence[BuilderView]:
+        """Every builder serving this farm (in a cluster, every host's)."""
+        ...
 
     async def artifact(self, record: BuildRecord, artifact: Artifact) -> Blob | None:
         """Where the artifact of a finished build is kept, if it still is."""
@@ -186,6 +202,9 @@ class NoBuilds:
 
     async def counts(self) -> BuildCounts:
         return BuildCounts()
+
+    async def builders(self) -> Sequence[BuilderView]:
+        return ()
 
     async def artifact(self, record: BuildRecord, artifact: Artifact) -> Blob | None:
         return None

@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from builder.jobs import BuildJob, BuildKey, BuildProgress, BuildRecord, BuildState, Phase, TargetOffer
+from proxy.builds.service import BuilderView
 
 BUILDS_CHANNEL = "wheelfarm_builds"
 JOBS_CHANNEL = "wheelfarm_jobs"
@@ -30,6 +31,18 @@ CLAIM_WINDOW = 50  # queued jobs of a builder's platforms looked at per claim (p
 
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]
 BlobDeleter = Callable[[str], Awaitable[object]]
+
+
+def _offer(data: dict[str, object]) -> TargetOffer | None:
+    """A builder's announced offer (None: a builder known only for being flagged, never announced)."""
+    try:
+        return TargetOffer(
+            str(data["family"]), str(data["arch"]),
+            tuple(int(p) for p in data["pythons"]),  # type: ignore[attr-defined]
+            tuple(str(p) for p in data["patterns"]),  # type: ignore[attr-defined]
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _token_sha256(token: str) -> str:
@@ -296,7 +309,7 @@ class BuildQueue:
             row = await cursor.fetchone()
             return BuildJob.from_json(orjson.dumps(row[0])) if row else None
 
-    async def builders(self, within: float) -> list[dict[str, object]]:
+    async def builders(self, within: float) -> list[BuilderView]:
         """Every builder the cluster has heard of: what it builds, when it was last heard from, whether it is
         live (within ``within`` seconds) or flagged, and the jobs it holds."""
         async with self.pool.connection() as conn:
@@ -311,8 +324,17 @@ class BuildQueue:
                 """,
                 (within,),
             )
-            names = ("id", "offer", "last_seen", "live", "flagged", "jobs")
-            return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+            return [
+                BuilderView(
+                    id=str(builder),
+                    offer=_offer(offer),
+                    live=bool(live) and flagged is None,
+                    last_seen=float(seen),
+                    flagged=flagged or "",
+                    jobs=tuple(jobs),
+                )
+                for builder, offer, seen, live, flagged, jobs in await cursor.fetchall()
+            ]
 
     async def live_offers(self, within: float) -> list[tuple[str, TargetOffer]]:
         """The builders heard from in the last ``within`` seconds, and what each builds."""
@@ -322,10 +344,7 @@ class BuildQueue:
                 " AND flagged_reason IS NULL AND offer ? 'family' ORDER BY id",
                 (within,),
             )
-            return [
-                (builder, TargetOffer(o["family"], o["arch"], tuple(o["pythons"]), tuple(o["patterns"])))
-                for builder, o in await cursor.fetchall()
-            ]
+            return [(builder, offer) for builder, o in await cursor.fetchall() if (offer := _offer(o))]
 
     async def records(self, project: str | None = None) -> list[BuildRecord]:
         async with self.pool.connection() as conn:

@@ -44,6 +44,7 @@ from proxy.builds.embedded import BuildPolicy, SdistFetcher
 from proxy.builds.records import artifact_shas, store_artifacts
 from proxy.builds.service import (
     BuildCounts,
+    BuilderView,
     Capabilities,
     FinishedListener,
     NotOffered,
@@ -381,7 +382,7 @@ class ClusterBuildService:
         await self._queue.release(key, builder)
         raise UploadRefused(reason)
 
-    async def builders(self) -> list[dict[str, object]]:
+    async def builders(self) -> Sequence[BuilderView]:
         return await self._queue.builders(self._lease)
 
     # -- notifications ----------------------------------------------------------------------------------
