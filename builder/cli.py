@@ -69,6 +69,13 @@ def add_run_arguments(actions: argparse._SubParsersAction[argparse.ArgumentParse
         "--build-uid", type=int, default=1_900_000_000, help="as root: slot N builds as this + N"
     )
     run.add_argument("--timeout", type=float, default=900.0, help="seconds per sandboxed step")
+    run.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="VERSION=PATH",
+        help="an interpreter to build with, e.g. 3.12=/opt/py312/bin/python3.12 (tried first; repeatable)",
+    )
 
 
 def run_remote_builder(args: argparse.Namespace) -> int:
@@ -90,6 +97,7 @@ def run_remote_builder(args: argparse.Namespace) -> int:
         workers=max(1, args.workers),
         limits=Limits(timeout_seconds=args.timeout),
         build_uid=args.build_uid,
+        interpreters=dict(item.split("=", 1) for item in args.python if "=" in item),
         targets=tuple(args.targets),
     )
     return run_remote(farm, token, settings)

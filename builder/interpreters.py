@@ -1,7 +1,8 @@
 """Finding a real CPython of each version on the builder host: configured paths, pyenv, then PATH.
 
-pyenv's shims only resolve the global version, so its versions folder is searched directly. A python on
-PATH that is a virtualenv's link stands for the interpreter it links to.
+pyenv's shims only resolve the global version, so its versions folder is searched directly, and a shim on
+PATH is not taken for an interpreter (only executables are). A python on PATH that is a virtualenv's link
+stands for the interpreter it links to.
 """
 
 from __future__ import annotations
@@ -62,4 +63,12 @@ def _from_pyenv(versions: Path, version: str) -> Path | None:
 
 
 def _executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
+    """An executable binary: not a script such as pyenv's shims, which resolve the version through the
+    environment (the sandbox has none, so a shim fails there: "pyenv: python3.12: command not found")."""
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return False
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == b"\x7fELF"
+    except OSError:
+        return False

@@ -86,6 +86,7 @@ def wheelfarm_serve(
     workdir: Path,
     env: Mapping[str, str] | None = None,
     wrapper: Sequence[str] = (),
+    host: str = "127.0.0.1",
 ) -> Iterator[RunningServer]:
     """Run `wheelfarm serve ARGS` (under ``wrapper``, a command prefix) until the block ends; yield once
     /healthz answers on `port`."""
@@ -100,7 +101,7 @@ def wheelfarm_serve(
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
-    server = RunningServer(process, f"http://127.0.0.1:{port}", stderr_path)
+    server = RunningServer(process, f"http://{host}:{port}", stderr_path)
     try:
         wait_healthy(server)
         yield server

@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import signal
 import subprocess
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import netns
 import orjson
 import psycopg
 import pytest
 from buildkit import ADMIN_TOKEN, TARGET
-from clientenv import Client
+from clientenv import Client, clean_env, install_command, make_venv, venv_python
 from clients import install
 from dists import in_tree_backend_sdist
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
@@ -28,6 +30,7 @@ from pgserver import PASSWORD, PostgresServer
 from psycopg_pool import AsyncConnectionPool
 from serve import WHEELFARM, RunningServer, server_env, wheelfarm_serve
 
+from builder.interpreters import find_interpreter
 from builder.jobs import BuildJob, BuildKey, BuildProgress, BuildRecord, BuildState, TargetOffer
 from builder.tags import Target
 from proxy.cluster.queue import MAX_ATTEMPTS, BuildQueue
@@ -469,3 +472,66 @@ def test_remote_builders_pull_jobs_with_a_token_and_a_bad_upload_is_refused_and_
         while (answer := httpx.post(lease, headers=good_auth, timeout=30)).status_code != 401:
             assert time.monotonic() < deadline, f"the revoked token still works: {answer.status_code}"
             time.sleep(1)
+
+
+def test_builders_on_hosts_of_their_own_build_the_targets_they_announce_for_clients_of_any_process(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, database: str, tmp_path: Path
+) -> None:
+    """Two farm processes without builders of their own; two remote builders, each in a network namespace
+    of its own (loopback where namespaces cannot be made) reaching one farm process over its veth link, one
+    announcing CPython 3.11 and one 3.12. pip on 3.11 through one process and uv on 3.12 through the other
+    each get a wheel, built by the builder of their target."""
+    python311, python312 = find_interpreter("3.11"), find_interpreter("3.12")
+    assert python311 is not None, "the cluster test needs a CPython 3.11"
+    assert python312 is not None, "the cluster test needs a CPython 3.12 (pyenv)"
+    env = {"WHEELFARM_CLUSTER_DATABASE": database}
+    with contextlib.ExitStack() as stack:
+        if netns.available():
+            spaces = [stack.enter_context(netns.namespace()) for _ in range(2)]
+            hosts = [space.gateway for space in spaces]
+            wraps: list[Callable[[list[str]], list[str]]] = [space.wrap for space in spaces]
+        else:
+            hosts, wraps = ["127.0.0.1", "127.0.0.1"], [list, list]
+        farms = []
+        for n, host in enumerate(hosts):
+            port = free_port()
+            args = [*cluster_args(port, tmp_path / f"p{n}", tmp_path / "shared", fake_upstream, builds=False),
+                    "--host", host]  # fmt: skip
+            farms.append(stack.enter_context(wheelfarm_serve(args, port, tmp_path / f"s{n}", env, host=host)))
+        for n, (farm, wrap, python) in enumerate(zip(farms, wraps, ("311", "312"), strict=True)):
+            token = add_token(database, f"builder-{python}", tmp_path / "cli")
+            command = [
+                str(WHEELFARM), "builder", "run", "--farm", farm.url, "--work-dir", str(tmp_path / f"b{n}"),
+                "--workers", "1", "--targets", f"cp{python}-*", "--build-uid", str(1_900_300_000 + n * 1000),
+                "--python", f"3.11={python311}", "--python", f"3.12={python312}",
+            ]  # fmt: skip
+            builder = subprocess.Popen(
+                wrap(command),
+                env=server_env(tmp_path / f"bh{n}", {"WHEELFARM_BUILDER_TOKEN": token}),
+                stdout=subprocess.DEVNULL,
+                stderr=stack.enter_context((tmp_path / f"builder{n}.log").open("wb")),
+            )
+            stack.callback(builder.wait, 30)
+            stack.callback(builder.send_signal, signal.SIGINT)
+        for farm in farms:
+            learns_of_builders(farm)
+        trusted = ["--trusted-host", hosts[0]]  # plain HTTP to a host that is not localhost
+        pip = install(
+            Client.PIP, farms[0].simple_url, ["tinypure==3.0"], tmp_path / "pip", extra_args=trusted
+        )
+        pip.check()
+        assert pip.installed()["tinypure"] == "3.0"
+        uv_env = clean_env(tmp_path / "uv" / "home")
+        venv = make_venv(tmp_path / "uv" / "venv", uv_env, interpreter=python312)
+        index = ["--index-url", farms[1].simple_url]
+        uv = subprocess.run(
+            install_command(Client.UV, venv_python(venv), index, ["tinypure==3.0"]),
+            env=uv_env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert uv.returncode == 0, uv.stderr
+        with psycopg.connect(database) as conn:
+            rows = conn.execute("SELECT target, builder, state FROM builds ORDER BY target").fetchall()
+        assert [(target.split("-")[0], builder, state) for target, builder, state in rows] == [
+            ("cp311", "builder-311", "done"),
+            ("cp312", "builder-312", "done"),
+        ]

@@ -96,6 +96,7 @@ class ClusterBuildService:
         self.lease_seconds = lease_seconds
         self.limits = limits or Limits()  # what an uploaded wheel is inspected against
         self._job_signal = asyncio.Event()  # replaced at each new-job notice: remote builders long-poll on it
+        self._stopping = asyncio.Event()  # the server shuts down: long polls end at once
         self._tokens: dict[str, tuple[str | None, float]] = {}  # token -> (builder, looked up at)
         self.builder_id = f"{socket.gethostname()}:{os.getpid()}"
         self._status = ServiceStatus(ServiceState.CHECKING)
@@ -263,6 +264,10 @@ class ClusterBuildService:
                 await self.forget(record.key)
                 log.info("orphan_deleted", project=record.project, sdist=record.sdist_filename)
 
+    def stop_long_polls(self) -> None:
+        """The server is shutting down: remote builders' claims answer now rather than hold it up."""
+        self._stopping.set()
+
     def on_finished(self, listener: FinishedListener) -> None:
         self._listeners.append(listener)
 
@@ -302,8 +307,14 @@ class ClusterBuildService:
             remaining = deadline - time.monotonic()
             if job is not None or remaining <= 0:
                 return job
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(signal.wait(), min(remaining, IDLE_POLL_SECONDS))
+            if self._stopping.is_set():
+                return None
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            new_job = asyncio.ensure_future(signal.wait())
+            await asyncio.wait([stopping, new_job], timeout=min(remaining, IDLE_POLL_SECONDS),
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            stopping.cancel()
+            new_job.cancel()
 
     async def renew_for(self, builder: str, key: BuildKey) -> bool:
         return await self._queue.renew(key, builder, self._lease)

@@ -118,6 +118,7 @@ def create_app(
         if settings.cluster_database:
             cluster = await start_cluster_builds(settings, files, the_clock)
             app[CLUSTER] = builds = cluster
+            app.on_shutdown.append(lambda _: _stop_long_polls(cluster))
             app[UPLOADS] = cache_dir / "uploads"
             await asyncio.to_thread(app[UPLOADS].mkdir, exist_ok=True)
         elif settings.builder_enabled:
@@ -211,6 +212,10 @@ def _writable_folder(folder: Path) -> None:
     probe = folder / f".write-check-{os.getpid()}"
     probe.write_bytes(b"")
     probe.unlink()
+
+
+async def _stop_long_polls(cluster: ClusterBuildService) -> None:
+    cluster.stop_long_polls()
 
 
 def sdist_fetcher(files: FileStore) -> SdistFetcher:
