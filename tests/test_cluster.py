@@ -428,6 +428,16 @@ def test_remote_builders_pull_jobs_with_a_token_and_a_bad_upload_is_refused_and_
             flagged = httpx.post(farm.url + "/cluster/api/claim", json=offer, headers=auth, timeout=60)
             assert flagged.status_code == 403
             assert "flagged" in flagged.text
+            # A report whose fields are not of their types is a 400 before anything else looks at it.
+            garbage = {"ok": "yes", "wheel_filename": wheel.name, "provenance": ["not", "a", "mapping"]}
+            refused = httpx.post(
+                f"{farm.url}/cluster/api/jobs/{job['sdist_sha256']}/{job['target']}/result",
+                headers=auth,
+                files={"report": ("report.json", orjson.dumps(garbage))},
+                timeout=60,
+            )
+            assert refused.status_code == 400
+            assert "wrong type" in refused.text
             # The real builder: only its token in its environment, no database URL, no admin token.
             builder = subprocess.Popen(
                 [str(WHEELFARM), "builder", "run", "--farm", farm.url, "--work-dir", str(tmp_path / "rb"),

@@ -150,7 +150,7 @@ async def _read_upload(
         if part.name == "report":
             raw = await _capped(part, REPORT_BYTES)
             try:
-                report = WorkerReport.from_json(raw)
+                report = _checked_report(WorkerReport.from_json(raw))
             except (ValueError, TypeError) as exc:
                 raise web.HTTPBadRequest(text=f"the report is not a worker report: {exc}\n") from None
             parts["report"] = folder
@@ -169,6 +169,20 @@ async def _read_upload(
     if report is None:
         raise web.HTTPBadRequest(text="the upload has no report\n")
     return report, parts.get("wheel"), parts.get("log")
+
+
+def _checked_report(report: WorkerReport) -> WorkerReport:
+    """Each field of the type the farm uses it as: a builder's JSON is as hostile as an sdist."""
+    expected: dict[str, type | tuple[type, ...]] = {
+        "ok": bool, "error": str, "phase": str, "wheel_filename": str, "wheel_sha256": str, "wheel_size": int,
+        "build_seconds": (int, float), "provenance": dict,
+    }  # fmt: skip
+    for field, kind in expected.items():
+        if not isinstance(getattr(report, field), kind):
+            raise TypeError(f"{field} has the wrong type")
+    if not 0 <= report.build_seconds < 7 * 86400:
+        raise ValueError("build_seconds is out of range")
+    return report
 
 
 async def _capped(part: BodyPartReader, cap: int) -> bytes:

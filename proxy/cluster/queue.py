@@ -150,15 +150,17 @@ class BuildQueue:
                 return job
         return None
 
-    async def renew(self, key: BuildKey, builder: str, lease: float) -> bool:
-        """Extend ``builder``'s lease on ``key``; False: it lost the job (its lease expired meanwhile)."""
+    async def renew(self, key: BuildKey, builder: str, lease: float, started_after: float = 0.0) -> bool:
+        """Extend ``builder``'s lease on ``key``; False: it lost the job (its lease expired meanwhile), or
+        it started before ``started_after`` (a build may not hold its job for ever by renewing)."""
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 """
                 UPDATE builds SET lease_until = now() + make_interval(secs => %s)
                 WHERE sdist_sha256 = %s AND target = %s AND state = 'running' AND builder = %s
+                    AND started_at > %s
                 """,
-                (lease, key.sdist_sha256, key.target, builder),
+                (lease, key.sdist_sha256, key.target, builder, started_after),
             )
             return cursor.rowcount == 1
 

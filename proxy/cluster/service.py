@@ -317,7 +317,10 @@ class ClusterBuildService:
             new_job.cancel()
 
     async def renew_for(self, builder: str, key: BuildKey) -> bool:
-        return await self._queue.renew(key, builder, self._lease)
+        """A remote builder's lease, renewed for as long as a local build may run (each sandboxed step's time
+        limit, ten times over, as the local host bounds its worker): past that the job goes to another."""
+        longest = self.limits.timeout_seconds * 10 + 120
+        return await self._queue.renew(key, builder, self._lease, time.time() - longest)
 
     async def accept(
         self, builder: str, key: BuildKey, report: WorkerReport, wheel: Path | None, log_file: Path | None
