@@ -20,7 +20,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -137,10 +137,12 @@ class LocalBlobStore:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.partial.mkdir(parents=True, exist_ok=True)
 
-    def clear_partial(self) -> None:
-        """Remove uploads no process finished (call at start, when no other process uses the store)."""
+    def clear_partial(self, in_progress: Callable[[str], bool] = lambda key: False) -> None:
+        """Remove uploads no process finished; ``in_progress(key)`` spares those another process sharing
+        the store is still writing (their names start with the key)."""
         for leftover in self.partial.iterdir():
-            leftover.unlink(missing_ok=True)
+            if not in_progress(leftover.name.rsplit(".", 1)[0]):
+                leftover.unlink(missing_ok=True)
 
     def path_for(self, key: str) -> Path:
         if not valid_key(key):
@@ -149,7 +151,7 @@ class LocalBlobStore:
 
     def begin(self, key: str) -> Upload:
         self.path_for(key)  # validates
-        fd, name = tempfile.mkstemp(dir=self.partial, prefix=key[:20] + ".")
+        fd, name = tempfile.mkstemp(dir=self.partial, prefix=key + ".")  # the key: whose upload it is
         os.close(fd)
         return Upload(key, Path(name))
 

@@ -31,9 +31,11 @@ from proxy.storage.blobindex import BlobIndex
 from proxy.storage.blobs import LocalBlobStore, Upload
 from proxy.storage.blobs import valid_key as valid_blob_key
 from proxy.storage.diskspace import DiskFullReport, Stage, free_bytes, is_disk_full, mib
+from proxy.storage.gate import DownloadGate
 from proxy.storage.integrity import Check, IntegrityCounts
 
 log = structlog.get_logger(__name__)
+FOLLOW_SECONDS = 0.2  # how often a process waiting for another one's download looks for its blob
 
 
 class DownloadState(enum.Enum):
@@ -106,6 +108,7 @@ class FileStore:
         """``max_bytes`` > 0 bounds the store: least recently used files are evicted past it. A download that
         would leave less than ``min_free_bytes`` free on the disk is refused; ``disk`` hears of each."""
         self.blobs = LocalBlobStore(root)
+        self.gate = DownloadGate(root / "locks")  # one download per file among processes sharing root
         self._upstream = upstream
         self._clock = clock
         self.max_bytes = max_bytes
@@ -131,7 +134,8 @@ class FileStore:
         await asyncio.to_thread(self._load)
 
     def _load(self) -> None:
-        self.blobs.clear_partial()
+        self.gate.prepare()
+        self.blobs.clear_partial(in_progress=self.gate.held_elsewhere)
         self.index.load(self.blobs.keys())
 
     async def cached(self, key: str) -> Path | None:
@@ -230,6 +234,45 @@ class FileStore:
         return download
 
     async def _run(self, download: Download) -> None:
+        key = download.source.key
+        held: int | None = None
+        try:
+            while (held := await asyncio.to_thread(self.gate.try_hold, key)) is None:
+                # Another process downloads it: wait for its blob rather than ask upstream again. If that
+                # process fails or dies its lock is gone, and this one takes over.
+                if await self._stored_elsewhere(download):
+                    return
+                await asyncio.sleep(FOLLOW_SECONDS)
+            if await self._stored_elsewhere(download):  # it finished between our look and our lock
+                return
+            await self._download(download)
+        except OSError as exc:  # the lock folder itself
+            await self._fail(download, WheelfarmError(f"cannot store {download.name}: {exc}"), None)
+        finally:
+            if held is not None:
+                await asyncio.to_thread(
+                    self.gate.release, key, held, remove=download.state is DownloadState.DONE
+                )
+            if self._downloads.get(key) is download:
+                del self._downloads[key]
+            await download._notify()
+
+    async def _stored_elsewhere(self, download: Download) -> bool:
+        """Whether another process stored the blob meanwhile; then ``download`` is done (readers take the
+        stored file, checked first like any blob another process stored)."""
+        key = download.source.key
+        blob = await self.blobs.get(key)
+        if blob is None:
+            return False
+        self.index.added(key, blob.size, verified=False)
+        if await self.verify(key) is not Check.GOOD:
+            return False
+        download.length = download.written = blob.size
+        download.state = DownloadState.DONE
+        log.info("file_stored_by_another_process", key=key, bytes=blob.size)
+        return True
+
+    async def _download(self, download: Download) -> None:
         source = download.source
         digest = hashlib.sha256()
         sink: BinaryIO | None = None
@@ -269,10 +312,6 @@ class FileStore:
         except asyncio.CancelledError:
             await self._fail(download, UpstreamError("download cancelled (proxy shutting down)"), sink)
             raise
-        finally:
-            if self._downloads.get(source.key) is download:
-                del self._downloads[source.key]
-            await download._notify()
 
     async def _begin(self, download: Download) -> Upload:
         try:
