@@ -21,6 +21,7 @@ _ALIASES = {
     "port": "--port",
     "cache_dir": "--cache-dir",
     "upstream_url": "--upstream",
+    "server_processes": "--processes",
 }
 
 

@@ -149,6 +149,13 @@ class Settings:
         "to what the open-files limit allows (two descriptors a connection, a reserve for the cache).",
         parse=_integer,
     )  # fmt: skip
+    server_processes: int = setting(
+        "server", "processes", 1,
+        "Serving processes on this host, all on one port (SO_REUSEPORT: the kernel spreads connections). "
+        "They share the cache folder; with more than one, builds need [cluster] database (then the first "
+        "process runs this host's builder) or [builder] enabled = false.",
+        parse=_integer,
+    )  # fmt: skip
     upstream_url: str = setting(
         "upstream", "url", "https://pypi.org/simple/",
         "The upstream simple API (PEP 503/691). Pages are fetched as PEP 691 JSON, HTML only from an index "
@@ -549,7 +556,13 @@ def load_settings(
     for attr, value in (overrides or {}).items():
         if value is not None:
             values[attr] = _convert(by_attr[attr], value, f"flag {by_attr[attr].flag}")
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.server_processes > 1 and settings.builder_enabled and not settings.cluster_database:
+        raise SettingsError(
+            f"[server] processes = {settings.server_processes} needs [cluster] database for builds (each "
+            "process would run a builder pool and records of its own), or [builder] enabled = false"
+        )
+    return settings
 
 
 def _refuse_unknown_variables(env: Mapping[str, str]) -> None:

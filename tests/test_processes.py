@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import free_port
-from serve import wheelfarm_serve
+from serve import WHEELFARM, server_env, wheelfarm_serve
 
 SIZE = 2 * 1024 * 1024
 
@@ -88,3 +89,50 @@ def test_processes_sharing_a_cache_download_each_file_once_and_survive_a_killed_
         port = free_port()
         with wheelfarm_serve(serve_args(port, cache, fake_upstream), port, tmp_path / "s3"):
             assert list((cache / "files" / "partial").iterdir()) == []
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return sorted(found)
+
+
+def test_serve_processes_share_one_port_and_a_dead_one_is_started_again(
+    fake_upstream: FakeUpstreamServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    args = [*serve_args(port, tmp_path / "cache", fake_upstream), "--processes", "2"]
+    with wheelfarm_serve(args, port, tmp_path / "s") as server:
+        deadline = time.monotonic() + 30
+        while len(children := children_of(server.process.pid)) < 2:
+            assert time.monotonic() < deadline, children
+            time.sleep(0.1)
+        for _ in range(20):  # a new connection each, through the one shared port
+            assert httpx.get(server.url + "/simple/tinypure/?format=json", timeout=30).status_code == 200
+        os.kill(children[0], signal.SIGKILL)
+        while len(again := children_of(server.process.pid)) < 2 or children[0] in again:
+            assert time.monotonic() < deadline + 30, again
+            time.sleep(0.1)
+        assert httpx.get(server.url + "/healthz", timeout=30).status_code == 200
+        died = [line for line in server.log_lines() if line.get("event") == "serving_process_died"]
+        assert [line["pid"] for line in died] == [children[0]]
+    assert server.process.returncode == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in again)
+
+
+def test_several_processes_with_a_local_builder_and_no_cluster_is_refused(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [str(WHEELFARM), "serve", "--processes", "2", "--cache-dir", str(tmp_path / "c")],
+        env=server_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "needs [cluster] database" in run.stderr

@@ -311,6 +311,11 @@ def host_settings(settings: Settings) -> HostSettings:
 
 
 def run(settings: Settings) -> None:
+    if settings.server_processes > 1:
+        from proxy.web.processes import run_processes
+
+        run_processes(settings, lambda each: asyncio.run(_serve(each)))
+        return
     asyncio.run(_serve(settings))
 
 
@@ -338,7 +343,7 @@ async def _serve(settings: Settings) -> None:
                 metrics = app[SERVICES].metrics
                 connections.access.metrics = metrics
                 metrics.watch_connections(lambda: connections.open, lambda: dict(connections.closed))
-            await EdgeSite(runner, host, port, connections).start()
+            await EdgeSite(runner, host, port, connections, shared=settings.server_processes > 1).start()
             serves_admin = runner.app is not app or (settings.admin_enabled and not settings.admin_listen)
             log.info("listening", host=host, port=port, admin=serves_admin)
         await stop.wait()

@@ -310,11 +310,16 @@ def _expectations_checked(handler: _RequestHandler) -> _RequestHandler:
 class EdgeSite(web.BaseSite):
     """A TCP listener whose connections are EdgeRequestHandlers sharing one Connections."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, connections: Connections) -> None:
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, connections: Connections, *, shared: bool = False
+    ) -> None:
+        """``shared``: other processes listen on the same port (SO_REUSEPORT; the kernel spreads the
+        connections among them)."""
         super().__init__(runner, backlog=min(MAX_BACKLOG, max(128, connections.limits.max_connections)))
         self._host = host
         self._port = port
         self._connections = connections
+        self._shared = shared
 
     @property
     def name(self) -> str:
@@ -333,5 +338,10 @@ class EdgeSite(web.BaseSite):
             return EdgeRequestHandler(server, connections, loop=loop)
 
         self._server = await loop.create_server(
-            connection, self._host, self._port, backlog=self._backlog, reuse_address=True
+            connection,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+            reuse_port=self._shared,
         )
