@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import signal
 from pathlib import Path
@@ -22,13 +23,16 @@ import orjson
 import structlog
 
 from builder.host import BuildHost, HostSettings
-from builder.jobs import BuildJob, Phase, TargetOffer
+from builder.jobs import BuildJob, BuildKey, Limits, Phase, TargetOffer
 from builder.protocol import WorkerReport
 from builder.workdir import BuildFolder
 
 log = structlog.get_logger(__name__)
 
 RETRY_SECONDS = 5.0
+MIN_LEASE_SECONDS = 3.0
+MAX_CLAIM_BYTES = 1 << 20
+SDIST_SECONDS = 900.0
 FLAGGED_RETRY_SECONDS = 60.0
 
 
@@ -77,6 +81,10 @@ class RemoteBuilder:
                 log.warning("farm_unreachable", error=str(exc))
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("farm_answer_refused", error=str(exc)[:300])
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
             if claimed is not None:
                 job, sdist_url, lease = claimed
                 await self._build(http, job, sdist_url, lease)
@@ -97,12 +105,18 @@ class RemoteBuilder:
                 log.warning("claim_failed", status=answer.status, body=(await answer.text())[:300])
                 await asyncio.sleep(RETRY_SECONDS)
                 return None
-            data: dict[str, Any] = orjson.loads(await answer.read())
-        return (
-            BuildJob.from_json(orjson.dumps(data["job"])),
-            str(data["sdist_url"]),
-            float(data["lease_seconds"]),
-        )
+            data: dict[str, Any] = orjson.loads(await answer.content.read(MAX_CLAIM_BYTES))
+        # The farm's answer is checked too: its key and URL become a path and a request here.
+        job = BuildJob.from_json(orjson.dumps(data["job"]))
+        BuildKey.checked(job.sdist_sha256, job.target.id)
+        sdist_url = str(data["sdist_url"])
+        if not sdist_url.startswith("/files/") or ".." in sdist_url.split("/"):
+            raise ValueError(f"the farm's sdist URL is not one of its files: {sdist_url[:200]!r}")
+        limits = data.get("limits")
+        if isinstance(limits, dict) and limits != dataclasses.asdict(self.host.settings.limits):
+            # Build within the limits the farm inspects uploads against, or a good build is refused there.
+            self.host.settings = dataclasses.replace(self.host.settings, limits=Limits(**limits))
+        return job, sdist_url, max(MIN_LEASE_SECONDS, float(data["lease_seconds"]))
 
     async def _build(self, http: aiohttp.ClientSession, job: BuildJob, sdist_url: str, lease: float) -> None:
         log.info("build_claimed", project=job.project, version=job.version, target=job.target.id)
@@ -130,12 +144,21 @@ class RemoteBuilder:
     ) -> WorkerReport | None:
         """The sdist from the farm into ``path``, its sha256 checked; a failure report otherwise."""
         digest = hashlib.sha256()
-        async with http.get(self.farm + sdist_url) as answer:
-            if answer.status != 200:
-                return WorkerReport.failure(Phase.FETCH, f"the farm answered {answer.status} for the sdist")
+        cap = self.host.settings.limits.output_bytes
+        written = 0
+        async with http.get(
+            self.farm + sdist_url, timeout=aiohttp.ClientTimeout(total=SDIST_SECONDS)
+        ) as answer:
+            if answer.status != 200:  # the farm's trouble, not the package's: another try may work
+                return WorkerReport.failure(
+                    Phase.INTERNAL, f"the farm answered {answer.status} for the sdist"
+                )
             handle = await asyncio.to_thread(path.open, "wb")
             try:
                 async for chunk in answer.content.iter_chunked(1 << 20):
+                    written += len(chunk)
+                    if written > cap:
+                        return WorkerReport.failure(Phase.FETCH, f"the sdist is larger than {cap} bytes")
                     digest.update(chunk)
                     await asyncio.to_thread(handle.write, chunk)
             finally:

@@ -63,9 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="the cluster's PostgreSQL ([cluster] database)")
     db.add_argument(
         "db_command",
-        choices=["upgrade", "add-token", "revoke-token", "tokens"],
+        choices=["upgrade", "add-token", "revoke-token", "tokens", "unflag"],
         help="upgrade: apply the schema migrations it lacks; add-token NAME: a remote builder's token (shown "
-        "once); revoke-token NAME; tokens: list them",
+        "once); revoke-token NAME; tokens: list them; unflag NAME: a builder flagged for a refused upload "
+        "gets jobs again",
     )
     db.add_argument("name", nargs="?", help="the builder's name (add-token, revoke-token)")
     db.add_argument("--config", type=Path, help="TOML settings file naming [cluster] database")
@@ -102,10 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         structlog.get_logger("wheelfarm").info(
             "starting", version=__version__, host=settings.host, port=settings.port
         )
+        import psycopg
+
+        from proxy.redact import redact
+
         try:
             run(settings)
         except OSError as exc:  # one clear line for what the operator must fix, not a traceback
             print(f"wheelfarm: cannot start: {_startup_problem(exc, settings)}", file=sys.stderr)
+            return 1
+        except psycopg.Error as exc:  # the cluster's database: never with its password
+            print(
+                f"wheelfarm: cannot start: the cluster database: {redact(str(exc)).strip()}", file=sys.stderr
+            )
             return 1
     return 0
 
@@ -129,7 +139,7 @@ def _database_command(command: str, name: str | None, config: Path | None) -> in
             "wheelfarm: no [cluster] database is configured (or WHEELFARM_CLUSTER_DATABASE)", file=sys.stderr
         )
         return 2
-    if command in ("add-token", "revoke-token") and not name:
+    if command in ("add-token", "revoke-token", "unflag") and not name:
         print(f"wheelfarm: db {command} needs the builder's name", file=sys.stderr)
         return 2
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import signal
 import subprocess
@@ -30,11 +31,13 @@ from pgserver import PASSWORD, PostgresServer
 from psycopg_pool import AsyncConnectionPool
 from serve import WHEELFARM, RunningServer, server_env, wheelfarm_serve
 
+from builder.host import BUILDER_VERSION
 from builder.interpreters import find_interpreter
-from builder.jobs import BuildJob, BuildKey, BuildProgress, BuildRecord, BuildState, TargetOffer
+from builder.jobs import BuildJob, BuildKey, BuildProgress, BuildRecord, BuildState, Phase, TargetOffer
 from builder.tags import Target
-from proxy.cluster.queue import MAX_ATTEMPTS, BuildQueue
+from proxy.cluster.queue import MAX_ATTEMPTS, BuildQueue, Finished
 from proxy.cluster.schema import MIGRATIONS, upgrade_database
+from proxy.cluster.service import REMOTE_FAILURE, _final, _lacking
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -71,6 +74,14 @@ def done(record_of: BuildJob, builder: str = "x") -> BuildRecord:
         record_of.key, BuildState.DONE, record_of.project, record_of.version, record_of.sdist_filename,
         now, now, wheel_filename="demo-1.0-py3-none-any.whl", wheel_sha256="c" * 64, builder=builder,
     )  # fmt: skip
+
+
+async def present(sha: str) -> bool:
+    return True
+
+
+async def absent(sha: str) -> bool:
+    return False
 
 
 def wheelfarm(*args: str, database: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -136,8 +147,12 @@ def test_the_queue_builds_each_key_once_claims_without_waiting_and_takes_back_lo
             holder = {c.sdist_sha256: n for c, n in zip(claims, ("builder-1", "builder-2"), strict=True) if c}
             assert not await queue.renew(BuildKey(SHA_A, TARGET), "intruder", 60)
             assert await queue.renew(BuildKey(SHA_A, TARGET), holder[SHA_A], 60)
-            assert not await queue.finish(done(job(SHA_A)), [], "intruder")
-            assert await queue.finish(done(job(SHA_A)), ["c" * 64], holder[SHA_A])
+            assert await queue.finish(done(job(SHA_A)), [], "intruder", present) is Finished.LOST
+            # A blob deleted between its store and the finish: the builder is told to store it again.
+            assert await queue.finish(done(job(SHA_A)), ["c" * 64], holder[SHA_A], absent) is Finished.MISSING
+            assert (
+                await queue.finish(done(job(SHA_A)), ["c" * 64], holder[SHA_A], present) is Finished.RECORDED
+            )
             finished = await queue.state(BuildKey(SHA_A, TARGET))
             assert isinstance(finished, BuildRecord)
             assert finished.state is BuildState.DONE
@@ -150,8 +165,8 @@ def test_the_queue_builds_each_key_once_claims_without_waiting_and_takes_back_lo
             retaken = await queue.claim(X86, "builder-4", 60, 501.0)
             assert retaken is not None
             assert retaken.sdist_sha256 == SHA_B
-            assert not await queue.finish(done(job(SHA_B)), [], lost)
-            assert await queue.finish(done(job(SHA_B)), [], "builder-4")
+            assert await queue.finish(done(job(SHA_B)), [], lost, present) is Finished.LOST
+            assert await queue.finish(done(job(SHA_B)), [], "builder-4", present) is Finished.RECORDED
 
     asyncio.run(scenario())
 
@@ -413,6 +428,16 @@ def test_remote_builders_pull_jobs_with_a_token_and_a_bad_upload_is_refused_and_
             sdist = httpx.get(farm.url + claimed.json()["sdist_url"], headers=auth, timeout=30)
             assert hashlib.sha256(sdist.content).hexdigest() == job["sdist_sha256"]
             wheel = evil_wheel(tmp_path)
+            # A report whose fields are not of their types is a 400 before anything else looks at it.
+            garbage = {"ok": "yes", "wheel_filename": wheel.name, "provenance": ["not", "a", "mapping"]}
+            refused = httpx.post(
+                f"{farm.url}/cluster/api/jobs/{job['sdist_sha256']}/{job['target']}/result",
+                headers=auth,
+                files={"report": ("report.json", orjson.dumps(garbage))},
+                timeout=60,
+            )
+            assert refused.status_code == 400
+            assert "wrong type" in refused.text
             report = {"ok": True, "wheel_filename": wheel.name, "build_seconds": 1.0}
             upload = httpx.post(
                 f"{farm.url}/cluster/api/jobs/{job['sdist_sha256']}/{job['target']}/result",
@@ -428,16 +453,12 @@ def test_remote_builders_pull_jobs_with_a_token_and_a_bad_upload_is_refused_and_
             flagged = httpx.post(farm.url + "/cluster/api/claim", json=offer, headers=auth, timeout=60)
             assert flagged.status_code == 403
             assert "flagged" in flagged.text
-            # A report whose fields are not of their types is a 400 before anything else looks at it.
-            garbage = {"ok": "yes", "wheel_filename": wheel.name, "provenance": ["not", "a", "mapping"]}
-            refused = httpx.post(
-                f"{farm.url}/cluster/api/jobs/{job['sdist_sha256']}/{job['target']}/result",
-                headers=auth,
-                files={"report": ("report.json", orjson.dumps(garbage))},
-                timeout=60,
+            # An offer no builder could have (a thousand Pythons) is refused before anyone reads it.
+            huge = {"offer": {"family": "manylinux", "arch": "x86_64", "pythons": list(range(8, 1008))}}
+            assert (
+                httpx.post(farm.url + "/cluster/api/claim", json=huge, headers=auth, timeout=60).status_code
+                == 400
             )
-            assert refused.status_code == 400
-            assert "wrong type" in refused.text
             # The real builder: only its token in its environment, no database URL, no admin token.
             builder = subprocess.Popen(
                 [str(WHEELFARM), "builder", "run", "--farm", farm.url, "--work-dir", str(tmp_path / "rb"),
@@ -465,6 +486,9 @@ def test_remote_builders_pull_jobs_with_a_token_and_a_bad_upload_is_refused_and_
         assert seen["remote-1"]["builds"]["platform"] == "manylinux x86_64"
         assert "the wheel is for project 'evil'" in seen["mallory"]["flagged"]
         assert not seen["mallory"]["live"]
+        unflag = wheelfarm("db", "unflag", "mallory", database=database, home=tmp_path / "cli")
+        assert unflag.returncode == 0, unflag.stderr
+        assert not httpx.get(farm.url + "/admin/api/builders", timeout=30).json()["builders"][0]["flagged"]
         finished = httpx.get(farm.url + "/admin/api/builds", timeout=30).json()["finished"]
         assert [(r["project"], r["made_by"]) for r in finished] == [("slowpkg", "remote-1")]
         assert reason is not None
@@ -545,3 +569,18 @@ def test_builders_on_hosts_of_their_own_build_the_targets_they_announce_for_clie
             ("cp311", "builder-311", "done"),
             ("cp312", "builder-312", "done"),
         ]
+
+
+def test_a_remote_builders_failure_is_never_final_nor_a_project_wide_verdict() -> None:
+    """A builder's word that a build failed cannot be checked: a hostile one must not block a project
+    ("lacks a toolchain") or make a failure stick; a local failure of this builder version may."""
+    now = time.time()
+    local = BuildRecord(
+        BuildKey(SHA_A, TARGET), BuildState.FAILED, "numpy", "2.0", "numpy-2.0.tar.gz", now, now,
+        error="no Fortran compiler", phase=Phase.TOOLCHAIN, builder=BUILDER_VERSION,
+    )  # fmt: skip
+    remote = dataclasses.replace(local, builder=REMOTE_FAILURE, made_by="mallory")
+    assert _final(local)
+    assert _lacking("numpy", [local]) is not None
+    assert not _final(remote)
+    assert _lacking("numpy", [remote]) is None

@@ -31,6 +31,10 @@ async def database_command(url: str, command: str, name: str) -> tuple[int, str]
             if token is None:
                 return 1, f"the builder {name!r} has a live token already (revoke-token it first)"
             return 0, token
+        if command == "unflag":
+            if await queue.unflag(name):
+                return 0, f"{name} gets jobs again"
+            return 1, f"no flagged builder named {name!r}"
         if command == "revoke-token":
             if await queue.revoke_token(name):
                 return 0, f"revoked the token of {name}"

@@ -17,6 +17,7 @@ from the wheel itself, and a refused upload puts the job back in the queue and f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import shutil
 import tempfile
@@ -37,6 +38,7 @@ UPLOADS = web.AppKey("uploads", Path)  # where uploads are streamed to before th
 LONG_POLL_SECONDS = 20.0
 REPORT_BYTES = 1 << 20
 _WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+!-]{1,200}\.whl\Z")
+_PATTERN = re.compile(r"[a-z0-9_*?-]{1,64}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -85,6 +87,13 @@ def _offer(data: Any) -> TargetOffer:
         raise web.HTTPBadRequest(text=f"the claim needs an offer (family, arch, pythons): {exc}\n") from None
     if offer.family not in ("manylinux", "musllinux") or not re.fullmatch(r"[a-z0-9_]{1,32}", offer.arch):
         raise web.HTTPBadRequest(text="the offer names no known platform family and architecture\n")
+    # Bounded: every farm process reads every offer, and pages ask each one about targets.
+    if not 0 < len(offer.pythons) <= 32 or len(set(offer.pythons)) != len(offer.pythons):
+        raise web.HTTPBadRequest(text="the offer's pythons: 1 to 32 different minor versions of CPython 3\n")
+    if not all(8 <= minor <= 40 for minor in offer.pythons):
+        raise web.HTTPBadRequest(text="the offer's pythons are minor versions of CPython 3 from 8 to 40\n")
+    if not 0 < len(offer.patterns) <= 16 or not all(_PATTERN.fullmatch(p) for p in offer.patterns):
+        raise web.HTTPBadRequest(text="the offer's targets: 1 to 16 patterns of [a-z0-9_*?-], 64 at most\n")
     return offer
 
 
@@ -105,6 +114,8 @@ async def claim(request: web.Request) -> web.StreamResponse:
         "job": orjson.loads(job.to_json()),
         "sdist_url": sdist_url,
         "lease_seconds": cluster.lease_seconds,
+        # The limits the farm inspects uploads against: the builder builds within the same ones.
+        "limits": dataclasses.asdict(cluster.limits),
     }
     return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
 
@@ -119,6 +130,8 @@ async def lease(request: web.Request) -> web.StreamResponse:
 async def result(request: web.Request) -> web.StreamResponse:
     cluster, builder = await _builder(request)
     key = _key(request)
+    if not await cluster.holds(builder, key):  # before a byte of the upload is read
+        return _text(409, f"{builder} does not hold the build of {key}")
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="upload-", dir=request.app[UPLOADS]))
     try:
         report, wheel, log_file = await _read_upload(request, folder, cluster)

@@ -10,6 +10,7 @@ new jobs on ``JOBS_CHANNEL`` (wakes idle builders).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,13 @@ CLAIM_WINDOW = 50  # queued jobs of a builder's platforms looked at per claim (p
 
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]
 BlobDeleter = Callable[[str], Awaitable[object]]
+BlobCheck = Callable[[str], Awaitable[bool]]
+
+
+class Finished(enum.Enum):
+    RECORDED = "recorded"
+    LOST = "lost"  # the builder no longer holds the job
+    MISSING = "missing"  # a blob it stored is gone: store again, finish again
 
 
 def _offer(data: dict[str, object]) -> TargetOffer | None:
@@ -164,13 +172,19 @@ class BuildQueue:
             )
             return cursor.rowcount == 1
 
-    async def finish(self, record: BuildRecord, artifacts: list[str], builder: str) -> bool:
-        """Record how ``builder``'s build of the key ended; False (nothing written) when it no longer
-        holds the job."""
+    async def finish(
+        self, record: BuildRecord, artifacts: list[str], builder: str, stored: BlobCheck
+    ) -> Finished:
+        """Record how ``builder``'s build of the key ended. LOST (nothing written) when it no longer holds
+        the job; MISSING when a blob it stored was deleted meanwhile (forget() of another build that named
+        the same blob, between the store and this lock): store it again and finish again."""
         key = record.key
         async with self.pool.connection() as conn, conn.transaction():
             for sha in sorted(artifacts):  # the same lock forget() takes before it deletes a blob
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sha,))
+            for sha in artifacts:
+                if not await stored(sha):
+                    return Finished.MISSING
             cursor = await conn.execute(
                 """
                 UPDATE builds SET state = %s, record = %s, artifacts = %s, lease_until = NULL
@@ -182,11 +196,20 @@ class BuildQueue:
                 ),
             )  # fmt: skip
             if cursor.rowcount != 1:
-                return False
+                return Finished.LOST
             await conn.execute(
                 "SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, _notice(record.project, key, record.state))
             )
-            return True
+            return Finished.RECORDED
+
+    async def held_by(self, builder: str) -> int:
+        """How many jobs ``builder`` holds now."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT count(*) FROM builds WHERE state = 'running' AND builder = %s", (builder,)
+            )
+            row = await cursor.fetchone()
+            return int(row[0]) if row else 0
 
     async def requeue_expired(self, now: float, lost: BuildRecord | None = None) -> list[BuildKey]:
         """Jobs whose lease expired go back to the queue; after ``MAX_ATTEMPTS`` they fail instead."""
@@ -280,25 +303,55 @@ class BuildQueue:
                 (builder, reason),
             )
 
+    async def unflag(self, builder: str) -> bool:
+        """The operator cleared ``builder`` (after looking at why it was flagged): it gets jobs again."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE builders SET flagged_reason = NULL, flagged_at = NULL"
+                " WHERE id = %s AND flagged_reason IS NOT NULL",
+                (builder,),
+            )
+            return cursor.rowcount == 1
+
     async def flagged(self, builder: str) -> str | None:
         async with self.pool.connection() as conn:
             cursor = await conn.execute("SELECT flagged_reason FROM builders WHERE id = %s", (builder,))
             row = await cursor.fetchone()
             return str(row[0]) if row and row[0] is not None else None
 
-    async def release(self, key: BuildKey, builder: str) -> bool:
-        """Put ``builder``'s job back in the queue at once (its result was refused)."""
+    async def release(self, key: BuildKey, builder: str, now: float) -> bool:
+        """Put ``builder``'s job back in the queue at once (its result was refused), or, after
+        ``MAX_ATTEMPTS`` builders, fail it: a job that gets every builder refused must not go round for
+        ever."""
         async with self.pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 """
-                UPDATE builds SET state = 'queued', builder = NULL, started_at = NULL, lease_until = NULL
-                WHERE sdist_sha256 = %s AND target = %s AND state = 'running' AND builder = %s
+                SELECT attempts, job FROM builds
+                WHERE sdist_sha256 = %s AND target = %s AND state = 'running' AND builder = %s FOR UPDATE
                 """,
                 (key.sdist_sha256, key.target, builder),
             )
-            if cursor.rowcount == 1:
-                await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, key.target))
-            return cursor.rowcount == 1
+            row = await cursor.fetchone()
+            if row is None:
+                return False
+            attempts, job = row
+            if attempts >= MAX_ATTEMPTS:
+                failed = abandoned(BuildJob.from_json(orjson.dumps(job)), attempts, builder, now)
+                await conn.execute(
+                    "UPDATE builds SET state = 'failed', record = %s, lease_until = NULL"
+                    " WHERE sdist_sha256 = %s AND target = %s",
+                    (Jsonb(orjson.loads(failed.to_json())), key.sdist_sha256, key.target),
+                )
+                notice = _notice(failed.project, key, BuildState.FAILED)
+                await conn.execute("SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, notice))
+                return True
+            await conn.execute(
+                "UPDATE builds SET state = 'queued', builder = NULL, started_at = NULL, lease_until = NULL"
+                " WHERE sdist_sha256 = %s AND target = %s",
+                (key.sdist_sha256, key.target),
+            )
+            await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, key.target))
+            return True
 
     async def holds(self, key: BuildKey, builder: str) -> BuildJob | None:
         """The job of ``key`` if ``builder`` holds it now."""
@@ -440,6 +493,18 @@ class BuildQueue:
             )
             return record
 
+    async def delete_if_unnamed(self, sha: str, delete_blob: BlobDeleter) -> bool:
+        """Delete blob ``sha`` unless a build names it (under the lock finish() and forget() take)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sha,))
+            named = await conn.execute(
+                "SELECT 1 FROM builds WHERE artifacts @> ARRAY[%s]::text[] LIMIT 1", (sha,)
+            )
+            if await named.fetchone() is not None:
+                return False
+            await delete_blob(sha)
+            return True
+
     async def oldest_finished(self, excess: int) -> list[BuildKey]:
         """The ``excess`` finished builds to prune first: orphans, then the oldest."""
         async with self.pool.connection() as conn:
@@ -463,8 +528,8 @@ def abandoned(job: BuildJob, attempts: int, builder: str | None, now: float) -> 
         sdist_filename=job.sdist_filename,
         started_at=now,
         finished_at=now,
-        error=f"the build was taken {attempts} times and each builder was lost before it finished "
-        f"(last: {builder or '?'})",
+        error=f"the build was taken {attempts} times and no builder finished it (lost, or its result was "
+        f"refused; last: {builder or '?'})",
         phase=Phase.INTERNAL,
         builder=builder or "",
     )

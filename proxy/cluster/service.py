@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import os
+import re
 import socket
 import time
 from collections import OrderedDict
@@ -53,7 +56,7 @@ from proxy.builds.service import (
     ServiceStatus,
 )
 from proxy.clock import Clock
-from proxy.cluster.queue import BUILDS_CHANNEL, JOBS_CHANNEL, BuildQueue, Pool
+from proxy.cluster.queue import BUILDS_CHANNEL, JOBS_CHANNEL, BuildQueue, Finished, Pool
 from proxy.redact import redact
 from proxy.storage.blobs import Blob, BlobStore
 
@@ -66,6 +69,12 @@ IDLE_POLL_SECONDS = 5.0  # an idle builder slot looks for jobs this often even w
 RECONNECT_SECONDS = 1.0
 OUTLAST_SECONDS = 120.0
 TOKEN_CACHE_SECONDS = 10.0
+TOKENS_REMEMBERED = 1024
+TOKEN_FORMAT = re.compile(
+    r"wfb_[A-Za-z0-9_-]{43}"
+)  # what add_token makes: "wfb_" + 32 random bytes, base64url
+MAX_HELD_BY_A_BUILDER = 16
+REMOTE_FAILURE = "remote, unconfirmed"  # a failure's builder version that is never final (see _final)
 BUILDERS_REFRESH_SECONDS = 2.0  # how often a process reads which builders are live
 
 
@@ -97,7 +106,7 @@ class ClusterBuildService:
         self.limits = limits or Limits()  # what an uploaded wheel is inspected against
         self._job_signal = asyncio.Event()  # replaced at each new-job notice: remote builders long-poll on it
         self._stopping = asyncio.Event()  # the server shuts down: long polls end at once
-        self._tokens: dict[str, tuple[str | None, float]] = {}  # token -> (builder, looked up at)
+        self._tokens: OrderedDict[str, tuple[str | None, float]] = OrderedDict()  # token -> (builder, when)
         self.builder_id = f"{socket.gethostname()}:{os.getpid()}"
         self._status = ServiceStatus(ServiceState.CHECKING)
         self._capabilities = Capabilities(self._status)
@@ -283,14 +292,18 @@ class ClusterBuildService:
     async def builder_of(self, token: str) -> str | None:
         """The builder ``token`` belongs to (None: unknown or revoked); looked up again after
         ``TOKEN_CACHE_SECONDS``, so a revocation takes effect within that."""
+        if not TOKEN_FORMAT.fullmatch(token):
+            return None  # not one of ours: no database query for made-up tokens
         now = time.monotonic()
         known = self._tokens.get(token)
         if known is not None and now - known[1] < TOKEN_CACHE_SECONDS:
+            self._tokens.move_to_end(token)
             return known[0]
         builder = await self._queue.builder_of_token(token)
-        if len(self._tokens) > 1024:
-            self._tokens.clear()
         self._tokens[token] = (builder, now)
+        self._tokens.move_to_end(token)
+        if len(self._tokens) > TOKENS_REMEMBERED:
+            self._tokens.popitem(last=False)
         return builder
 
     async def claim_for(self, builder: str, offer: TargetOffer, poll_seconds: float) -> BuildJob | None:
@@ -303,7 +316,9 @@ class ClusterBuildService:
             flagged = await self._queue.flagged(builder)
             if flagged is not None:
                 raise BuilderFlagged(builder, flagged)
-            job = await self._queue.claim(offer, builder, self._lease, time.time())
+            job = None
+            if await self._queue.held_by(builder) < MAX_HELD_BY_A_BUILDER:  # one token cannot take the queue
+                job = await self._queue.claim(offer, builder, self._lease, time.time())
             remaining = deadline - time.monotonic()
             if job is not None or remaining <= 0:
                 return job
@@ -316,10 +331,15 @@ class ClusterBuildService:
             stopping.cancel()
             new_job.cancel()
 
+    async def holds(self, builder: str, key: BuildKey) -> bool:
+        return await self._queue.holds(key, builder) is not None
+
     async def renew_for(self, builder: str, key: BuildKey) -> bool:
         """A remote builder's lease, renewed for as long as a local build may run (each sandboxed step's time
         limit, ten times over, as the local host bounds its worker): past that the job goes to another."""
         longest = self.limits.timeout_seconds * 10 + 120
+        if await self._queue.flagged(builder) is not None:
+            return False
         return await self._queue.renew(key, builder, self._lease, time.time() - longest)
 
     async def accept(
@@ -333,12 +353,17 @@ class ClusterBuildService:
             raise NotHeld(
                 f"{builder} does not hold the build of {key} (its lease expired, or it never had it)"
             )
-        stored: list[str] = []
-        wheel_size = 0
+        if await self._queue.flagged(builder) is not None:
+            raise NotHeld(f"{builder} is flagged: its uploads are not taken")
+        inspection = None
         if report.ok:
             if wheel is None:
                 await self._refuse(builder, key, "the report says the build succeeded, but no wheel was sent")
             assert wheel is not None
+            if not _wheel_named(report.wheel_filename, wheel):
+                await self._refuse(
+                    builder, key, f"the report names {report.wheel_filename!r}, not the wheel sent"
+                )
             try:
                 inspection = await asyncio.to_thread(
                     inspect_wheel, wheel, project=job.project, version=job.version, target=job.target,
@@ -346,21 +371,6 @@ class ClusterBuildService:
                 )  # fmt: skip
             except BadWheel as exc:
                 await self._refuse(builder, key, f"the uploaded wheel was refused: {exc}")
-            if not _wheel_named(report.wheel_filename, wheel):
-                await self._refuse(
-                    builder, key, f"the report names {report.wheel_filename!r}, not the wheel sent"
-                )
-            stored_wheel = await self._blobs.put(wheel)
-            metadata = await self._blobs.put(inspection.metadata)  # read from the wheel, not from the builder
-            provenance = await self._blobs.put(
-                orjson.dumps({**report.provenance, "builder": builder}, option=orjson.OPT_INDENT_2)
-            )
-            stored = [stored_wheel.sha256, metadata.sha256, provenance.sha256]
-            wheel_size = stored_wheel.blob.size
-        if log_file is not None:
-            log_blob = await self._blobs.put(log_file)
-        else:
-            log_blob = await self._blobs.put(f"build failed in {report.phase}: {report.error}\n".encode())
         finished = time.time()
         record = BuildRecord(
             key=key,
@@ -371,18 +381,36 @@ class ClusterBuildService:
             started_at=finished - report.build_seconds,
             finished_at=finished,
             wheel_filename=report.wheel_filename if report.ok else "",
-            wheel_sha256=stored[0] if stored else "",
-            wheel_size=wheel_size,
-            metadata_sha256=stored[1] if stored else "",
-            provenance_sha256=stored[2] if stored else "",
-            log_sha256=log_blob.sha256,
             error=report.error,
             phase=Phase(report.phase) if report.phase in _PHASES else (None if report.ok else Phase.INTERNAL),
-            builder=BUILDER_VERSION,
+            # A remote builder's failure is its word only: never final (a client asking again has it built
+            # again), and never the project-wide "lacks a toolchain" verdict a local failure can give.
+            builder=BUILDER_VERSION if report.ok else REMOTE_FAILURE,
             made_by=builder,
         )
-        if not await _outlasting_restarts(lambda: self._queue.finish(record, artifact_shas(record), builder)):
+
+        async def store() -> BuildRecord:
+            stored = record
+            if inspection is not None and wheel is not None:
+                stored_wheel = await self._blobs.put(wheel)
+                metadata = await self._blobs.put(inspection.metadata)  # read from the wheel itself
+                provenance = await self._blobs.put(
+                    orjson.dumps({**report.provenance, "builder": builder}, option=orjson.OPT_INDENT_2)
+                )
+                stored = dataclasses.replace(
+                    stored, wheel_sha256=stored_wheel.sha256, wheel_size=stored_wheel.blob.size,
+                    metadata_sha256=metadata.sha256, provenance_sha256=provenance.sha256,
+                )  # fmt: skip
+            if log_file is not None:
+                log_blob = await self._blobs.put(log_file)
+            else:
+                log_blob = await self._blobs.put(f"build failed in {report.phase}: {report.error}\n".encode())
+            return dataclasses.replace(stored, log_sha256=log_blob.sha256)
+
+        recorded = await self._record(store, builder)
+        if recorded is None:
             raise NotHeld(f"{builder} lost the build of {key} while it uploaded")
+        record = recorded
         self._bump(job.project)
         for listener in self._listeners:
             listener(record)
@@ -390,10 +418,34 @@ class ClusterBuildService:
                  state=record.state.value, builder=builder)  # fmt: skip
         return record
 
+    async def _record(self, store: Callable[[], Awaitable[BuildRecord]], builder: str) -> BuildRecord | None:
+        """Store a build's artifacts and record it; again while a blob it stored was deleted in between
+        (by forget() of a build that shared it); None when ``builder`` lost the job meanwhile."""
+        for _ in range(5):
+            record = await store()
+            shas = artifact_shas(record)
+            finished = await _outlasting_restarts(
+                functools.partial(self._queue.finish, record, shas, builder, self._blob_stored)
+            )
+            if finished is Finished.RECORDED:
+                return record
+            if finished is Finished.LOST:
+                await self._drop_unnamed(shas)
+                return None
+        raise RuntimeError("the build's artifacts kept disappearing from the shared store")
+
+    async def _blob_stored(self, sha: str) -> bool:
+        return await self._blobs.get(sha) is not None
+
+    async def _drop_unnamed(self, shas: list[str]) -> None:
+        """Artifacts stored for a result that was not recorded: deleted unless some build names them."""
+        for sha in shas:
+            await self._queue.delete_if_unnamed(sha, self._blobs.delete)
+
     async def _refuse(self, builder: str, key: BuildKey, reason: str) -> NoReturn:
         log.warning("builder_upload_refused", builder=builder, key=str(key), reason=reason)
         await self._queue.flag(builder, reason)
-        await self._queue.release(key, builder)
+        await self._queue.release(key, builder, time.time())
         raise UploadRefused(reason)
 
     async def builders(self) -> Sequence[BuilderView]:
@@ -532,11 +584,13 @@ class ClusterBuildService:
             builder=BUILDER_VERSION,
             made_by=self.builder_id,
         )
-        record = await store_artifacts(self._blobs, record, report, folder)
-        shas = artifact_shas(record)
-        if not await _outlasting_restarts(lambda: self._queue.finish(record, shas, self.builder_id)):
+        kept = await self._record(
+            lambda: store_artifacts(self._blobs, record, report, folder), self.builder_id
+        )
+        if kept is None:
             log.warning("build_result_dropped", key=str(job.key), reason="the lease was lost meanwhile")
             return record
+        record = kept
         self._bump(job.project)
         for listener in self._listeners:
             listener(record)

@@ -73,7 +73,13 @@ def run_processes(settings: Settings, serve: Callable[[Settings], None]) -> None
         code = os.waitstatus_to_exitcode(status)
         quick = time.monotonic() - started < QUICK_DEATH_SECONDS
         quick_deaths = quick_deaths + 1 if quick else 0
-        log.error("serving_process_died", index=index, pid=pid, exit=code, restarting=quick_deaths < QUICK_DEATHS_ALLOWED)
+        log.error(
+            "serving_process_died",
+            index=index,
+            pid=pid,
+            exit=code,
+            restarting=quick_deaths < QUICK_DEATHS_ALLOWED,
+        )
         if quick_deaths >= QUICK_DEATHS_ALLOWED:
             forward(signal.SIGTERM, None)
             continue
