@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from fake_upstream import FakeUpstreamServer
@@ -66,7 +66,14 @@ def delete_build(proxy: ProxyServer, sdist_sha256: str, target: str) -> bool:
     return True
 
 
-def page(proxy: ProxyServer, project: str, scope: str = f"/t/{TARGET}", **headers: str) -> dict[str, Any]:
+class Served(Protocol):
+    """A running wheelfarm: in this process (ProxyServer) or a `wheelfarm serve` (serve.RunningServer)."""
+
+    @property
+    def url(self) -> str: ...
+
+
+def page(proxy: Served, project: str, scope: str = f"/t/{TARGET}", **headers: str) -> dict[str, Any]:
     response = httpx.get(f"{proxy.url}{scope}/simple/{project}/?format=json", headers=headers, timeout=30)
     response.raise_for_status()
     data: dict[str, Any] = response.json()
@@ -81,5 +88,5 @@ def pending_links(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [entry for entry in data["files"] if entry.get("_wheelfarm", {}).get("pending")]
 
 
-def absolute(proxy: ProxyServer, project: str, url: str, scope: str = f"/t/{TARGET}") -> str:
+def absolute(proxy: Served, project: str, url: str, scope: str = f"/t/{TARGET}") -> str:
     return str(httpx.URL(f"{proxy.url}{scope}/simple/{project}/").join(url))

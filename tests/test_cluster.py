@@ -21,7 +21,7 @@ import netns
 import orjson
 import psycopg
 import pytest
-from buildkit import ADMIN_TOKEN, TARGET
+from buildkit import ADMIN_TOKEN, TARGET, absolute, files, page, pending_links
 from clientenv import Client, clean_env, install_command, make_venv, venv_python
 from clients import install
 from dists import in_tree_backend_sdist
@@ -35,9 +35,10 @@ from builder.host import BUILDER_VERSION
 from builder.interpreters import find_interpreter
 from builder.jobs import BuildJob, BuildKey, BuildProgress, BuildRecord, BuildState, Phase, TargetOffer
 from builder.tags import Target
+from proxy.builds.finished import is_final, lacking_toolchain
 from proxy.cluster.queue import MAX_ATTEMPTS, BuildQueue, Finished
 from proxy.cluster.schema import MIGRATIONS, upgrade_database
-from proxy.cluster.service import REMOTE_FAILURE, _final, _lacking
+from proxy.cluster.service import REMOTE_FAILURE
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -202,22 +203,32 @@ def cluster_args(
     ]  # fmt: skip
 
 
-def test_two_processes_share_the_queue_records_and_store(
-    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, database: str, tmp_path: Path
-) -> None:
-    """Process A builds, process B does not: pip through B gets the wheel A built for B's request, and both
-    list it; asking both at once for another release builds it once."""
-    env = {"WHEELFARM_CLUSTER_DATABASE": database, "WHEELFARM_ADMIN_TOKEN": ADMIN_TOKEN}
+@contextlib.contextmanager
+def builder_and_follower(
+    tmp_path: Path, upstream: FakeUpstreamServer, env: dict[str, str], *builder_args: str
+) -> Iterator[tuple[RunningServer, RunningServer]]:
+    """Two serve processes on one database and store: A builds, B does not; B offers builds once it has
+    read A's builder from the database."""
     store = tmp_path / "shared"
     port_a, port_b = free_port(), free_port()
-    args_a = cluster_args(port_a, tmp_path / "a", store, fake_upstream, builds=True)
-    args_b = cluster_args(port_b, tmp_path / "b", store, fake_upstream, builds=False)
+    args_a = [*cluster_args(port_a, tmp_path / "a", store, upstream, builds=True), *builder_args]
+    args_b = cluster_args(port_b, tmp_path / "b", store, upstream, builds=False)
     with (
         wheelfarm_serve(args_a, port_a, tmp_path / "sa", env) as a,
         wheelfarm_serve(args_b, port_b, tmp_path / "sb", env) as b,
     ):
         assert a.builder()["state"] == "ready"
         learns_of_builders(b)
+        yield a, b
+
+
+def test_two_processes_share_the_queue_records_and_store(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, database: str, tmp_path: Path
+) -> None:
+    """Process A builds, process B does not: pip through B gets the wheel A built for B's request, and both
+    list it; asking both at once for another release builds it once."""
+    env = {"WHEELFARM_CLUSTER_DATABASE": database, "WHEELFARM_ADMIN_TOKEN": ADMIN_TOKEN}
+    with builder_and_follower(tmp_path, fake_upstream, env) as (a, b):
         result = install(Client.PIP, b.simple_url, ["tinypure==3.0"], tmp_path / "pip").check()
         assert result.installed()["tinypure"] == "3.0"
         assert "Building wheel for tinypure" not in result.output
@@ -227,23 +238,12 @@ def test_two_processes_share_the_queue_records_and_store(
         for server in (a, b):
             records = httpx.get(server.url + "/admin/api/builds", timeout=30).json()["finished"]
             assert [(r["project"], r["state"]) for r in records] == [("tinypure", "done")]
-            listed = httpx.get(
-                f"{server.url}/t/{TARGET}/simple/tinypure/",
-                headers={"Accept": "application/vnd.pypi.simple.v1+json"},
-            ).json()
-            names = [f["filename"] for f in listed["files"]]
+            names = list(files(page(server, "tinypure")))
             assert "tinypure-3.0-py2.py3-none-any.whl" in names, names
         # Two clients, one through each process, ask for the same pending build at the same instant.
-        pending = [
-            f["url"]
-            for f in httpx.get(
-                f"{a.url}/t/{TARGET}/simple/slowpkg/",
-                headers={"Accept": "application/vnd.pypi.simple.v1+json"},
-            ).json()["files"]
-            if f.get("_wheelfarm", {}).get("pending")
-        ]
+        pending = [entry["url"] for entry in pending_links(page(a, "slowpkg"))]
         assert pending, "slowpkg has no pending link"
-        urls = [httpx.URL(f"{server.url}/t/{TARGET}/simple/slowpkg/").join(pending[0]) for server in (a, b)]
+        urls = [absolute(server, "slowpkg", pending[0]) for server in (a, b)]
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             answers = list(pool.map(lambda url: httpx.get(url, timeout=180, follow_redirects=True), urls))
         assert [answer.status_code for answer in answers] == [200, 200], [
@@ -343,20 +343,7 @@ def test_waiting_clients_and_a_running_build_outlast_a_database_restart(
 ) -> None:
     add_slow_release(build_index, tmp_path / "sdists", "patient", 5)
     env = {"WHEELFARM_CLUSTER_DATABASE": database}
-    store = tmp_path / "shared"
-    port_a, port_b = free_port(), free_port()
-    args_a = [
-        *cluster_args(port_a, tmp_path / "a", store, fake_upstream, builds=True),
-        "--builder-workers",
-        "1",
-    ]
-    args_b = cluster_args(port_b, tmp_path / "b", store, fake_upstream, builds=False)
-    with (
-        wheelfarm_serve(args_a, port_a, tmp_path / "sa", env) as a,
-        wheelfarm_serve(args_b, port_b, tmp_path / "sb", env) as b,
-    ):
-        assert a.builder()["state"] == "ready"
-        learns_of_builders(b)
+    with builder_and_follower(tmp_path, fake_upstream, env, "--builder-workers", "1") as (a, b):
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             installing = pool.submit(install, Client.PIP, b.simple_url, ["patient==1.0"], tmp_path / "pip")
             holder_of(database, "patient")
@@ -372,11 +359,8 @@ def test_waiting_clients_and_a_running_build_outlast_a_database_restart(
         ]
         # Both processes are back on the database: a page through each lists the wheel.
         for server in (a, b):
-            listed = httpx.get(
-                f"{server.url}/t/{TARGET}/simple/patient/",
-                headers={"Accept": "application/vnd.pypi.simple.v1+json"},
-            ).json()
-            assert any(f["filename"].endswith("-none-any.whl") for f in listed["files"]), listed
+            names = list(files(page(server, "patient")))
+            assert any(name.endswith("-none-any.whl") for name in names), names
 
 
 def add_token(database: str, name: str, home: Path) -> str:
@@ -580,7 +564,7 @@ def test_a_remote_builders_failure_is_never_final_nor_a_project_wide_verdict() -
         error="no Fortran compiler", phase=Phase.TOOLCHAIN, builder=BUILDER_VERSION,
     )  # fmt: skip
     remote = dataclasses.replace(local, builder=REMOTE_FAILURE, made_by="mallory")
-    assert _final(local)
-    assert _lacking("numpy", [local]) is not None
-    assert not _final(remote)
-    assert _lacking("numpy", [remote]) is None
+    assert is_final(local)
+    assert lacking_toolchain(local) is not None
+    assert not is_final(remote)
+    assert lacking_toolchain(remote) is None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import structlog
 
-from builder.host import BUILDER_VERSION, BuildHost
+from builder.host import BuildHost
 from builder.jobs import (
     Artifact,
     BuildJob,
@@ -34,6 +34,7 @@ from builder.jobs import (
 )
 from builder.protocol import WorkerReport
 from builder.workdir import BuildFolder
+from proxy.builds.finished import fetch_within, finished_record, is_final, lacking_toolchain
 from proxy.builds.records import BuildRecords
 from proxy.builds.service import (
     BuildCounts,
@@ -155,7 +156,7 @@ class EmbeddedBuildService:
         if snapshot is not None and snapshot.version == version:
             self._snapshots.move_to_end(project)
             return snapshot
-        final = {key: r for key, r in self._records.of_project(project).items() if self._final(r)}
+        final = {key: r for key, r in self._records.of_project(project).items() if is_final(r)}
         reason = self._why_not(project)
         snapshot = self._snapshots[project] = ProjectBuilds(
             project, version, reason is None, final, reason or ""
@@ -190,7 +191,7 @@ class EmbeddedBuildService:
 
     async def record(self, key: BuildKey, *, final: bool = True) -> BuildRecord | None:
         record = self._records.get(key)
-        if record is None or not final or self._final(record):
+        if record is None or not final or is_final(record):
             return record
         return None
 
@@ -263,22 +264,13 @@ class EmbeddedBuildService:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _final(self, record: BuildRecord) -> bool:
-        """A failure is final only when the package caused it with this builder: one an older builder made,
-        or the host's own (phase internal), may be tried again."""
-        if record.state is not BuildState.FAILED:
-            return True
-        return record.builder == BUILDER_VERSION and record.phase is not Phase.INTERNAL
-
     def _why_not(self, project: str) -> str | None:
-        if project in self._lacking:
-            why = self._lacking[project]
-            return f"an earlier build of {project} needed a toolchain this builder lacks: {why}"
-        return self._policy.why_not(project)
+        return self._lacking.get(project) or self._policy.why_not(project)
 
     def _note_lacking(self, record: BuildRecord) -> None:
-        if record.phase is Phase.TOOLCHAIN and record.builder == BUILDER_VERSION:
-            self._lacking[record.project] = record.error
+        why = lacking_toolchain(record)
+        if why is not None:
+            self._lacking[record.project] = why
 
     def _bump(self, project: str) -> None:
         self._versions[project] = self._versions.get(project, 0) + 1
@@ -310,24 +302,9 @@ class EmbeddedBuildService:
                 running.started_at = time.time()
 
         async def keep(report: WorkerReport, folder: BuildFolder | None) -> BuildRecord:
-            finished = time.time()
-            record = BuildRecord(
-                key=job.key,
-                state=BuildState.DONE if report.ok else BuildState.FAILED,
-                project=job.project,
-                version=job.version,
-                sdist_filename=job.sdist_filename,
-                started_at=finished - report.build_seconds,
-                finished_at=finished,
-                queued_seconds=max(0.0, finished - report.build_seconds - queued),
-                wheel_filename=report.wheel_filename,
-                error=report.error,
-                phase=Phase(report.phase) if report.phase else None,
-                builder=BUILDER_VERSION,
-            )
-            return await self._records.keep(record, report, folder)
+            return await self._records.keep(finished_record(job, report, queued_at=queued), report, folder)
 
-        sdist, failure = await self._fetch(job)
+        sdist, failure = await fetch_within(self._fetch_sdist, job, self._fetch_timeout)
         if sdist is None:
             record = await keep(failure or WorkerReport.failure(Phase.FETCH, "no sdist"), None)
         else:
@@ -349,18 +326,6 @@ class EmbeddedBuildService:
             error=record.error or None,
         )
         return record
-
-    async def _fetch(self, job: BuildJob) -> tuple[Path | None, WorkerReport | None]:
-        """The verified sdist, or the failure to get it (within the build's time limit)."""
-        deadline = self._fetch_timeout
-        try:
-            return await asyncio.wait_for(self._fetch_sdist(job), deadline), None
-        except TimeoutError:
-            return None, WorkerReport.failure(
-                Phase.FETCH, f"the sdist did not arrive within {deadline:.0f} s"
-            )
-        except Exception as exc:  # any fetch failure is this build's failure, named
-            return None, WorkerReport.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}")
 
     async def _prune(self) -> None:
         """Past ``max_builds`` records: orphans go first, then the oldest finished."""

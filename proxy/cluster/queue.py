@@ -211,7 +211,7 @@ class BuildQueue:
             row = await cursor.fetchone()
             return int(row[0]) if row else 0
 
-    async def requeue_expired(self, now: float, lost: BuildRecord | None = None) -> list[BuildKey]:
+    async def requeue_expired(self, now: float) -> list[BuildKey]:
         """Jobs whose lease expired go back to the queue; after ``MAX_ATTEMPTS`` they fail instead."""
         async with self.pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(

@@ -34,7 +34,6 @@ from builder.jobs import (
     BuildKey,
     BuildProgress,
     BuildRecord,
-    BuildState,
     Limits,
     Phase,
     TargetOffer,
@@ -44,6 +43,7 @@ from builder.protocol import WorkerReport
 from builder.wheelcheck import BadWheel, inspect_wheel
 from builder.workdir import BuildFolder
 from proxy.builds.embedded import BuildPolicy, SdistFetcher
+from proxy.builds.finished import fetch_within, finished_record, is_final, lacking_toolchain
 from proxy.builds.records import artifact_shas, store_artifacts
 from proxy.builds.service import (
     BuildCounts,
@@ -201,8 +201,8 @@ class ClusterBuildService:
             unreachable = f"the cluster database is unreachable: {redact(str(exc)).strip()[:200]}"
             log.warning("cluster_database_unreachable", error=unreachable)
             return snapshot or ProjectBuilds(project, version, False, {}, unreachable)
-        final = {r.key: r for r in records if _final(r)}
-        reason = _lacking(project, records) or self._policy.why_not(project)
+        final = {r.key: r for r in records if is_final(r)}
+        reason = _lacking(records) or self._policy.why_not(project)
         snapshot = self._snapshots[project] = ProjectBuilds(
             project, version, reason is None, final, reason or ""
         )
@@ -216,9 +216,7 @@ class ClusterBuildService:
             return record
         if not self._capabilities.serves(job.target):
             raise NotOffered(f"no builder of this cluster builds for {job.target}")
-        reason = _lacking(job.project, await self._queue.records(job.project)) or self._policy.why_not(
-            job.project
-        )
+        reason = _lacking(await self._queue.records(job.project)) or self._policy.why_not(job.project)
         if reason is not None:
             raise NotOffered(reason)
         return await _outlasting_restarts(lambda: self._queue.enqueue(job, time.time()))
@@ -237,7 +235,7 @@ class ClusterBuildService:
         state = await self._queue.state(key)
         if not isinstance(state, BuildRecord):
             return None
-        return state if not final or _final(state) else None
+        return state if not final or is_final(state) else None
 
     async def records(self, project: str | None = None) -> Sequence[BuildRecord]:
         chosen = await self._queue.records(project)
@@ -371,18 +369,11 @@ class ClusterBuildService:
                 )  # fmt: skip
             except BadWheel as exc:
                 await self._refuse(builder, key, f"the uploaded wheel was refused: {exc}")
-        finished = time.time()
-        record = BuildRecord(
-            key=key,
-            state=BuildState.DONE if report.ok else BuildState.FAILED,
-            project=job.project,
-            version=job.version,
-            sdist_filename=job.sdist_filename,
-            started_at=finished - report.build_seconds,
-            finished_at=finished,
-            wheel_filename=report.wheel_filename if report.ok else "",
-            error=report.error,
-            phase=Phase(report.phase) if report.phase in _PHASES else (None if report.ok else Phase.INTERNAL),
+        if not report.ok:
+            report = dataclasses.replace(report, wheel_filename="")  # a failure names no wheel to serve
+        record = finished_record(
+            job,
+            report,
             # A remote builder's failure is its word only: never final (a client asking again has it built
             # again), and never the project-wide "lacks a toolchain" verdict a local failure can give.
             builder=BUILDER_VERSION if report.ok else REMOTE_FAILURE,
@@ -539,15 +530,12 @@ class ClusterBuildService:
     async def _build(self, job: BuildJob) -> None:
         assert self._host is not None
         renewing = asyncio.create_task(self._renew(job.key), name=f"lease {job.key}")
-        queued = time.time()
         try:
-            sdist, failure = await self._fetch(job)
+            sdist, failure = await fetch_within(self._fetch_sdist, job, self._fetch_timeout)
             if sdist is None:
-                await self._keep(job, queued, failure or WorkerReport.failure(Phase.FETCH, "no sdist"), None)
+                await self._keep(job, failure or WorkerReport.failure(Phase.FETCH, "no sdist"), None)
             else:
-                await self._host.build(
-                    job, sdist, lambda report, folder: self._keep(job, queued, report, folder)
-                )
+                await self._host.build(job, sdist, lambda report, folder: self._keep(job, report, folder))
         except Exception as exc:  # a build's failure must never end this slot
             log.exception("cluster_build_crashed", key=str(job.key), error=str(exc))
         finally:
@@ -565,25 +553,8 @@ class ClusterBuildService:
             except psycopg.Error as exc:
                 log.warning("build_lease_not_renewed", key=str(key), error=redact(str(exc)).strip()[:300])
 
-    async def _keep(
-        self, job: BuildJob, queued: float, report: WorkerReport, folder: BuildFolder | None
-    ) -> BuildRecord:
-        finished = time.time()
-        record = BuildRecord(
-            key=job.key,
-            state=BuildState.DONE if report.ok else BuildState.FAILED,
-            project=job.project,
-            version=job.version,
-            sdist_filename=job.sdist_filename,
-            started_at=finished - report.build_seconds,
-            finished_at=finished,
-            queued_seconds=0.0,
-            wheel_filename=report.wheel_filename,
-            error=report.error,
-            phase=Phase(report.phase) if report.phase else None,
-            builder=BUILDER_VERSION,
-            made_by=self.builder_id,
-        )
+    async def _keep(self, job: BuildJob, report: WorkerReport, folder: BuildFolder | None) -> BuildRecord:
+        record = finished_record(job, report, made_by=self.builder_id)  # the queue time is the database's
         kept = await self._record(
             lambda: store_artifacts(self._blobs, record, report, folder), self.builder_id
         )
@@ -605,17 +576,6 @@ class ClusterBuildService:
         )
         await self._prune()
         return record
-
-    async def _fetch(self, job: BuildJob) -> tuple[Path | None, WorkerReport | None]:
-        deadline = self._fetch_timeout
-        try:
-            return await asyncio.wait_for(self._fetch_sdist(job), deadline), None
-        except TimeoutError:
-            return None, WorkerReport.failure(
-                Phase.FETCH, f"the sdist did not arrive within {deadline:.0f} s"
-            )
-        except Exception as exc:  # any fetch failure is this build's failure, named
-            return None, WorkerReport.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}")
 
     async def _prune(self) -> None:
         limit = self._policy.max_builds
@@ -642,9 +602,6 @@ async def _outlasting_restarts(operation: Callable[[], Awaitable[T]]) -> T:
             await asyncio.sleep(RECONNECT_SECONDS)
 
 
-_PHASES = {phase.value for phase in Phase}
-
-
 def _wheel_named(filename: str, wheel: Path) -> bool:
     """The report's wheel name is the one the farm will serve: it must be a plain wheel name."""
     return filename.endswith(".whl") and "/" not in filename and filename == wheel.name
@@ -663,15 +620,6 @@ class BuilderFlagged(PermissionError):
         super().__init__(f"builder {builder} is flagged and gets no jobs: {reason}")
 
 
-def _final(record: BuildRecord) -> bool:
-    """As the embedded service: a failure is final only when the package caused it with this builder."""
-    if record.state is not BuildState.FAILED:
-        return True
-    return record.builder == BUILDER_VERSION and record.phase is not Phase.INTERNAL
-
-
-def _lacking(project: str, records: Sequence[BuildRecord]) -> str | None:
-    for record in records:
-        if record.phase is Phase.TOOLCHAIN and record.builder == BUILDER_VERSION:
-            return f"an earlier build of {project} needed a toolchain this builder lacks: {record.error}"
-    return None
+def _lacking(records: Sequence[BuildRecord]) -> str | None:
+    """The first of ``records`` that found its project needs a toolchain this builder lacks."""
+    return next((why for record in records if (why := lacking_toolchain(record)) is not None), None)
