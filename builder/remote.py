@@ -11,7 +11,6 @@ again before it records it (proxy/cluster/farmapi.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import signal
@@ -24,6 +23,7 @@ import structlog
 
 from builder.host import BuildHost, HostSettings
 from builder.jobs import BuildJob, BuildKey, Limits, Phase, TargetOffer
+from builder.loop import BuilderLoop
 from builder.protocol import WorkerReport
 from builder.workdir import BuildFolder
 
@@ -41,58 +41,76 @@ class TokenRefused(RuntimeError):
 
 
 class RemoteBuilder:
+    """The job source of this host's builder loop (builder/loop.py): the farm's claim, lease and result
+    endpoints are the loop's claim, renew and keep."""
+
     def __init__(self, farm: str, token: str, settings: HostSettings) -> None:
         self.farm = farm.rstrip("/")
         self._token = token
         self.host = BuildHost(settings)
         self._sdists = settings.work_root / "sdists"
+        self._http: aiohttp.ClientSession | None = None
+        self._sdist_urls: dict[BuildKey, str] = {}
+        self._lease = MIN_LEASE_SECONDS
 
     async def run(self, stop: asyncio.Event) -> int:
         reason = await self.host.start()
         if reason is not None:
             log.error("builder_unavailable", reason=reason)
             return 1
-        offer = self.host.offer
-        log.info("builder_ready", farm=self.farm, offer=_offer_json(offer))
+        log.info("builder_ready", farm=self.farm, offer=_offer_json(self.host.offer))
         await asyncio.to_thread(self._sdists.mkdir, parents=True, exist_ok=True)
         headers = {"Authorization": f"Bearer {self._token}", "User-Agent": "wheelfarm-builder"}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
-            slots = [
-                asyncio.create_task(self._slot(http, offer), name=f"slot {n}")
-                for n in range(self.host.settings.workers)
-            ]
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as self._http:
+            # As many claims as slots: a job waiting here for a slot is one another builder could build.
+            building = asyncio.create_task(BuilderLoop(self.host, self, self.host.settings.workers).run())
             stopping = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait([*slots, stopping], return_when=asyncio.FIRST_COMPLETED)
-            for task in [*slots, stopping]:
+            await asyncio.wait([building, stopping], return_when=asyncio.FIRST_COMPLETED)
+            for task in (building, stopping):
                 task.cancel()
-            await asyncio.gather(*slots, stopping, return_exceptions=True)
-            for task in done:
-                if task is not stopping and isinstance(task.exception(), TokenRefused):
-                    log.error("builder_token_refused", farm=self.farm)
-                    return 3
+            await asyncio.gather(building, stopping, return_exceptions=True)
+            if (
+                building.done()
+                and not building.cancelled()
+                and isinstance(building.exception(), TokenRefused)
+            ):
+                log.error("builder_token_refused", farm=self.farm)
+                return 3
         return 0
 
-    async def _slot(self, http: aiohttp.ClientSession, offer: TargetOffer) -> None:
-        while True:
-            try:
-                claimed = await self._claim(http, offer)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("farm_unreachable", error=str(exc))
-                await asyncio.sleep(RETRY_SECONDS)
-                continue
-            except (ValueError, TypeError, KeyError) as exc:
-                log.error("farm_answer_refused", error=str(exc)[:300])
-                await asyncio.sleep(RETRY_SECONDS)
-                continue
-            if claimed is not None:
-                job, sdist_url, lease = claimed
-                await self._build(http, job, sdist_url, lease)
+    @property
+    def renew_seconds(self) -> float:
+        return self._lease / 3
 
-    async def _claim(
-        self, http: aiohttp.ClientSession, offer: TargetOffer
-    ) -> tuple[BuildJob, str, float] | None:
-        async with http.post(f"{self.farm}/cluster/api/claim", json={"offer": _offer_json(offer)}) as answer:
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        assert self._http is not None, "run() opens the session"
+        return self._http
+
+    async def claim(self, offer: TargetOffer) -> BuildJob | None:
+        """A job from the farm's long poll; None after a wait when there is none or the farm is in trouble.
+        A refused token raises TokenRefused, which ends the builder."""
+        try:
+            claimed = await self._claim(offer)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("farm_unreachable", error=str(exc))
+            await asyncio.sleep(RETRY_SECONDS)
+            return None
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("farm_answer_refused", error=str(exc)[:300])
+            await asyncio.sleep(RETRY_SECONDS)
+            return None
+        if claimed is None:
+            return None
+        job, self._sdist_urls[claimed[0].key], self._lease = claimed
+        log.info("build_claimed", project=job.project, version=job.version, target=job.target.id)
+        return job
+
+    async def _claim(self, offer: TargetOffer) -> tuple[BuildJob, str, float] | None:
+        async with self.http.post(
+            f"{self.farm}/cluster/api/claim", json={"offer": _offer_json(offer)}
+        ) as answer:
             if answer.status == 401:
                 raise TokenRefused(await answer.text())
             if answer.status == 403:
@@ -118,35 +136,34 @@ class RemoteBuilder:
             self.host.settings = dataclasses.replace(self.host.settings, limits=Limits(**limits))
         return job, sdist_url, max(MIN_LEASE_SECONDS, float(data["lease_seconds"]))
 
-    async def _build(self, http: aiohttp.ClientSession, job: BuildJob, sdist_url: str, lease: float) -> None:
-        log.info("build_claimed", project=job.project, version=job.version, target=job.target.id)
-        renewing = asyncio.create_task(self._renew(http, job, lease))
-        sdist = self._sdists / f"{job.sdist_sha256}-{job.target.id}"
-        try:
-            failure = await self._fetch(http, job, sdist_url, sdist)
-            if failure is not None:
-                await self._upload(http, job, failure, None)
-            else:
-                await self.host.build(
-                    job, sdist, lambda report, folder: self._upload(http, job, report, folder)
-                )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            # The farm takes the job back when the lease runs out; nothing here to keep.
-            log.warning("build_abandoned", project=job.project, target=job.target.id, error=str(exc))
-        finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
-            await asyncio.to_thread(sdist.unlink, missing_ok=True)
+    def _sdist_path(self, job: BuildJob) -> Path:
+        return self._sdists / f"{job.sdist_sha256}-{job.target.id}"
 
-    async def _fetch(
-        self, http: aiohttp.ClientSession, job: BuildJob, sdist_url: str, path: Path
-    ) -> WorkerReport | None:
+    async def sdist(self, job: BuildJob) -> Path | WorkerReport:
+        path = self._sdist_path(job)
+        failure = await self._fetch(job, self._sdist_urls[job.key], path)
+        return failure or path
+
+    def started(self, job: BuildJob) -> None:
+        pass
+
+    async def keep(self, job: BuildJob, report: WorkerReport, folder: BuildFolder | None) -> None:
+        await self._upload(job, report, folder)
+
+    async def abandon(self, job: BuildJob, error: str) -> None:
+        # The farm takes the job back when the lease runs out; nothing here to keep.
+        log.warning("build_abandoned", project=job.project, target=job.target.id, error=error)
+
+    async def finished(self, job: BuildJob) -> None:
+        self._sdist_urls.pop(job.key, None)
+        await asyncio.to_thread(self._sdist_path(job).unlink, missing_ok=True)
+
+    async def _fetch(self, job: BuildJob, sdist_url: str, path: Path) -> WorkerReport | None:
         """The sdist from the farm into ``path``, its sha256 checked; a failure report otherwise."""
         digest = hashlib.sha256()
         cap = self.host.settings.limits.output_bytes
         written = 0
-        async with http.get(
+        async with self.http.get(
             self.farm + sdist_url, timeout=aiohttp.ClientTimeout(total=SDIST_SECONDS)
         ) as answer:
             if answer.status != 200:  # the farm's trouble, not the package's: another try may work
@@ -169,21 +186,16 @@ class RemoteBuilder:
             )
         return None
 
-    async def _renew(self, http: aiohttp.ClientSession, job: BuildJob, lease: float) -> None:
+    async def renew(self, job: BuildJob) -> bool:
         url = f"{self.farm}/cluster/api/jobs/{job.sdist_sha256}/{job.target.id}/lease"
-        while True:
-            await asyncio.sleep(lease / 3)
-            try:
-                async with http.post(url) as answer:
-                    if answer.status == 409:
-                        log.warning("build_lease_lost", project=job.project, target=job.target.id)
-                        return
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("lease_not_renewed", error=str(exc))
+        try:
+            async with self.http.post(url) as answer:
+                return answer.status != 409
+        except (aiohttp.ClientError, TimeoutError) as exc:  # the lease may still hold: the next try may work
+            log.warning("lease_not_renewed", error=str(exc))
+            return True
 
-    async def _upload(
-        self, http: aiohttp.ClientSession, job: BuildJob, report: WorkerReport, folder: BuildFolder | None
-    ) -> None:
+    async def _upload(self, job: BuildJob, report: WorkerReport, folder: BuildFolder | None) -> None:
         form = aiohttp.FormData()
         form.add_field("report", report.to_json(), content_type="application/json")
         handles = []
@@ -196,7 +208,7 @@ class RemoteBuilder:
                 handles.append(await asyncio.to_thread(wheel.open, "rb"))
                 form.add_field("wheel", handles[-1], filename=wheel.name, content_type="application/zip")
             url = f"{self.farm}/cluster/api/jobs/{job.sdist_sha256}/{job.target.id}/result"
-            async with http.post(url, data=form) as answer:
+            async with self.http.post(url, data=form) as answer:
                 text = (await answer.text()).strip()
                 log.info("build_uploaded", project=job.project, target=job.target.id, ok=report.ok,
                          status=answer.status, answer=text[:300])  # fmt: skip

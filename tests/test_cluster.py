@@ -37,8 +37,8 @@ from builder.jobs import BuildJob, BuildKey, BuildProgress, BuildRecord, BuildSt
 from builder.tags import Target
 from proxy.builds.finished import is_final, lacking_toolchain
 from proxy.cluster.queue import MAX_ATTEMPTS, BuildQueue, Finished
+from proxy.cluster.remotebuilders import REMOTE_FAILURE
 from proxy.cluster.schema import MIGRATIONS, upgrade_database
-from proxy.cluster.service import REMOTE_FAILURE
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64

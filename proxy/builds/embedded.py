@@ -1,9 +1,11 @@
-"""The embedded build service: builds run on this host (builder/host.py), records and artifacts are kept in
-the cache folder (proxy/builds/records.py). One process; the default deployment.
+"""The embedded build service: builds run on this host, records and artifacts are kept in the cache folder
+(proxy/builds/records.py). One process; the default deployment.
 
-Builds run as tasks of their own, so a client that hangs up does not cancel a build that others (or later
-clients) will use; one build per key at a time. The sdist is fetched before a worker slot is taken: a slow
-upstream must not hold a slot other builds wait for.
+Jobs go through the same path as a cluster's: a queue (here in memory, proxy/builds/localqueue.py) that this
+host's builder loop (builder/loop.py) claims them from, and this service is that loop's job source. A build
+runs apart from the clients that asked for it, so one that hangs up does not end a build that others (or
+later clients) will use; one build per key at a time. The loop claims more jobs than there are worker slots,
+so sdists still downloading from a slow upstream do not keep a slot from the builds that are ready.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import fnmatch
 import functools
 import re
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,14 @@ from builder.jobs import (
     BuildRecord,
     BuildState,
     Phase,
+    TargetOffer,
     artifact_sha256,
 )
+from builder.loop import BuilderLoop
 from builder.protocol import WorkerReport
 from builder.workdir import BuildFolder
 from proxy.builds.finished import fetch_within, finished_record, is_final, lacking_toolchain
+from proxy.builds.localqueue import LocalQueue
 from proxy.builds.records import BuildRecords
 from proxy.builds.service import (
     BuildCounts,
@@ -46,6 +50,7 @@ from proxy.builds.service import (
     ServiceState,
     ServiceStatus,
 )
+from proxy.builds.snapshots import Snapshots
 from proxy.clock import Clock
 from proxy.storage.blobs import Blob
 
@@ -53,8 +58,6 @@ log = structlog.get_logger(__name__)
 
 SdistFetcher = Callable[[BuildJob], Awaitable[Path]]
 SWEEP_INTERVAL_SECONDS = 600.0
-# Projects whose build snapshot (ProjectBuilds) is kept between page requests, least recently asked first.
-SNAPSHOTS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,18 +85,6 @@ def _matches_any(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in patterns))
 
 
-@dataclass(eq=False)
-class _Running:
-    job: BuildJob
-    task: asyncio.Task[BuildRecord]
-    queued_at: float
-    started_at: float | None = None
-
-    @property
-    def progress(self) -> BuildProgress:
-        return BuildProgress(self.job, self.queued_at, self.started_at)
-
-
 class EmbeddedBuildService:
     def __init__(
         self,
@@ -111,9 +102,9 @@ class EmbeddedBuildService:
         self._clock = clock
         self._fetch_timeout = fetch_timeout
         self._status = ServiceStatus(ServiceState.CHECKING)
-        self._running: dict[BuildKey, _Running] = {}
-        self._versions: dict[str, int] = {}
-        self._snapshots: OrderedDict[str, ProjectBuilds] = OrderedDict()
+        self._queue = LocalQueue()
+        self._kept: dict[BuildKey, BuildRecord] = {}  # records of builds whose work folder is not gone yet
+        self._snapshots = Snapshots()
         self._capabilities = Capabilities(self._status)  # made again whenever the status changes
         # Projects a build found to need a toolchain this builder lacks (Phase.TOOLCHAIN): none of their
         # releases is offered for builds here, so no other client meets a build that cannot work.
@@ -136,6 +127,8 @@ class EmbeddedBuildService:
             self._status = ServiceStatus(ServiceState.READY)
             self._capabilities = Capabilities(self._status, (self._host.offer,))
             settings = self._host.settings
+            loop = BuilderLoop(self._host, self, claims=max(4, 2 * settings.workers))
+            self._background.append(asyncio.create_task(loop.run(), name="builder"))
             log.info("builder_ready", workers=settings.workers, index=settings.index_url)
         else:
             self._status = ServiceStatus(ServiceState.UNAVAILABLE, reason)
@@ -151,43 +144,32 @@ class EmbeddedBuildService:
         return self._status
 
     async def project(self, project: str) -> ProjectBuilds:
-        version = self._versions.get(project, 0)
-        snapshot = self._snapshots.get(project)
-        if snapshot is not None and snapshot.version == version:
-            self._snapshots.move_to_end(project)
+        snapshot = self._snapshots.current(project)
+        if snapshot is not None:
             return snapshot
         final = {key: r for key, r in self._records.of_project(project).items() if is_final(r)}
         reason = self._why_not(project)
-        snapshot = self._snapshots[project] = ProjectBuilds(
-            project, version, reason is None, final, reason or ""
-        )
-        if len(self._snapshots) > SNAPSHOTS_KEPT:  # bounded: the project names are the clients' to choose
-            self._snapshots.popitem(last=False)
-        return snapshot
+        version = self._snapshots.version(project)
+        return self._snapshots.keep(ProjectBuilds(project, version, reason is None, final, reason or ""))
 
     async def submit(self, job: BuildJob) -> BuildProgress | BuildRecord:
         record = await self.record(job.key)
         if record is not None:
             return record
-        running = self._running.get(job.key)
-        if running is not None:
-            return running.progress
+        progress = self._queue.progress(job.key)
+        if progress is not None:
+            return progress
         if not (await self.capabilities()).serves(job.target):
             raise NotOffered(f"no builder here builds for {job.target}")
         reason = self._why_not(job.project)
         if reason is not None:
             raise NotOffered(reason)
-        task = asyncio.create_task(self._build(job), name=f"build {job.key}")
-        running = self._running[job.key] = _Running(job, task, time.time())
-        task.add_done_callback(lambda _: self._running.pop(job.key, None))
-        return running.progress
+        return self._queue.enqueue(job, time.time())
 
     async def wait(self, key: BuildKey) -> BuildRecord | None:
-        running = self._running.get(key)
-        if running is None:
+        if not self._queue.holds(key):
             return self._records.get(key)
-        # Shielded: a waiting client that gives up (its timeout, a hang-up) must not cancel the build.
-        return await asyncio.shield(running.task)
+        return await self._queue.wait(key)
 
     async def record(self, key: BuildKey, *, final: bool = True) -> BuildRecord | None:
         record = self._records.get(key)
@@ -200,13 +182,14 @@ class EmbeddedBuildService:
         return sorted(chosen, key=lambda r: (r.project, r.version, r.key.target))
 
     async def active(self) -> Sequence[BuildProgress]:
-        return sorted((running.progress for running in self._running.values()), key=lambda p: p.queued_at)
+        return sorted(self._queue.active(), key=lambda p: p.queued_at)
 
     async def counts(self) -> BuildCounts:
         records = list(self._records)
+        active = self._queue.active()
         return BuildCounts(
-            queued=sum(1 for r in self._running.values() if r.started_at is None),
-            running=sum(1 for r in self._running.values() if r.started_at is not None),
+            queued=sum(1 for p in active if p.started_at is None),
+            running=sum(1 for p in active if p.started_at is not None),
             done=sum(1 for r in records if r.state is BuildState.DONE),
             failed=sum(1 for r in records if r.state is BuildState.FAILED),
             orphaned=sum(1 for r in records if r.orphaned_since is not None),
@@ -215,7 +198,7 @@ class EmbeddedBuildService:
 
     async def builders(self) -> Sequence[BuilderView]:
         ready = self._status.state is ServiceState.READY
-        jobs = tuple(f"{r.job.project} for {r.job.target.id}" for r in self._running.values() if r.started_at)
+        jobs = tuple(f"{p.job.project} for {p.job.target.id}" for p in self._queue.active() if p.started_at)
         return (BuilderView("this host", self._host.offer if ready else None, ready, jobs=jobs),)
 
     async def artifact(self, record: BuildRecord, artifact: Artifact) -> Blob | None:
@@ -256,13 +239,13 @@ class EmbeddedBuildService:
         self._listeners.append(listener)
 
     async def close(self) -> None:
-        tasks: list[asyncio.Task[object]] = [running.task for running in self._running.values()]
-        tasks.extend(self._background)
+        tasks: list[asyncio.Task[None]] = list(self._background)
         if self._check is not None:
             tasks.append(self._check)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._queue.close()
 
     def _why_not(self, project: str) -> str | None:
         return self._lacking.get(project) or self._policy.why_not(project)
@@ -273,8 +256,7 @@ class EmbeddedBuildService:
             self._lacking[record.project] = why
 
     def _bump(self, project: str) -> None:
-        self._versions[project] = self._versions.get(project, 0) + 1
-        self._snapshots.pop(project, None)
+        self._snapshots.changed(project)
 
     async def _sweep_now_and_then(self) -> None:
         """Orphans also expire for projects nobody asks about any more."""
@@ -293,25 +275,42 @@ class EmbeddedBuildService:
                 await self.forget(record.key)
                 log.info("orphan_deleted", project=record.project, sdist=record.sdist_filename)
 
-    async def _build(self, job: BuildJob) -> BuildRecord:
-        queued = time.time()
-        running = self._running.get(job.key)
+    # -- the job source of this host's builder loop (builder/loop.py) ------------------------------------
 
-        def started() -> None:
-            if running is not None:
-                running.started_at = time.time()
+    renew_seconds: float | None = None  # the builder runs in this process: its jobs cannot be lost to another
 
-        async def keep(report: WorkerReport, folder: BuildFolder | None) -> BuildRecord:
-            return await self._records.keep(finished_record(job, report, queued_at=queued), report, folder)
+    async def claim(self, offer: TargetOffer) -> BuildJob | None:
+        return await self._queue.claim(offer)
 
+    async def sdist(self, job: BuildJob) -> Path | WorkerReport:
         sdist, failure = await fetch_within(self._fetch_sdist, job, self._fetch_timeout)
-        if sdist is None:
-            record = await keep(failure or WorkerReport.failure(Phase.FETCH, "no sdist"), None)
-        else:
-            record = await self._host.build(job, sdist, keep, started)
-        await self._prune()
-        self._note_lacking(record)
-        self._bump(job.project)
+        return sdist or failure or WorkerReport.failure(Phase.FETCH, "no sdist")
+
+    def started(self, job: BuildJob) -> None:
+        self._queue.started(job.key, time.time())
+
+    async def renew(self, job: BuildJob) -> bool:
+        return True
+
+    async def keep(self, job: BuildJob, report: WorkerReport, folder: BuildFolder | None) -> None:
+        record = finished_record(job, report, queued_at=self._queue.queued_at(job.key))
+        self._kept[job.key] = await self._records.keep(record, report, folder)
+
+    async def abandon(self, job: BuildJob, error: str) -> None:
+        await self.keep(job, WorkerReport.failure(Phase.INTERNAL, error), None)
+
+    async def finished(self, job: BuildJob) -> None:
+        """The build's folder is gone: its waiting clients wake, and it counts from now on."""
+        record = self._kept.pop(job.key, None)
+        if record is None:  # cancelled: the server is stopping
+            self._queue.end(job.key, None)
+            return
+        try:
+            await self._prune()
+        finally:
+            self._note_lacking(record)
+            self._bump(job.project)
+            self._queue.end(job.key, record)
         for listener in self._listeners:
             listener(record)
         log.info(
@@ -325,7 +324,6 @@ class EmbeddedBuildService:
             phase=record.phase.value if record.phase else None,
             error=record.error or None,
         )
-        return record
 
     async def _prune(self) -> None:
         """Past ``max_builds`` records: orphans go first, then the oldest finished."""

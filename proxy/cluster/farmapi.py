@@ -31,9 +31,9 @@ from aiohttp import BodyPartReader, web
 
 from builder.jobs import BuildKey, InvalidBuildKey, TargetOffer
 from builder.protocol import WorkerReport
-from proxy.cluster.service import BuilderFlagged, ClusterBuildService, NotHeld, UploadRefused
+from proxy.cluster.remotebuilders import BuilderFlagged, NotHeld, RemoteBuilders, UploadRefused
 
-CLUSTER = web.AppKey("cluster", ClusterBuildService)
+CLUSTER = web.AppKey("cluster", RemoteBuilders)
 UPLOADS = web.AppKey("uploads", Path)  # where uploads are streamed to before they are checked
 LONG_POLL_SECONDS = 20.0
 REPORT_BYTES = 1 << 20
@@ -53,7 +53,7 @@ def _text(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message + "\n", headers={"Cache-Control": "no-store"})
 
 
-async def _builder(request: web.Request) -> tuple[ClusterBuildService, str]:
+async def _builder(request: web.Request) -> tuple[RemoteBuilders, str]:
     cluster = request.app[CLUSTER]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     builder = (
@@ -147,7 +147,7 @@ async def result(request: web.Request) -> web.StreamResponse:
 
 
 async def _read_upload(
-    request: web.Request, folder: Path, cluster: ClusterBuildService
+    request: web.Request, folder: Path, cluster: RemoteBuilders
 ) -> tuple[WorkerReport, Path | None, Path | None]:
     limits = cluster.limits
     report: WorkerReport | None = None

@@ -26,6 +26,7 @@ from proxy.clock import Clock, SystemClock
 from proxy.cluster.farmapi import CLUSTER, UPLOADS
 from proxy.cluster.farmapi import add_routes as add_farm_routes
 from proxy.cluster.queue import Pool
+from proxy.cluster.remotebuilders import RemoteBuilders
 from proxy.cluster.schema import upgrade_database
 from proxy.cluster.service import ClusterBuildService
 from proxy.errors import UpstreamError
@@ -117,8 +118,9 @@ def create_app(
         builds: BuildService = NoBuilds()
         if settings.cluster_database:
             cluster = await start_cluster_builds(settings, files, the_clock)
-            app[CLUSTER] = builds = cluster
-            app.on_shutdown.append(lambda _: _stop_long_polls(cluster))
+            builds = cluster
+            app[CLUSTER] = cluster.remote
+            app.on_shutdown.append(lambda _: _stop_long_polls(cluster.remote))
             app[UPLOADS] = cache_dir / "uploads"
             await asyncio.to_thread(app[UPLOADS].mkdir, exist_ok=True)
         elif settings.builder_enabled:
@@ -214,8 +216,8 @@ def _writable_folder(folder: Path) -> None:
     probe.unlink()
 
 
-async def _stop_long_polls(cluster: ClusterBuildService) -> None:
-    cluster.stop_long_polls()
+async def _stop_long_polls(remote: RemoteBuilders) -> None:
+    remote.stop_long_polls()
 
 
 def sdist_fetcher(files: FileStore) -> SdistFetcher:

@@ -1,0 +1,111 @@
+"""The cluster's build records: a finished build's artifacts go into the shared blob store and its row in
+PostgreSQL says so; a forgotten build takes its artifacts along unless another build names them; past
+``max_builds`` the oldest go. This host's builder (proxy/cluster/localsource.py) and remote builders
+(proxy/cluster/remote.py) record through here, so a record means the same whoever made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import psycopg
+import structlog
+
+from builder.jobs import BuildKey, BuildRecord
+from proxy.builds.records import artifact_shas
+from proxy.builds.service import FinishedListener
+from proxy.cluster.notices import RECONNECT_SECONDS, Notices
+from proxy.cluster.queue import BuildQueue, Finished
+from proxy.redact import redact
+from proxy.storage.blobs import BlobStore
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+OUTLAST_SECONDS = 120.0
+STORE_ATTEMPTS = 5
+
+
+class ClusterRecords:
+    def __init__(self, queue: BuildQueue, blobs: BlobStore, notices: Notices, max_builds: int) -> None:
+        self.queue = queue
+        self.blobs = blobs
+        self._notices = notices
+        self._max_builds = max_builds
+        self.listeners: list[FinishedListener] = []
+
+    async def record(self, store: Callable[[], Awaitable[BuildRecord]], builder: str) -> BuildRecord | None:
+        """Store a build's artifacts (``store``) and record it as ``builder``'s; stored again while a blob it
+        stored was deleted in between (by forget() of a build that shared it). None: ``builder`` lost the job
+        meanwhile, and nothing is recorded."""
+        for _ in range(STORE_ATTEMPTS):
+            record = await store()
+            shas = artifact_shas(record)
+            finished = await outlasting_restarts(
+                functools.partial(self.queue.finish, record, shas, builder, self._blob_stored)
+            )
+            if finished is Finished.RECORDED:
+                self._announce(record, builder)
+                await self._prune()
+                return record
+            if finished is Finished.LOST:
+                await self._drop_unnamed(shas)
+                return None
+        raise RuntimeError("the build's artifacts kept disappearing from the shared store")
+
+    async def forget(self, key: BuildKey) -> BuildRecord | None:
+        record = await self.queue.forget(key, self.blobs.delete)
+        if record is not None:
+            self._notices.build_changed(record.project)
+        return record
+
+    def _announce(self, record: BuildRecord, builder: str) -> None:
+        self._notices.build_changed(record.project)
+        for listener in self.listeners:
+            listener(record)
+        log.info(
+            "build_finished",
+            project=record.project,
+            version=record.version,
+            target=record.key.target,
+            state=record.state.value,
+            seconds=round(record.duration, 2),
+            builder=builder,
+            phase=record.phase.value if record.phase else None,
+        )
+
+    async def _blob_stored(self, sha: str) -> bool:
+        return await self.blobs.get(sha) is not None
+
+    async def _drop_unnamed(self, shas: list[str]) -> None:
+        """Artifacts stored for a result that was not recorded: deleted unless some build names them."""
+        for sha in shas:
+            await self.queue.delete_if_unnamed(sha, self.blobs.delete)
+
+    async def _prune(self) -> None:
+        """Past ``max_builds`` finished records, the oldest go."""
+        if self._max_builds <= 0:
+            return
+        counts = await self.queue.counts()
+        excess = counts["done"] + counts["failed"] - self._max_builds
+        if excess > 0:
+            for key in await self.queue.oldest_finished(excess):
+                await self.forget(key)
+
+
+async def outlasting_restarts(operation: Callable[[], Awaitable[T]]) -> T:
+    """``operation``, tried again while the database is unreachable (a restart, a fail-over) for up to
+    ``OUTLAST_SECONDS``: a finished build must be recorded, a waiting client must not get a 500 for it."""
+    deadline = time.monotonic() + OUTLAST_SECONDS
+    while True:
+        try:
+            return await operation()
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("cluster_database_retry", error=redact(str(exc)).strip()[:300])
+            await asyncio.sleep(RECONNECT_SECONDS)
