@@ -209,6 +209,14 @@ class Settings:
         "$XDG_CACHE_HOME/wheelfarm or ~/.cache/wheelfarm.",
         parse=_path, factory=_default_cache_dir, example=Path("/var/cache/wheelfarm"),
     )  # fmt: skip
+    cache_files_dir: Path | None = setting(
+        "cache", "files_dir", None,
+        "Where downloaded files are kept; unset: <dir>/files. Hosts of a cluster may share one folder on a "
+        "network mount, so the cluster downloads each file once (the download lock is a flock, which the "
+        "Linux NFS client sends to the server as an NFSv4 lock: nfs(5), local_lock). Pages stay per host.",
+        parse=_optional_path,
+        example="/srv/wheelfarm-shared/files",
+    )  # fmt: skip
     cache_page_ttl: float = setting(
         "cache", "page_ttl", 600.0,
         "Seconds a project page is served without asking upstream; then it is revalidated (If-None-Match).",

@@ -136,3 +136,38 @@ def test_several_processes_with_a_local_builder_and_no_cluster_is_refused(tmp_pa
     )
     assert run.returncode == 2
     assert "needs [cluster] database" in run.stderr
+
+
+def test_hosts_sharing_only_a_files_folder_download_each_file_once(
+    fake_upstream: FakeUpstreamServer, fake_index: FakeIndex, tmp_path: Path
+) -> None:
+    """Two hosts of a cluster: a cache folder each (their own pages), one shared folder for files
+    (``[cache] files_dir`` on a network mount). Twelve clients spread over both ask for one uncached file
+    at once: upstream sees one download, every client gets the right bytes."""
+    dist = FakeFile(filename="across-1.0.tar.gz", content=os.urandom(SIZE))
+    fake_index.add_file("across", dist)
+    fake_index.slow_files[dist.filename] = 0.03
+    shared = tmp_path / "shared-files"
+    ports = free_port(), free_port()
+    with contextlib.ExitStack() as stack:
+        hosts = [
+            stack.enter_context(
+                wheelfarm_serve(
+                    [
+                        *serve_args(port, tmp_path / f"host{n}", fake_upstream),
+                        "--cache-files-dir",
+                        str(shared),
+                    ],
+                    port,
+                    tmp_path / f"h{n}",
+                )
+            )
+            for n, port in enumerate(ports)
+        ]
+        urls = [file_url(host.url, "across", dist.filename) for host in hosts]
+        with ThreadPoolExecutor(12) as pool:
+            bodies = list(pool.map(lambda n: httpx.get(urls[n % 2], timeout=60).content, range(12)))
+    assert all(body == dist.content for body in bodies)
+    assert fake_index.file_requests[dist.filename] == 1
+    assert not (tmp_path / "host0" / "files").exists()
+    assert not (tmp_path / "host1" / "files").exists()

@@ -106,7 +106,7 @@ def create_app(
         store = PageStore(cache_dir / "pages", max_bytes=settings.cache_max_page_mb << 20, disk=disk)
         files = await asyncio.to_thread(  # makes its folders
             FileStore,
-            cache_dir / "files",
+            settings.cache_files_dir or cache_dir / "files",
             source,
             the_clock,
             max_bytes=settings.cache_max_file_mb << 20,
