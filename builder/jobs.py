@@ -156,6 +156,8 @@ class BuildRecord:
     metadata_sha256: str = ""
     log_sha256: str = ""
     provenance_sha256: str = ""
+    attestation_sha256: str = ""  # the DSSE envelope of the signed in-toto statement (proxy/provenance)
+    pep740_sha256: str = ""  # the PEP 740 provenance object wrapping that attestation
     error: str = ""
     phase: Phase | None = None
     builder: str = ""  # the builder's version: a failure is not final for a newer builder
@@ -212,12 +214,15 @@ class TargetOffer:
 
 
 class Artifact(enum.Enum):
-    """What a build leaves: the wheel, its METADATA (PEP 658), its log, its provenance."""
+    """What a build leaves: the wheel, its METADATA (PEP 658), its log, the worker's provenance facts, and
+    what the farm signed: the attestation (a DSSE envelope) and the PEP 740 provenance object wrapping it."""
 
     WHEEL = "wheel"
     METADATA = "metadata"
     LOG = "log"
     PROVENANCE = "provenance"
+    ATTESTATION = "attestation"
+    PEP740 = "pep740"
 
 
 def artifact_sha256(record: BuildRecord, artifact: Artifact) -> str:
@@ -226,6 +231,8 @@ def artifact_sha256(record: BuildRecord, artifact: Artifact) -> str:
         Artifact.METADATA: record.metadata_sha256,
         Artifact.LOG: record.log_sha256,
         Artifact.PROVENANCE: record.provenance_sha256,
+        Artifact.ATTESTATION: record.attestation_sha256,
+        Artifact.PEP740: record.pep740_sha256,
     }[artifact]
 
 
@@ -235,4 +242,6 @@ def artifact_filename(record: BuildRecord, artifact: Artifact) -> str:
         Artifact.METADATA: record.wheel_filename + ".metadata",
         Artifact.LOG: "build.log",
         Artifact.PROVENANCE: "provenance.json",
+        Artifact.ATTESTATION: record.wheel_filename + ".dsse.json",
+        Artifact.PEP740: record.wheel_filename + ".provenance",
     }[artifact]

@@ -13,6 +13,7 @@ from builder import cli as builder_cli
 from proxy import __version__
 from proxy.adminclient import cli as admin_cli
 from proxy.logs import configure_logging
+from proxy.provenance import cli as provenance_cli
 from proxy.settings import SettingsError, example_config, fields, load_settings
 
 # Short flags for the settings people set most; every setting also has --section-key.
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     builder = commands.add_parser("builder", help="the wheel builder on its own")
     builder_cli.add_arguments(builder)
     admin_cli.add_commands(commands)
+    provenance_cli.add_commands(commands)
     return parser
 
 
@@ -83,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return builder_cli.run(args)
     if args.command in admin_cli.COMMANDS:
         return admin_cli.run(args)
+    if args.command in provenance_cli.COMMANDS:
+        return provenance_cli.run(args)
     if args.command == "config":
         sys.stdout.write(example_config())
         return 0

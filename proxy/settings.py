@@ -451,6 +451,15 @@ class Settings:
         parse=_text,
     )  # fmt: skip
 
+    provenance_key_file: Path | None = setting(
+        "provenance", "key_file", None,
+        "PEM private key (ed25519 or ECDSA P-256, no passphrase) the farm signs built wheels' provenance "
+        "with; unset: one made at first start in <cache dir>/private/signing. In a cluster, give every host "
+        "the same key. Its public key is published at /.well-known/wheelfarm/keys.json.",
+        parse=_optional_path,
+        example="/etc/wheelfarm/signing-key.pem",
+    )  # fmt: skip
+
     cluster_database: str = setting(
         "cluster", "database", "",
         "PostgreSQL URL (\"postgresql://user:password@host/db\") of the build queue and records that several "

@@ -69,6 +69,8 @@ def test_summary_counts_pages_files_and_outcomes(admin_proxy: ProxyServer) -> No
     assert summary["cache"]["hit"] >= 2
     assert 0 < summary["cache"]["hit_ratio"] < 1
     assert summary["builds"] == {"queued": 0, "running": 0, "done": 0, "failed": 0, "orphaned": 0}
+    keys = httpx.get(admin_proxy.url + summary["signing"]["keys"], timeout=30).json()
+    assert summary["signing"]["keyid"] == keys["current"]
 
 
 def test_project_view_and_builds_view(admin_proxy: ProxyServer) -> None:

@@ -39,6 +39,8 @@ from proxy.builds.finished import is_final, lacking_toolchain
 from proxy.cluster.queue import MAX_ATTEMPTS, BuildQueue, Finished
 from proxy.cluster.remotebuilders import REMOTE_FAILURE
 from proxy.cluster.schema import MIGRATIONS, upgrade_database
+from proxy.provenance.attest import verified_statement
+from proxy.provenance.keys import KnownKey
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -475,6 +477,19 @@ def test_remote_builders_pull_jobs_with_a_token_and_a_bad_upload_is_refused_and_
         assert not httpx.get(farm.url + "/admin/api/builders", timeout=30).json()["builders"][0]["flagged"]
         finished = httpx.get(farm.url + "/admin/api/builds", timeout=30).json()["finished"]
         assert [(r["project"], r["made_by"]) for r in finished] == [("slowpkg", "remote-1")]
+        # The farm signed what the remote builder made (the builder holds no key): the statement names it.
+        with psycopg.connect(database) as conn:
+            built = conn.execute(
+                "SELECT record->>'wheel_filename', record->>'wheel_sha256' FROM builds"
+                " WHERE project = 'slowpkg'"
+            ).fetchone()
+        assert built is not None
+        envelope = httpx.get(f"{farm.url}/.well-known/wheelfarm/attestations/{built[1]}", timeout=30)
+        assert envelope.headers["X-Wheelfarm-Wheel"] == built[0]
+        published = httpx.get(farm.url + "/.well-known/wheelfarm/keys.json", timeout=30).json()
+        keys = [KnownKey.from_json(each).key for each in published["keys"]]
+        statement = verified_statement(envelope.content, keys, built[0], built[1])
+        assert statement["predicate"]["runDetails"]["builder"]["id"] == "urn:wheelfarm:builder:remote-1"
         assert reason is not None
         assert "evil" in reason[0]
         # A revoked token is refused at once (the farm looks tokens up again within 10 s).

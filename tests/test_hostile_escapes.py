@@ -140,6 +140,51 @@ def test_the_build_cannot_read_the_cache_config_or_home(farm: Farm, monkeypatch:
         assert not artifact.is_file() or secret.encode() not in artifact.read_bytes(), artifact
 
 
+def test_the_build_can_neither_read_nor_use_the_signing_key(farm: Farm) -> None:
+    """The farm's signing key (proxy/provenance/keys.py) is in the cache's private folder: a build that
+    looks for it finds nothing, so it cannot sign a statement of its own. Its wheel, built anyway, carries
+    the farm's signature over what the farm saw, not anything the build wrote."""
+    signing = farm.cache / "private" / "signing"
+    key = signing / "current.pem"
+    assert b"PRIVATE KEY" in key.read_bytes(), "the farm made no key: the test proves nothing"
+    reads = [str(key), str(signing / "keyring.json"), f"/proc/1/root{key}"]
+    folders = [str(signing), str(farm.cache / "private")]
+    body = f"""\
+    import json, os
+    report = {{"read": {{}}, "list": {{}}}}
+    for path in {reads!r}:
+        try:
+            with open(path, "rb") as handle:
+                report["read"][path] = handle.read().decode(errors="replace")
+        except OSError as exc:
+            report["read"][path] = f"refused: {{exc}}"
+    for folder in {folders!r}:
+        try:
+            report["list"][folder] = sorted(os.listdir(folder))
+        except OSError as exc:
+            report["list"][folder] = f"refused: {{exc}}"
+    seen = [*report["read"].values(), *report["list"].values()]
+    found = [v for v in seen if not str(v).startswith("refused: ")]
+    print("SNOOPED " + json.dumps(report), flush=True)
+    if found:
+        raise RuntimeError("READ THE SIGNING KEY: " + repr(found)[:2000])
+"""
+    farm.backend_sdist("key-snoop", body)
+
+    built = farm.build("key-snoop")
+    assert built.status_code == 200, f"the build reached the signing key: {built.text[:3000]}"
+    log = farm.build_log("key-snoop")
+    report = json.loads(last_line(log, "SNOOPED "))
+    for path in reads:
+        assert re.match(r"refused: .*(No such file or directory|Permission denied)", report["read"][path]), (
+            path
+        )
+    for folder in folders:
+        assert str(report["list"][folder]).startswith("refused: "), folder
+    assert "READ THE SIGNING KEY" not in log
+    assert key.read_bytes().count(b"PRIVATE KEY") == 2  # untouched (BEGIN and END lines)
+
+
 def test_writes_outside_the_work_folder_do_not_reach_the_host(farm: Farm) -> None:
     host_tmp = Path("/tmp") / marker("wheelfarm-escape")
     in_cache = farm.cache / marker("escape")

@@ -25,6 +25,7 @@ from proxy.errors import BadRequest, NotFound, WheelfarmError
 from proxy.index.model import file_key
 from proxy.index.names import InvalidProjectName, normalize
 from proxy.index.urls import BUILT_BY_NAME_ROUTE, BUILT_ROUTE, built_path
+from proxy.provenance.attest import KEYS_PATH
 from proxy.redact import redact
 from proxy.web.builds import serve_built, serve_built_by_name
 from proxy.web.security import secure_admin
@@ -162,6 +163,8 @@ async def summary(request: web.Request) -> web.Response:
                 "rendered": len(services.overlay),
             },
             "upstream": redact(services.settings.upstream_simple_url),
+            # The key built wheels' provenance is signed with (proxy/provenance); None: no builds here.
+            "signing": {"keyid": services.signing.keyid, "keys": KEYS_PATH} if services.signing else None,
         }
     )
 

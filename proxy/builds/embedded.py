@@ -181,6 +181,9 @@ class EmbeddedBuildService:
         chosen = self._records if project is None else self._records.of_project(project).values()
         return sorted(chosen, key=lambda r: (r.project, r.version, r.key.target))
 
+    async def by_wheel(self, sha256: str) -> BuildRecord | None:
+        return self._records.by_wheel(sha256)
+
     async def active(self) -> Sequence[BuildProgress]:
         return sorted(self._queue.active(), key=lambda p: p.queued_at)
 

@@ -19,6 +19,7 @@ import shutil
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import orjson
 import structlog
@@ -26,14 +27,16 @@ import structlog
 from builder.jobs import Artifact, BuildKey, BuildRecord, artifact_sha256, is_sha256
 from builder.protocol import WorkerReport
 from builder.workdir import BuildFolder
+from proxy.provenance.attest import Attestor
 from proxy.storage.blobs import BlobStore, LocalBlobStore
 
 log = structlog.get_logger(__name__)
 
 
 class BuildRecords:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, attestor: Attestor | None = None) -> None:
         self.root = root
+        self.attestor = attestor
         self.blobs = LocalBlobStore(root)
         self._folder = root / "records"
         self._records: dict[BuildKey, BuildRecord] = {}
@@ -62,6 +65,12 @@ class BuildRecords:
     def of_project(self, project: str) -> Mapping[BuildKey, BuildRecord]:
         return self._by_project.get(project, {})
 
+    def by_wheel(self, sha256: str) -> BuildRecord | None:
+        """The done build whose wheel has ``sha256`` (a walk: asked once per wheel ``verify`` checks)."""
+        if self._references[sha256] == 0:
+            return None
+        return next((r for r in self._records.values() if r.wheel_sha256 == sha256), None)
+
     def __iter__(self) -> Iterator[BuildRecord]:
         return iter(list(self._records.values()))
 
@@ -69,7 +78,7 @@ class BuildRecords:
         self, record: BuildRecord, report: WorkerReport, folder: BuildFolder | None
     ) -> BuildRecord:
         """Store a finished build's artifacts (``store_artifacts``), then its record."""
-        record = await store_artifacts(self.blobs, record, report, folder)
+        record = await store_artifacts(self.blobs, record, report, folder, self.attestor)
         await self.save(record)
         return record
 
@@ -168,10 +177,15 @@ def _shas(record: BuildRecord) -> list[str]:
 
 
 async def store_artifacts(
-    blobs: BlobStore, record: BuildRecord, report: WorkerReport, folder: BuildFolder | None
+    blobs: BlobStore,
+    record: BuildRecord,
+    report: WorkerReport,
+    folder: BuildFolder | None,
+    attestor: Attestor | None = None,
 ) -> BuildRecord:
     """Put a finished build's log, and when it succeeded its wheel, METADATA and provenance, into ``blobs``,
-    copied from the worker's own files in ``folder`` (never from the build's tree); ``record`` naming them."""
+    copied from the worker's own files in ``folder`` (never from the build's tree), and the farm's signed
+    attestation of the wheel when there is an ``attestor``; ``record`` naming them."""
     log_file = folder.log if folder is not None else None
     if log_file is not None and await asyncio.to_thread(_plain_file, log_file):
         stored_log = await blobs.put(log_file)
@@ -190,7 +204,20 @@ async def store_artifacts(
             metadata_sha256=metadata.sha256,
             provenance_sha256=provenance.sha256,
         )
+        if attestor is not None:
+            record = await attach_attestation(blobs, record, report.provenance, attestor)
     return record
+
+
+async def attach_attestation(
+    blobs: BlobStore, record: BuildRecord, facts: Mapping[str, Any], attestor: Attestor
+) -> BuildRecord:
+    """Sign ``record``'s wheel (its artifacts stored already: the statement names their sha256) and store
+    the attestation and its PEP 740 provenance object."""
+    attestation = attestor.attest(record, facts)
+    envelope = await blobs.put(attestation.envelope)
+    pep740 = await blobs.put(attestation.pep740)
+    return dataclasses.replace(record, attestation_sha256=envelope.sha256, pep740_sha256=pep740.sha256)
 
 
 def artifact_shas(record: BuildRecord) -> list[str]:

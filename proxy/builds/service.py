@@ -129,6 +129,10 @@ class BuildService(Protocol):
         """Every finished build (of ``project``), final or not, sorted by project, version, target."""
         ...
 
+    async def by_wheel(self, sha256: str) -> BuildRecord | None:
+        """The done build whose wheel has ``sha256`` (``wheelfarm verify`` asks by a wheel file's digest)."""
+        ...
+
     async def active(self) -> Sequence[BuildProgress]:
         """Builds queued or running, the oldest first."""
         ...
@@ -196,6 +200,9 @@ class NoBuilds:
 
     async def records(self, project: str | None = None) -> Sequence[BuildRecord]:
         return ()
+
+    async def by_wheel(self, sha256: str) -> BuildRecord | None:
+        return None
 
     async def active(self) -> Sequence[BuildProgress]:
         return ()

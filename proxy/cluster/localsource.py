@@ -74,7 +74,8 @@ class ClusterJobSource:
     async def keep(self, job: BuildJob, report: WorkerReport, folder: BuildFolder | None) -> None:
         record = finished_record(job, report, made_by=self.builder)  # the queue time is the database's
         kept = await self._records.record(
-            lambda: store_artifacts(self._records.blobs, record, report, folder), self.builder
+            lambda: store_artifacts(self._records.blobs, record, report, folder, self._records.attestor),
+            self.builder,
         )
         if kept is None:
             log.warning("build_result_dropped", key=str(job.key), reason="the lease was lost meanwhile")

@@ -411,6 +411,15 @@ class BuildQueue:
                 )
             return [BuildRecord.from_json(orjson.dumps(row[0])) for row in await cursor.fetchall()]
 
+    async def by_wheel(self, sha256: str) -> BuildRecord | None:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT record FROM builds WHERE state = 'done' AND record->>'wheel_sha256' = %s LIMIT 1",
+                (sha256,),
+            )
+            row = await cursor.fetchone()
+            return BuildRecord.from_json(orjson.dumps(row[0])) if row is not None else None
+
     async def active(self) -> list[BuildProgress]:
         async with self.pool.connection() as conn:
             cursor = await conn.execute(

@@ -20,6 +20,7 @@ from proxy.builds.records import artifact_shas
 from proxy.builds.service import FinishedListener
 from proxy.cluster.notices import RECONNECT_SECONDS, Notices
 from proxy.cluster.queue import BuildQueue, Finished
+from proxy.provenance.attest import Attestor
 from proxy.redact import redact
 from proxy.storage.blobs import BlobStore
 
@@ -31,9 +32,17 @@ STORE_ATTEMPTS = 5
 
 
 class ClusterRecords:
-    def __init__(self, queue: BuildQueue, blobs: BlobStore, notices: Notices, max_builds: int) -> None:
+    def __init__(
+        self,
+        queue: BuildQueue,
+        blobs: BlobStore,
+        notices: Notices,
+        max_builds: int,
+        attestor: Attestor | None = None,
+    ) -> None:
         self.queue = queue
         self.blobs = blobs
+        self.attestor = attestor  # signs each built wheel's statement: held by the farm, never by builders
         self._notices = notices
         self._max_builds = max_builds
         self.listeners: list[FinishedListener] = []

@@ -23,6 +23,7 @@ from builder.jobs import BuildJob, BuildKey, BuildRecord, Limits, TargetOffer
 from builder.protocol import WorkerReport
 from builder.wheelcheck import BadWheel, inspect_wheel
 from proxy.builds.finished import finished_record
+from proxy.builds.records import attach_attestation
 from proxy.cluster.notices import Notices
 from proxy.cluster.records import ClusterRecords
 
@@ -163,7 +164,12 @@ class RemoteBuilders:
                 log_blob = await blobs.put(log_file)
             else:
                 log_blob = await blobs.put(f"build failed in {report.phase}: {report.error}\n".encode())
-            return dataclasses.replace(stored, log_sha256=log_blob.sha256)
+            stored = dataclasses.replace(stored, log_sha256=log_blob.sha256)
+            attestor = self._records.attestor
+            if inspection is not None and attestor is not None:
+                # The farm signs what it checked (the wheel) and who reported the rest (made_by).
+                stored = await attach_attestation(blobs, stored, report.provenance, attestor)
+            return stored
 
         recorded = await self._records.record(store, builder)
         if recorded is None:

@@ -50,6 +50,7 @@ from proxy.cluster.notices import Notices
 from proxy.cluster.queue import BuildQueue, Pool
 from proxy.cluster.records import ClusterRecords, outlasting_restarts
 from proxy.cluster.remotebuilders import RemoteBuilders
+from proxy.provenance.attest import Attestor
 from proxy.redact import redact
 from proxy.storage.blobs import Blob, BlobStore
 
@@ -72,6 +73,7 @@ class ClusterBuildService:
         fetch_timeout: float,
         lease_seconds: float,
         limits: Limits | None = None,
+        attestor: Attestor | None = None,
     ) -> None:
         self._queue = BuildQueue(pool)
         self._pool = pool
@@ -80,7 +82,7 @@ class ClusterBuildService:
         self._clock = clock
         self._lease = lease_seconds
         self._notices = Notices(database_url)
-        self._records = ClusterRecords(self._queue, blobs, self._notices, policy.max_builds)
+        self._records = ClusterRecords(self._queue, blobs, self._notices, policy.max_builds, attestor)
         self._blobs = blobs
         self.remote = RemoteBuilders(self._records, self._notices, lease_seconds, limits or Limits())
         self.builder_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -213,6 +215,9 @@ class ClusterBuildService:
     async def records(self, project: str | None = None) -> Sequence[BuildRecord]:
         chosen = await self._queue.records(project)
         return sorted(chosen, key=lambda r: (r.project, r.version, r.key.target))
+
+    async def by_wheel(self, sha256: str) -> BuildRecord | None:
+        return await self._queue.by_wheel(sha256)
 
     async def active(self) -> Sequence[BuildProgress]:
         return await self._queue.active()

@@ -117,6 +117,8 @@ def built_file(record: BuildRecord, sdist: DistFile) -> DistFile:
     wheelfarm = {"built-from": sdist.filename, "build-log": FROM_PAGE + built_path(record, Artifact.LOG)}
     if record.provenance_sha256:
         wheelfarm["provenance"] = FROM_PAGE + built_path(record, Artifact.PROVENANCE)
+    if record.attestation_sha256:
+        wheelfarm["attestation"] = FROM_PAGE + built_path(record, Artifact.ATTESTATION)
     return DistFile(
         filename=record.wheel_filename,
         url=FROM_PAGE + built_path(record, Artifact.WHEEL),
@@ -125,6 +127,8 @@ def built_file(record: BuildRecord, sdist: DistFile) -> DistFile:
         yanked=sdist.yanked,
         core_metadata={"sha256": record.metadata_sha256} if record.metadata_sha256 else False,
         size=record.wheel_size,
+        # PEP 740: the farm's signed attestation of the wheel, wrapped as a provenance object.
+        provenance=FROM_PAGE + built_path(record, Artifact.PEP740) if record.pep740_sha256 else None,
         wheelfarm=wheelfarm,
     )
 

@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from builder.host import BuildHost, HostSettings
+from builder.host import BUILDER_VERSION, BuildHost, HostSettings
 from builder.jobs import BuildJob, Limits
 from proxy.admin.api import create_admin_app
 from proxy.builds.embedded import BuildPolicy, EmbeddedBuildService, SdistFetcher
@@ -29,7 +29,7 @@ from proxy.cluster.queue import Pool
 from proxy.cluster.remotebuilders import RemoteBuilders
 from proxy.cluster.schema import upgrade_database
 from proxy.cluster.service import ClusterBuildService
-from proxy.errors import UpstreamError
+from proxy.errors import NotFound, UpstreamError
 from proxy.index.urls import BUILT_BY_NAME_ROUTE, BUILT_ROUTE, FILE_ROUTE, PENDING_ROUTE
 from proxy.pages.cache import PageCache
 from proxy.pages.overlaid import OverlayPages
@@ -37,6 +37,9 @@ from proxy.pages.policy import PolicyPages
 from proxy.pages.rootlist import RootList
 from proxy.pages.store import PageStore
 from proxy.pages.upstream import HttpUpstream, Upstream, host_policy, make_session
+from proxy.provenance.attest import KEYS_PATH, Attestor
+from proxy.provenance.keys import FarmKeys
+from proxy.provenance.verify import ATTESTATIONS_PATH
 from proxy.redact import redact
 from proxy.settings import Settings
 from proxy.storage.blobs import LocalBlobStore
@@ -44,7 +47,7 @@ from proxy.storage.diskspace import DiskFullReport
 from proxy.storage.files import DownloadState, FileSource, FileStore
 from proxy.storage.scrub import Scrubber, Verifier
 from proxy.web.accesslog import AccessLog
-from proxy.web.builds import built, built_by_name, pending
+from proxy.web.builds import attestation, built, built_by_name, pending
 from proxy.web.edge import ConnectionLimits, Connections, EdgeSite
 from proxy.web.files import file
 from proxy.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -69,6 +72,15 @@ async def metrics(request: web.Request) -> web.Response:
     services.metrics.update_builds(await services.builds.counts())
     body = services.metrics.render()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def signing_keys(request: web.Request) -> web.Response:
+    """The farm's signing keys (the current one and every one it signed with before): what checks the
+    provenance of its built wheels (``wheelfarm verify``)."""
+    signing = request.app[SERVICES].signing
+    if signing is None:
+        raise NotFound("this proxy builds no wheels: it signs nothing")
+    return web.json_response(signing.published(), headers={"Cache-Control": "max-age=300"})
 
 
 def create_app(
@@ -116,15 +128,22 @@ def create_app(
         await files.load()
         verifier = Verifier(files, the_clock)
         builds: BuildService = NoBuilds()
+        signing = None
+        if settings.cluster_database or settings.builder_enabled:
+            signing = await asyncio.to_thread(
+                FarmKeys.load, cache_dir / "private" / "signing", settings.provenance_key_file
+            )
+            log.info("signing_key", keyid=signing.keyid, keys=KEYS_PATH)
+        attestor = Attestor(signing, BUILDER_VERSION) if signing is not None else None
         if settings.cluster_database:
-            cluster = await start_cluster_builds(settings, files, the_clock)
+            cluster = await start_cluster_builds(settings, files, the_clock, attestor)
             builds = cluster
             app[CLUSTER] = cluster.remote
             app.on_shutdown.append(lambda _: _stop_long_polls(cluster.remote))
             app[UPLOADS] = cache_dir / "uploads"
             await asyncio.to_thread(app[UPLOADS].mkdir, exist_ok=True)
         elif settings.builder_enabled:
-            builds = await start_embedded_builds(settings, files, the_clock)
+            builds = await start_embedded_builds(settings, files, the_clock, attestor)
         builds.on_finished(app_metrics.build_finished)
         # The page layers, bottom up (proxy/pages/source.py).
         page_cache = PageCache(source, store, the_clock, settings)
@@ -147,6 +166,7 @@ def create_app(
             metrics=app_metrics,
             verifier=verifier,
             builds=builds,
+            signing=signing,
         )
         page_sizes: dict[str, float] = {"pages.bytes": 0, "pages.entries": 0}
 
@@ -182,6 +202,8 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get(KEYS_PATH, signing_keys)
+    app.router.add_get(ATTESTATIONS_PATH + "{sha256}", attestation)
     if settings.admin_enabled and not settings.admin_listen:
         app.add_subapp("/admin/", create_admin_app(app, [], standalone=False))
     # The same API under three scopes: /simple/ (target from the User-Agent), /t/<target>/simple/ (named),
@@ -246,11 +268,13 @@ def build_policy(settings: Settings) -> BuildPolicy:
     )
 
 
-async def start_embedded_builds(settings: Settings, files: FileStore, clock: Clock) -> EmbeddedBuildService:
+async def start_embedded_builds(
+    settings: Settings, files: FileStore, clock: Clock, attestor: Attestor | None = None
+) -> EmbeddedBuildService:
     """Builds on this host: worker processes, sdists from our own file store, records and artifacts in the
     cache folder. The sandbox self-check runs in the background; builds are offered once it passes."""
     host = BuildHost(host_settings(settings))
-    records = BuildRecords(settings.cache_dir / "built")
+    records = BuildRecords(settings.cache_dir / "built", attestor)
     service = EmbeddedBuildService(
         host, records, sdist_fetcher(files), build_policy(settings), clock, settings.builder_timeout
     )
@@ -258,7 +282,9 @@ async def start_embedded_builds(settings: Settings, files: FileStore, clock: Clo
     return service
 
 
-async def start_cluster_builds(settings: Settings, files: FileStore, clock: Clock) -> ClusterBuildService:
+async def start_cluster_builds(
+    settings: Settings, files: FileStore, clock: Clock, attestor: Attestor | None = None
+) -> ClusterBuildService:
     """The queue and records in the cluster's PostgreSQL (its schema brought up to date first), the
     artifacts in the shared store, and, unless builds are off here, this host's builder taking jobs."""
     url = settings.cluster_database
@@ -283,6 +309,7 @@ async def start_cluster_builds(settings: Settings, files: FileStore, clock: Cloc
         settings.builder_timeout,
         settings.cluster_lease_seconds,
         host_settings(settings).limits,
+        attestor,
     )
     await service.start()
     return service

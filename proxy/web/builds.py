@@ -46,6 +46,8 @@ _CONTENT_TYPES = {
     Artifact.METADATA: "text/plain; charset=utf-8",
     Artifact.LOG: "text/plain; charset=utf-8",
     Artifact.PROVENANCE: "application/json",
+    Artifact.ATTESTATION: "application/json",
+    Artifact.PEP740: "application/json",
 }
 
 
@@ -195,6 +197,19 @@ async def _record_of(request: web.Request, services: Services) -> BuildRecord:
     if record is None:
         raise NotFound(f"no build of {sha} for {target}")
     return record
+
+
+async def attestation(request: web.Request) -> web.StreamResponse:
+    """The signed attestation of the built wheel with the sha256 asked (``wheelfarm verify`` of a wheel)."""
+    services = request.app[SERVICES]
+    sha = request.match_info["sha256"]
+    if not is_sha256(sha):
+        raise NotFound(f"{sha[:80]!r} is not a wheel's sha256 (64 hex digits)")
+    record = await services.builds.by_wheel(sha)
+    if record is None or not record.attestation_sha256:
+        raise NotFound(f"no wheel built here has sha256 {sha}, or its build left no attestation")
+    extra = {"X-Wheelfarm-Wheel": record.wheel_filename}
+    return await _artifact_response(request, services, record, Artifact.ATTESTATION, "no-cache", extra)
 
 
 async def _artifact_response(

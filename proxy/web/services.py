@@ -13,6 +13,7 @@ from proxy.pages.overlaid import OverlayPages
 from proxy.pages.policy import PolicyPages
 from proxy.pages.rootlist import RootList
 from proxy.pages.source import PageSource
+from proxy.provenance.keys import FarmKeys
 from proxy.settings import Settings
 from proxy.storage.files import FileStore
 from proxy.storage.scrub import Verifier
@@ -35,6 +36,7 @@ class Services:
     metrics: Metrics
     verifier: Verifier
     builds: BuildService
+    signing: FarmKeys | None = None  # the keys built wheels' provenance is signed with (None: no builds here)
 
 
 class RequestOutcome(enum.Enum):

@@ -1,0 +1,202 @@
+"""``wheelfarm verify``: check the provenance of farm-built wheels.
+
+What it checks, for each wheel: the attestation's signature against the farm's keys (fetched from
+``/.well-known/wheelfarm/keys.json`` once, or pinned in a file for air-gapped sites), that a key retired by
+rotation signed it before its retirement, that the statement's subject is this wheel (name and sha256), and,
+online, that the sdist it was built from is still listed by the farm's upstream and not yanked.
+
+What it reads: wheel files (the attestation beside them as ``<wheel>.dsse.json``, else asked from the farm by
+the wheel's sha256), ``pip install --report`` JSON, ``uv.lock`` and ``pylock.toml`` (the wheels they name by
+URL and sha256; those not served from the farm's ``built/`` are not the farm's and are skipped).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import ssl
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+from proxy.provenance.attest import KEYS_PATH, NotVerified, verified_statement
+from proxy.provenance.keys import KnownKey
+
+ATTESTATIONS_PATH = "/.well-known/wheelfarm/attestations/"
+MAX_DOCUMENT_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """A wheel to check: its name and sha256, where it was found, its URL when a lock or report gave one."""
+
+    filename: str
+    sha256: str
+    found_in: str
+    url: str = ""
+    local: Path | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    wheel: Wheel
+    ok: bool
+    message: str
+    skipped: bool = False
+
+
+class Farm:
+    """What verify asks of the farm over HTTP (the system trust store, as the proxy uses)."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._timeout = timeout
+        self._context = ssl.create_default_context()
+
+    def get(self, path: str) -> bytes | None:
+        """The body at ``path`` below the farm; None for a 404."""
+        try:
+            with urllib.request.urlopen(
+                self.url + path, timeout=self._timeout, context=self._context
+            ) as answer:
+                body: bytes = answer.read(MAX_DOCUMENT_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        if len(body) > MAX_DOCUMENT_BYTES:
+            raise ValueError(f"{self.url + path} answered more than {MAX_DOCUMENT_BYTES} bytes")
+        return body
+
+    def keys(self) -> list[KnownKey]:
+        body = self.get(KEYS_PATH)
+        if body is None:
+            raise ValueError(f"{self.url} publishes no signing keys ({KEYS_PATH}): it builds nothing")
+        return parse_keys(body)
+
+    def serves(self, url: str) -> bool:
+        """Whether ``url`` is one of the farm's built artifacts."""
+        farm, other = urlsplit(self.url), urlsplit(url)
+        return (other.scheme, other.netloc) == (farm.scheme, farm.netloc) and "/built/" in other.path
+
+
+def parse_keys(body: bytes) -> list[KnownKey]:
+    data = json.loads(body)
+    return [KnownKey.from_json(each) for each in data["keys"]]
+
+
+def check(wheel: Wheel, envelope: bytes | None, keys: Sequence[KnownKey], farm: Farm | None) -> Verdict:
+    if envelope is None:
+        return Verdict(wheel, False, "no provenance: the farm has no attestation for this wheel")
+    try:
+        statement = verified_statement(envelope, [known.key for known in keys], wheel.filename, wheel.sha256)
+        signer = _signing_key(envelope, keys)
+        finished = str(statement["predicate"]["runDetails"]["metadata"]["finishedOn"])
+        if signer.retired is not None and _timestamp(finished) > signer.retired:
+            raise NotVerified(
+                f"signed by key {signer.key.keyid[:16]} after it was retired (rotated away) at "
+                f"{_rfc3339(signer.retired)}"
+            )
+        sdist = statement["predicate"]["buildDefinition"]["externalParameters"]["sdist"]
+        builder = statement["predicate"]["runDetails"]["builder"]["id"]
+        listed = _sdist_listed(farm, wheel.filename, sdist) if farm is not None else "not checked (offline)"
+    except NotVerified as exc:
+        return Verdict(wheel, False, str(exc))
+    except (KeyError, TypeError, ValueError) as exc:
+        return Verdict(wheel, False, f"the attestation's statement is malformed: {exc}")
+    if listed.startswith("FAIL "):
+        return Verdict(wheel, False, listed[5:])
+    source = f"{sdist['name']} (sha256 {sdist['digest']['sha256'][:16]})"
+    message = f"signed by {signer.key.keyid[:16]}; built from {source} by {builder}; sdist upstream: {listed}"
+    return Verdict(wheel, True, message)
+
+
+def _signing_key(envelope: bytes, keys: Sequence[KnownKey]) -> KnownKey:
+    signed_by = {each["keyid"] for each in json.loads(envelope)["signatures"]}
+    return next(known for known in keys if known.key.keyid in signed_by)
+
+
+def _sdist_listed(farm: Farm, wheel_filename: str, sdist: dict[str, Any]) -> str:
+    """Whether the farm's upstream still lists the sdist, unyanked (PEP 592), by its plain page."""
+    project = parse_wheel_filename(wheel_filename)[0]
+    body = farm.get(f"/plain/simple/{quote(project)}/?format=json")
+    if body is None:
+        return f"FAIL the project {project} is no longer listed upstream"
+    page = json.loads(body)
+    sha = sdist["digest"]["sha256"]
+    for entry in page.get("files", []):
+        if entry.get("hashes", {}).get("sha256") == sha:
+            yanked = entry.get("yanked")
+            if yanked:
+                reason = f": {yanked}" if isinstance(yanked, str) else ""
+                return f"FAIL the sdist {sdist['name']} it was built from is yanked upstream{reason}"
+            return "listed, not yanked"
+    return f"FAIL the sdist {sdist['name']} it was built from is no longer listed upstream"
+
+
+def wheels_in(path: Path) -> Iterator[Wheel]:
+    """The wheels ``path`` names: a wheel file, a pip report, a uv.lock or a pylock.toml."""
+    name = path.name
+    if name.endswith(".whl"):
+        yield Wheel(name, hashlib.sha256(path.read_bytes()).hexdigest(), str(path), local=path)
+    elif name == "uv.lock":
+        lock = tomllib.loads(path.read_text())
+        for package in lock.get("package", []):
+            for wheel in package.get("wheels", []):
+                yield from _locked(wheel.get("url", ""), wheel.get("hash", ""), str(path))
+    elif name.startswith("pylock.") and name.endswith(".toml"):
+        lock = tomllib.loads(path.read_text())
+        for package in lock.get("packages", []):
+            for wheel in package.get("wheels", []):
+                sha = (wheel.get("hashes") or {}).get("sha256", "")
+                yield from _locked(wheel.get("url", ""), f"sha256:{sha}" if sha else "", str(path))
+    elif name.endswith(".json"):
+        report = json.loads(path.read_text())
+        for item in report.get("install", []):
+            info = item.get("download_info") or {}
+            hashes = (info.get("archive_info") or {}).get("hashes") or {}
+            sha = hashes.get("sha256", "")
+            yield from _locked(info.get("url", ""), f"sha256:{sha}" if sha else "", str(path))
+    else:
+        raise ValueError(f"{path}: not a wheel, a pip report (.json), uv.lock or pylock.*.toml")
+
+
+def _locked(url: str, hash_text: str, found_in: str) -> Iterator[Wheel]:
+    filename = urlsplit(url).path.rsplit("/", 1)[-1]
+    algorithm, _, sha = hash_text.partition(":")
+    if not filename.endswith(".whl"):
+        return
+    try:
+        parse_wheel_filename(urllib.request.url2pathname(filename))
+    except InvalidWheelFilename:
+        return
+    yield Wheel(
+        urllib.request.url2pathname(filename), sha if algorithm == "sha256" else "", found_in, url=url
+    )
+
+
+def envelope_for(wheel: Wheel, farm: Farm | None) -> bytes | None:
+    """The attestation of ``wheel``: beside the file (``<wheel>.dsse.json``), else the farm's by sha256."""
+    if wheel.local is not None:
+        beside = wheel.local.with_name(wheel.local.name + ".dsse.json")
+        if beside.is_file():
+            return beside.read_bytes()
+    if farm is None:
+        return None
+    return farm.get(ATTESTATIONS_PATH + wheel.sha256)
+
+
+def _timestamp(rfc3339: str) -> float:
+    return datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def _rfc3339(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,272 @@
+"""Signed provenance of built wheels (proxy/provenance): an in-toto statement with a SLSA v1 predicate in a
+DSSE envelope signed by the farm's key, its PEP 740 provenance object on the pages, the keys at the
+well-known URL, and ``wheelfarm verify`` failing clearly on each kind of tampering."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from buildkit import TARGET
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hostile import Farm, needs_bwrap
+from serve import WHEELFARM
+
+from builder.jobs import BuildKey, BuildRecord, BuildState
+from proxy.provenance.attest import Attestor, NotVerified, verified_statement
+from proxy.provenance.keys import FarmKeys, KnownKey, UnusableKey
+from proxy.provenance.statement import BUILD_TYPE, PREDICATE_TYPE, wheel_statement
+from proxy.provenance.verify import Wheel, check
+
+pytestmark = needs_bwrap
+SHA_A, SHA_B, SHA_C, SHA_D = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+
+
+def _record(**changes: object) -> BuildRecord:
+    record = BuildRecord(
+        BuildKey(SHA_A, TARGET), BuildState.DONE, "demo", "1.0", "demo-1.0.tar.gz", 1_800_000_000.0,
+        1_800_000_030.0, wheel_filename="demo-1.0-py3-none-any.whl", wheel_sha256=SHA_B, log_sha256=SHA_C,
+        metadata_sha256=SHA_D, made_by="builder-arm-1",
+    )  # fmt: skip
+    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+
+
+FACTS = {
+    "sdist": {"filename": "demo-1.0.tar.gz", "url": "https://files.example/demo-1.0.tar.gz", "sha256": SHA_A},
+    "interpreter": {"path": "/usr/bin/python3.11", "version": "3.11.2"},
+    "build_system": {
+        "requires": ["setuptools>=61"],
+        "dynamic_requires": [],
+        "backend": "setuptools.build_meta",
+        "installed": [
+            {"filename": "setuptools-80.0-py3-none-any.whl", "sha256": "e" * 64, "url": "https://x/s.whl"}
+        ],
+    },
+    "bundled_libraries": [
+        {
+            "name": "demo.libs/libz-0a1b2c3d.so.1.2.13",
+            "sha256": "f" * 64,
+            "source_path": "/usr/lib/x/libz.so.1.2.13",
+            "package": "zlib1g",
+            "package_version": "1:1.2.13.dfsg-1",
+        },
+    ],
+    "reproducibility": {"source_date_epoch": 1700000000, "build_path": "/build/src/demo"},
+}
+
+
+def test_the_statement_is_in_toto_v1_with_a_slsa_v1_predicate() -> None:
+    statement = wheel_statement(_record(), FACTS, "wheelfarm-builder/2")
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["subject"] == [{"name": "demo-1.0-py3-none-any.whl", "digest": {"sha256": SHA_B}}]
+    assert statement["predicateType"] == PREDICATE_TYPE
+    definition = statement["predicate"]["buildDefinition"]
+    assert definition["buildType"] == BUILD_TYPE
+    assert definition["externalParameters"] == {
+        "sdist": {"name": "demo-1.0.tar.gz", "uri": FACTS["sdist"]["url"], "digest": {"sha256": SHA_A}},  # type: ignore[index]
+        "target": TARGET,
+    }
+    resolved = {each["name"]: each for each in definition["resolvedDependencies"]}
+    assert resolved["demo-1.0.tar.gz"]["digest"] == {"sha256": SHA_A}
+    assert resolved["setuptools-80.0-py3-none-any.whl"]["digest"] == {"sha256": "e" * 64}
+    assert resolved["cpython"]["annotations"] == {"version": "3.11.2"}
+    run = statement["predicate"]["runDetails"]
+    assert run["builder"]["id"] == "urn:wheelfarm:builder:builder-arm-1"
+    assert run["metadata"]["startedOn"] == "2027-01-15T08:00:00Z"
+    assert run["metadata"]["finishedOn"] == "2027-01-15T08:00:30Z"
+    byproducts = {each["name"]: each for each in run["byproducts"]}
+    assert byproducts["build.log"]["digest"] == {"sha256": SHA_C}
+    assert byproducts["METADATA"]["digest"] == {"sha256": SHA_D}
+    assert byproducts["demo.libs/libz-0a1b2c3d.so.1.2.13"]["annotations"]["package"] == "zlib1g"
+    with pytest.raises(ValueError, match="left no wheel"):
+        wheel_statement(_record(wheel_sha256=""), FACTS, "wheelfarm-builder/2")
+
+
+def test_keys_are_private_shared_by_processes_and_rotation_keeps_old_signatures_verifiable(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "cache" / "private" / "signing"
+    keys = FarmKeys.load(folder)
+    assert FarmKeys.load(folder).keyid == keys.keyid, "a second process signs with the same key"
+    assert (folder.stat().st_mode & 0o777, (folder / "current.pem").stat().st_mode & 0o777) == (0o700, 0o600)
+    assert folder.parent.stat().st_mode & 0o777 == 0o700
+    old = Attestor(keys, "v").attest(_record(finished_at=time.time() - 60), FACTS)
+
+    rotated = FarmKeys.rotate(folder)
+    assert rotated.keyid != keys.keyid
+    assert b"PRIVATE KEY" in (folder / "current.pem").read_bytes()
+    published = rotated.published()
+    assert published["current"] == rotated.keyid
+    assert [(k["keyid"], k["retired"] is not None) for k in published["keys"]] == [
+        (keys.keyid, True), (rotated.keyid, False)
+    ]  # fmt: skip
+    assert "BEGIN PUBLIC KEY" in published["keys"][0]["public_key_pem"]
+    wheel = Wheel("demo-1.0-py3-none-any.whl", SHA_B, "test")
+    assert check(wheel, old.envelope, rotated.known, None).ok, "a signature made before the rotation verifies"
+
+    # The old key, had it leaked, cannot sign anything new: what it signs after its retirement fails.
+    late = Attestor(keys, "v").attest(_record(finished_at=time.time() + 60), FACTS)
+    verdict = check(wheel, late.envelope, rotated.known, None)
+    assert not verdict.ok
+    assert re.search(r"signed by key \w+ after it was retired", verdict.message)
+
+
+def test_an_operator_key_must_be_ed25519_or_p256(tmp_path: Path) -> None:
+    def pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, name: str) -> Path:
+        path = tmp_path / name
+        path.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ))  # fmt: skip
+        return path
+
+    p256 = FarmKeys.load(tmp_path / "signing", pem(ec.generate_private_key(ec.SECP256R1()), "p256.pem"))
+    assert p256.signer.public_key.keytype == "ecdsa"
+    envelope = Attestor(p256, "v").attest(_record(), FACTS).envelope
+    assert check(Wheel("demo-1.0-py3-none-any.whl", SHA_B, "test"), envelope, p256.known, None).ok
+    with pytest.raises(UnusableKey, match="secp384r1"):
+        FarmKeys.load(tmp_path / "other", pem(ec.generate_private_key(ec.SECP384R1()), "p384.pem"))
+    with pytest.raises(UnusableKey, match="RSAPrivateKey"):
+        FarmKeys.load(tmp_path / "other", pem(rsa.generate_private_key(65537, 2048), "rsa.pem"))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a key")
+    with pytest.raises(UnusableKey, match="not a PEM private key"):
+        FarmKeys.load(tmp_path / "other", garbage)
+
+
+def test_verification_names_what_does_not_match(tmp_path: Path) -> None:
+    keys = FarmKeys.load(tmp_path / "signing")
+    stranger = FarmKeys.load(tmp_path / "stranger")
+    envelope = Attestor(keys, "v").attest(_record(), FACTS).envelope
+    known = [each.key for each in keys.known]
+    name = "demo-1.0-py3-none-any.whl"
+    assert verified_statement(envelope, known, name, SHA_B)["subject"][0]["name"] == name
+
+    with pytest.raises(
+        NotVerified, match=rf"is for {re.escape(name)} sha256 {SHA_B}, not {re.escape(name)} sha256 {SHA_C}"
+    ):
+        verified_statement(envelope, known, name, SHA_C)  # a tampered wheel
+    with pytest.raises(NotVerified, match="signed by unknown key"):
+        verified_statement(envelope, [each.key for each in stranger.known], name, SHA_B)
+    data = json.loads(envelope)
+    statement = json.loads(base64.b64decode(data["payload"]))
+    statement["subject"][0]["digest"]["sha256"] = SHA_C
+    data["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    with pytest.raises(NotVerified, match="signature does not verify"):
+        verified_statement(json.dumps(data).encode(), known, name, SHA_C)  # a tampered envelope
+    data = json.loads(envelope)
+    data["payloadType"] = "text/plain"
+    with pytest.raises(NotVerified, match="not an in-toto statement"):
+        verified_statement(json.dumps(data).encode(), known, name, SHA_B)
+    with pytest.raises(NotVerified, match="not a DSSE envelope"):
+        verified_statement(b"{}", known, name, SHA_B)
+    assert check(Wheel(name, SHA_B, "test"), None, keys.known, None).message.startswith("no provenance")
+
+
+def _verify(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(WHEELFARM), "verify", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_a_built_wheel_carries_signed_provenance_that_verify_checks(farm: Farm, tmp_path: Path) -> None:
+    sdist = farm.backend_sdist("attested", "    pass")
+    response = farm.built_wheel("attested")
+    wheel_name = re.search(r'filename="([^"]+)"', response.headers["Content-Disposition"])[1]  # type: ignore[index]
+    wheel = tmp_path / wheel_name
+    wheel.write_bytes(response.content)
+    wheel_sha = hashlib.sha256(response.content).hexdigest()
+    scope = httpx.URL(f"{farm.proxy.url}/t/{TARGET}/simple/attested/")
+
+    (entry,) = [
+        e
+        for e in httpx.get(scope.join("?format=json"), timeout=30).json()["files"]
+        if e["filename"] == wheel_name
+    ]
+    pep740 = httpx.get(scope.join(entry["provenance"]), timeout=30).json()
+    envelope = httpx.get(scope.join(entry["_wheelfarm"]["attestation"]), timeout=30).content
+    published = httpx.get(f"{farm.proxy.url}/.well-known/wheelfarm/keys.json", timeout=30).json()
+    keys = [KnownKey.from_json(each) for each in published["keys"]]
+    assert any(key.key.keyid == published["current"] for key in keys)
+
+    statement = verified_statement(envelope, [key.key for key in keys], wheel_name, wheel_sha)
+    definition = statement["predicate"]["buildDefinition"]
+    assert (
+        definition["externalParameters"]["sdist"]["digest"]["sha256"]
+        == hashlib.sha256(sdist.read_bytes()).hexdigest()
+    )
+    assert definition["externalParameters"]["target"] == TARGET
+    log = httpx.get(scope.join(entry["_wheelfarm"]["build-log"]), timeout=30).content
+    byproducts = {
+        each["name"]: each["digest"]["sha256"] for each in statement["predicate"]["runDetails"]["byproducts"]
+    }
+    assert byproducts["build.log"] == hashlib.sha256(log).hexdigest()
+    # PEP 740: the same statement and signature, wrapped; the HTML page links it too.
+    (bundle,) = pep740["attestation_bundles"]
+    assert bundle["publisher"]["kind"] == "wheelfarm"
+    (attestation,) = bundle["attestations"]
+    dsse = json.loads(envelope)
+    assert base64.b64decode(attestation["envelope"]["statement"]) == base64.b64decode(dsse["payload"])
+    assert attestation["envelope"]["signature"] == dsse["signatures"][0]["sig"]
+    assert attestation["verification_material"]["wheelfarm_keyid"] == dsse["signatures"][0]["keyid"]
+    html = httpx.get(scope, timeout=30).text
+    assert re.search(rf'<a href="[^"]+"[^>]* data-provenance="[^"]+"[^>]*>{re.escape(wheel_name)}</a>', html)
+
+    ran = _verify("--farm", farm.proxy.url, str(wheel))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert re.match(rf"OK   {re.escape(wheel_name)}: signed by \w+; built from attested-1.0.tar.gz .* "
+                    r"sdist upstream: listed, not yanked", ran.stdout)  # fmt: skip
+
+    # A pip report names the wheel by URL and sha256: the real pip's, through the farm.
+    report = tmp_path / "report.json"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PIP_CONFIG_FILE": "/dev/null",
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # fmt: skip
+    index = str(scope.join(".."))
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps",
+         "--only-binary", ":all:", "--report", str(report), "--index-url", index, "attested"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert pip.returncode == 0, pip.stderr
+    ran = _verify("--farm", farm.proxy.url, str(report))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.startswith(f"OK   {wheel_name}:")
+
+    # Tampered: the wheel changed (the farm has no attestation for those bytes; the one beside it is for
+    # the original), an envelope from another key (a pinned keys file that does not name it).
+    tampered = tmp_path / "t" / wheel_name
+    tampered.parent.mkdir()
+    tampered.write_bytes(response.content + b"\0")
+    ran = _verify("--farm", farm.proxy.url, str(tampered))
+    assert ran.returncode == 1
+    assert ran.stdout.startswith("FAIL")
+    assert "no provenance" in ran.stdout
+    (tampered.parent / (wheel_name + ".dsse.json")).write_bytes(envelope)
+    ran = _verify("--farm", farm.proxy.url, str(tampered))
+    assert ran.returncode == 1
+    assert f"is for {wheel_name} sha256 {wheel_sha}, not" in ran.stdout
+    pinned = tmp_path / "other-keys.json"
+    pinned.write_bytes(orjson.dumps(FarmKeys.load(tmp_path / "other").published()))
+    ran = _verify("--offline", "--keys", str(pinned), str(wheel.parent / wheel_name))
+    assert ran.returncode == 1
+    assert "signed by unknown key" in ran.stdout or "no provenance" in ran.stdout
+    (wheel.parent / (wheel_name + ".dsse.json")).write_bytes(envelope)
+    ran = _verify("--offline", "--keys", str(pinned), str(wheel))
+    assert ran.returncode == 1
+    assert "signed by unknown key" in ran.stdout
+
+    # The sdist yanked upstream: the wheel built from it fails the online check.
+    farm.index.yank(sdist.name, "broken build")
+    farm.proxy.clock.advance(3600)  # past the page TTL: the farm asks upstream again
+    ran = _verify("--farm", farm.proxy.url, str(wheel))
+    assert ran.returncode == 1
+    assert "the sdist attested-1.0.tar.gz it was built from is yanked upstream: broken build" in ran.stdout
