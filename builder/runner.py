@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import extract, frontend, importcheck
+from builder.bundled import bundled_libraries
 from builder.jobs import Limits, Phase
 from builder.protocol import WorkerOrder, WorkerReport
 from builder.requirements import RequirementError, ResolvedWheel, check_requirements, download, resolve
@@ -146,6 +147,8 @@ class _Build:
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         self.log.note(f"built {wheel.name} sha256 {digest} ({wheel.stat().st_size} bytes)")
         provenance = self._provenance(wheel, digest, system, requires, dynamic, epoch, source, repair_note)
+        # The libraries auditwheel copied in, each with the builder's Debian package it came from.
+        provenance["bundled_libraries"] = [each.to_json() for each in bundled_libraries(wheel)]
         return WorkerReport(
             ok=True,
             wheel_filename=wheel.name,

@@ -7,12 +7,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,7 @@ import pytest
 from buildkit import TARGET
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from dists import make_sdist
 from hostile import Farm, needs_bwrap
 from serve import WHEELFARM
 
@@ -270,3 +273,47 @@ def test_a_built_wheel_carries_signed_provenance_that_verify_checks(farm: Farm, 
     ran = _verify("--farm", farm.proxy.url, str(wheel))
     assert ran.returncode == 1
     assert "the sdist attested-1.0.tar.gz it was built from is yanked upstream: broken build" in ran.stdout
+
+
+BZ_LINKED_C = """\
+#include <Python.h>
+/* From libbz2, which auditwheel must graft: no manylinux policy allows it. */
+extern const char *BZ2_bzlibVersion(void);
+static PyObject *version(PyObject *self, PyObject *args) { return PyUnicode_FromString(BZ2_bzlibVersion()); }
+static PyMethodDef methods[] = {{"version", version, METH_NOARGS, ""}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "bzlinked", NULL, -1, methods};
+PyMODINIT_FUNC PyInit_bzlinked(void) { return PyModule_Create(&module); }
+"""
+BZ_LINKED_SETUP = """\
+from setuptools import Extension, setup
+setup(name="bzlinked", version="1.0",
+      ext_modules=[Extension("bzlinked", ["bzlinked.c"], extra_link_args=["-l:libbz2.so.1.0"])])
+"""
+
+
+def test_the_libraries_auditwheel_bundles_are_byproducts_with_their_debian_package(farm: Farm) -> None:
+    if not Path("/lib/x86_64-linux-gnu/libbz2.so.1.0").exists():
+        pytest.skip("needs Debian's libbz2-1.0 (x86_64)")
+    farm.publish("bzlinked", make_sdist(farm.sdists, "bzlinked", "1.0",
+                                        {"setup.py": BZ_LINKED_SETUP, "bzlinked.c": BZ_LINKED_C}))  # fmt: skip
+    response = farm.built_wheel("bzlinked")
+    wheel_name = re.search(r'filename="([^"]+)"', response.headers["Content-Disposition"])[1]  # type: ignore[index]
+    scope = httpx.URL(f"{farm.proxy.url}/t/{TARGET}/simple/bzlinked/")
+    entries = httpx.get(scope.join("?format=json"), timeout=30).json()["files"]
+    (entry,) = [e for e in entries if e["filename"] == wheel_name]
+    envelope = httpx.get(scope.join(entry["_wheelfarm"]["attestation"]), timeout=30).content
+    payload = json.loads(base64.b64decode(json.loads(envelope)["payload"]))
+    (library,) = [b for b in payload["predicate"]["runDetails"]["byproducts"] if ".libs/" in b["name"]]
+    assert re.fullmatch(r"bzlinked\.libs/libbz2-[0-9a-f]{8}\.so\.1\.0\.\d+", library["name"])
+    with zipfile.ZipFile(io.BytesIO(response.content)) as wheel:
+        assert library["digest"]["sha256"] == hashlib.sha256(wheel.read(library["name"])).hexdigest()
+    source = library["annotations"]["source_path"]
+    assert re.fullmatch(r"(/usr)?/lib/x86_64-linux-gnu/libbz2\.so\.1\.0\.\d+", source)
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "libbz2-1.0"], capture_output=True, text=True
+    )
+    assert library["annotations"]["package"] == "libbz2-1.0"
+    assert library["annotations"]["package_version"] == version.stdout.strip()
+    # The hash in the grafted name is the original's: the byproduct names the very file that was copied.
+    original = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    assert library["name"].split("libbz2-")[1].startswith(original[:8])
