@@ -294,8 +294,8 @@ setup(name="bzlinked", version="1.0",
 def test_the_libraries_auditwheel_bundles_are_byproducts_with_their_debian_package(farm: Farm) -> None:
     if not Path("/lib/x86_64-linux-gnu/libbz2.so.1.0").exists():
         pytest.skip("needs Debian's libbz2-1.0 (x86_64)")
-    farm.publish("bzlinked", make_sdist(farm.sdists, "bzlinked", "1.0",
-                                        {"setup.py": BZ_LINKED_SETUP, "bzlinked.c": BZ_LINKED_C}))  # fmt: skip
+    files = {"setup.py": BZ_LINKED_SETUP, "bzlinked.c": BZ_LINKED_C}
+    farm.publish("bzlinked", make_sdist(farm.sdists, "bzlinked", "1.0", files))
     response = farm.built_wheel("bzlinked")
     wheel_name = re.search(r'filename="([^"]+)"', response.headers["Content-Disposition"])[1]  # type: ignore[index]
     scope = httpx.URL(f"{farm.proxy.url}/t/{TARGET}/simple/bzlinked/")
