@@ -163,6 +163,11 @@ class BuildRecord:
     builder: str = ""  # the builder's version: a failure is not final for a newer builder
     orphaned_since: float | None = None  # when upstream stopped listing the sdist (None: it still does)
     made_by: str = ""  # in a cluster, the builder that made it (a host:pid, or a remote builder's name)
+    # A second, independent build of the job: did it make the same bytes? (None: not checked yet.) When not,
+    # the files of the wheel that differ, and a note (why the second build failed, or what else differs).
+    reproduced: bool | None = None
+    differing: tuple[str, ...] = ()
+    reproduction_note: str = ""
 
     @property
     def duration(self) -> float:
@@ -181,6 +186,7 @@ class BuildRecord:
         data["key"] = BuildKey(**data["key"])
         data["state"] = BuildState(data["state"])
         data["phase"] = Phase(data["phase"]) if data.get("phase") else None
+        data["differing"] = tuple(data.get("differing") or ())
         return cls(**data)
 
 

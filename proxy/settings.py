@@ -433,6 +433,13 @@ class Settings:
         "oldest. 0: no limit.",
         parse=_integer,
     )  # fmt: skip
+    builder_reproduce: bool = setting(
+        "builder", "reproduce", True,
+        "Build each built wheel a second time, at a quiet moment (nothing else queued or building), in a "
+        "fresh work folder, and record in its signed provenance whether the bytes came out the same (and if "
+        "not, which files of the wheel differ). Doubles the build work; the admin page shows the share.",
+        parse=_boolean,
+    )  # fmt: skip
     admin_enabled: bool = setting(
         "admin", "enabled", False,
         "The admin page and JSON API (/admin/ on the main listener, or on its own address). Off by default.",

@@ -125,5 +125,6 @@ def proxy_settings(cache_dir: Path, upstream: str, **changes: Any) -> Settings:
         upstream_read_timeout=2.0,
         logging_format="json",
         builder_enabled=False,
+        builder_reproduce=False,  # second builds only where a test asks (tests/test_reproducibility.py)
     )
     return dataclasses.replace(base, **changes)

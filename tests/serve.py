@@ -22,12 +22,15 @@ START_TIMEOUT: Final = 30.0
 
 
 def server_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A clean environment: no WHEELFARM_* (or anything else) from the machine running the tests."""
+    """A clean environment: no WHEELFARM_* (or anything else) from the machine running the tests. Second
+    builds (reproducibility verdicts) are off unless a test turns them on: they would double every test's
+    build work, and tests/test_reproducibility.py covers them."""
     home.mkdir(parents=True, exist_ok=True)
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "LANG": "C.UTF-8",
+        "WHEELFARM_BUILDER_REPRODUCE": "no",
         **(extra or {}),
     }
 

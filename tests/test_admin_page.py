@@ -31,8 +31,9 @@ STATS = [
     "built_wheels.count", "built_wheels.bytes",
     "cache.hit_ratio", "cache.hit", "cache.miss", "cache.stale", "cache.revalidated",
     "builds.queued", "builds.running", "builds.done", "builds.failed", "builds.orphaned",
+    "reproducibility.share",
 ]  # fmt: skip
-COUNTS = [path for path in STATS if not path.endswith(("bytes", "ratio"))]
+COUNTS = [path for path in STATS if not path.endswith(("bytes", "ratio", "share"))]
 
 
 @pytest.fixture
@@ -175,6 +176,7 @@ def test_admin_page_renders_the_api_in_chromium(built_admin_proxy: ProxyServer, 
     assert 0 < summary["cache"]["hit_ratio"] < 1
     assert shown["built_wheels.bytes"].text().endswith(("B", "KiB", "MiB"))
     assert shown["cache.hit_ratio"].text().endswith("%")
+    assert shown["reproducibility.share"].text() == "none checked yet"  # second builds are off here
 
     # Finished builds: one row each, state, wheel or failure, links to log and provenance.
     rows = {

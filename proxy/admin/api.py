@@ -102,7 +102,12 @@ def record_view(record: BuildRecord) -> dict[str, Any]:
             wheel_size=record.wheel_size,
             url="/" + built_path(record, Artifact.WHEEL),
             provenance="/" + built_path(record, Artifact.PROVENANCE),
+            reproduced=record.reproduced,  # a second build's verdict (None: not checked yet)
         )
+        if record.attestation_sha256:
+            view["attestation"] = "/" + built_path(record, Artifact.ATTESTATION)
+        if record.reproduced is False:
+            view.update(differing=list(record.differing), reproduction_note=record.reproduction_note)
     if record.error:
         view.update(error=record.error, phase=record.phase.value if record.phase else "")
     return view
@@ -165,6 +170,14 @@ async def summary(request: web.Request) -> web.Response:
             "upstream": redact(services.settings.upstream_simple_url),
             # The key built wheels' provenance is signed with (proxy/provenance); None: no builds here.
             "signing": {"keyid": services.signing.keyid, "keys": KEYS_PATH} if services.signing else None,
+            "reproducibility": {
+                "reproduced": counts.reproduced,
+                "not_reproduced": counts.not_reproduced,
+                "unchecked": counts.done - counts.reproduced - counts.not_reproduced,
+                "share": round(counts.reproduced / judged, 4)
+                if (judged := counts.reproduced + counts.not_reproduced)
+                else None,
+            },
         }
     )
 

@@ -16,10 +16,12 @@ import fnmatch
 import functools
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import structlog
 
 from builder.host import BuildHost
@@ -36,10 +38,11 @@ from builder.jobs import (
 )
 from builder.loop import BuilderLoop
 from builder.protocol import WorkerReport
+from builder.reproduce import Verdict, compare_wheels
 from builder.workdir import BuildFolder
 from proxy.builds.finished import fetch_within, finished_record, is_final, lacking_toolchain
 from proxy.builds.localqueue import LocalQueue
-from proxy.builds.records import BuildRecords
+from proxy.builds.records import BuildRecords, attach_attestation
 from proxy.builds.service import (
     BuildCounts,
     BuilderView,
@@ -68,6 +71,7 @@ class BuildPolicy:
     deny: tuple[str, ...] = ()
     orphan_retention: float = 7 * 24 * 3600.0  # seconds a build outlives its sdist upstream
     max_builds: int = 10_000  # records kept; past it orphans go first, then the oldest
+    reproduce: bool = True  # build each wheel a second time, at a quiet moment, and record the verdict
 
     def why_not(self, project: str) -> str | None:
         if _matches_any(self.deny).match(project):
@@ -104,6 +108,9 @@ class EmbeddedBuildService:
         self._status = ServiceStatus(ServiceState.CHECKING)
         self._queue = LocalQueue()
         self._kept: dict[BuildKey, BuildRecord] = {}  # records of builds whose work folder is not gone yet
+        # Built wheels waiting for their second build (a reproducibility verdict), and the one running now.
+        self._seconds: OrderedDict[BuildKey, BuildJob] = OrderedDict()
+        self._second: BuildJob | None = None
         self._snapshots = Snapshots()
         self._capabilities = Capabilities(self._status)  # made again whenever the status changes
         # Projects a build found to need a toolchain this builder lacks (Phase.TOOLCHAIN): none of their
@@ -197,6 +204,8 @@ class EmbeddedBuildService:
             failed=sum(1 for r in records if r.state is BuildState.FAILED),
             orphaned=sum(1 for r in records if r.orphaned_since is not None),
             built_bytes=sum(r.wheel_size for r in records if r.state is BuildState.DONE),
+            reproduced=sum(1 for r in records if r.reproduced is True),
+            not_reproduced=sum(1 for r in records if r.reproduced is False),
         )
 
     async def builders(self) -> Sequence[BuilderView]:
@@ -283,27 +292,50 @@ class EmbeddedBuildService:
     renew_seconds: float | None = None  # the builder runs in this process: its jobs cannot be lost to another
 
     async def claim(self, offer: TargetOffer) -> BuildJob | None:
-        return await self._queue.claim(offer)
+        """A queued job; else, at a quiet moment (nothing queued or building), a wheel's second build."""
+        while True:
+            self._queue.arm()
+            job = self._queue.claim_now(offer)
+            if job is not None:
+                return job
+            if self._second is None and not self._queue.active():
+                for key, again in self._seconds.items():
+                    if offer.serves(again.target):
+                        del self._seconds[key]
+                        self._second = again
+                        return again
+            await self._queue.changed()
 
     async def sdist(self, job: BuildJob) -> Path | WorkerReport:
         sdist, failure = await fetch_within(self._fetch_sdist, job, self._fetch_timeout)
         return sdist or failure or WorkerReport.failure(Phase.FETCH, "no sdist")
 
     def started(self, job: BuildJob) -> None:
-        self._queue.started(job.key, time.time())
+        if job is not self._second:
+            self._queue.started(job.key, time.time())
 
     async def renew(self, job: BuildJob) -> bool:
         return True
 
     async def keep(self, job: BuildJob, report: WorkerReport, folder: BuildFolder | None) -> None:
+        if job is self._second:
+            await self._judge(job, report, folder)
+            return
         record = finished_record(job, report, queued_at=self._queue.queued_at(job.key))
         self._kept[job.key] = await self._records.keep(record, report, folder)
 
     async def abandon(self, job: BuildJob, error: str) -> None:
+        if job is self._second:
+            log.warning("second_build_abandoned", key=str(job.key), error=error)  # unjudged: the host's fault
+            return
         await self.keep(job, WorkerReport.failure(Phase.INTERNAL, error), None)
 
     async def finished(self, job: BuildJob) -> None:
         """The build's folder is gone: its waiting clients wake, and it counts from now on."""
+        if job is self._second:
+            self._second = None
+            self._queue.wake()
+            return
         record = self._kept.pop(job.key, None)
         if record is None:  # cancelled: the server is stopping
             self._queue.end(job.key, None)
@@ -313,6 +345,8 @@ class EmbeddedBuildService:
         finally:
             self._note_lacking(record)
             self._bump(job.project)
+            if self._policy.reproduce and record.state is BuildState.DONE:
+                self._seconds[job.key] = job  # before end(): that wakes the claims
             self._queue.end(job.key, record)
         for listener in self._listeners:
             listener(record)
@@ -327,6 +361,36 @@ class EmbeddedBuildService:
             phase=record.phase.value if record.phase else None,
             error=record.error or None,
         )
+
+    async def _judge(self, job: BuildJob, report: WorkerReport, folder: BuildFolder | None) -> None:
+        """Compare a second build's wheel with the one served; record the verdict, and sign it."""
+        record = self._records.get(job.key)
+        if record is None or record.state is not BuildState.DONE or record.reproduced is not None:
+            return  # forgotten or rebuilt meanwhile
+        first = await self._records.blobs.get(record.wheel_sha256)
+        if first is None or first.path is None:
+            return
+        if not report.ok or folder is None:
+            verdict = Verdict(False, note=f"the second build failed in {report.phase}: {report.error}")
+        elif report.wheel_filename != record.wheel_filename:
+            verdict = Verdict(False, note=f"the second build made {report.wheel_filename}")
+        else:
+            verdict = await asyncio.to_thread(
+                compare_wheels, first.path, folder.result / report.wheel_filename
+            )
+        judged = dataclasses.replace(
+            record, reproduced=verdict.reproduced, differing=verdict.differing, reproduction_note=verdict.note
+        )
+        attestor = self._records.attestor
+        facts = await self._records.blobs.read(record.provenance_sha256) if record.provenance_sha256 else None
+        if attestor is not None and facts is not None:
+            judged = await attach_attestation(self._records.blobs, judged, orjson.loads(facts), attestor)
+        await self._records.save(judged)
+        self._bump(job.project)
+        log.info(
+            "build_reproducibility", project=job.project, version=job.version, target=job.target.id,
+            reproduced=verdict.reproduced, differing=list(verdict.differing[:10]), note=verdict.note or None,
+        )  # fmt: skip
 
     async def _prune(self) -> None:
         """Past ``max_builds`` records: orphans go first, then the oldest finished."""

@@ -42,12 +42,31 @@ class LocalQueue:
     async def claim(self, offer: TargetOffer) -> BuildJob:
         """The oldest unclaimed job ``offer`` serves, waiting for one to be queued."""
         while True:
-            for queued in self._jobs.values():
-                if not queued.claimed and offer.serves(queued.job.target):
-                    queued.claimed = True
-                    return queued.job
-            self._new.clear()  # no await since the look: a job queued meanwhile set it after this
-            await self._new.wait()
+            self.arm()
+            job = self.claim_now(offer)
+            if job is not None:
+                return job
+            await self.changed()
+
+    def claim_now(self, offer: TargetOffer) -> BuildJob | None:
+        """The oldest unclaimed job ``offer`` serves, if there is one."""
+        for queued in self._jobs.values():
+            if not queued.claimed and offer.serves(queued.job.target):
+                queued.claimed = True
+                return queued.job
+        return None
+
+    def arm(self) -> None:
+        """Before a look at the queue: ``changed`` then waits for what happens after the look (with no await
+        between the two, nothing is missed)."""
+        self._new.clear()
+
+    async def changed(self) -> None:
+        """Until a job is queued or ends, or ``wake`` is called (since ``arm``)."""
+        await self._new.wait()
+
+    def wake(self) -> None:
+        self._new.set()
 
     def started(self, key: BuildKey, now: float) -> None:
         queued = self._jobs.get(key)
@@ -63,6 +82,7 @@ class LocalQueue:
         queued = self._jobs.pop(key, None)
         if queued is not None and not queued.ended.done():
             queued.ended.set_result(record)
+        self._new.set()  # a quiet moment may have begun (a second build waits for one)
 
     def holds(self, key: BuildKey) -> bool:
         return key in self._jobs

@@ -84,6 +84,8 @@ class BuildCounts:
     failed: int = 0
     orphaned: int = 0
     built_bytes: int = 0  # the wheels kept
+    reproduced: int = 0  # done builds a second build made byte for byte the same
+    not_reproduced: int = 0  # done builds whose second build differed (or failed)
 
 
 FinishedListener = Callable[[BuildRecord], None]

@@ -441,13 +441,24 @@ class BuildQueue:
                     count(*) FILTER (WHERE state = 'done'),
                     count(*) FILTER (WHERE state = 'failed'),
                     count(*) FILTER (WHERE record->>'orphaned_since' IS NOT NULL),
-                    coalesce(sum((record->>'wheel_size')::bigint) FILTER (WHERE state = 'done'), 0)
+                    coalesce(sum((record->>'wheel_size')::bigint) FILTER (WHERE state = 'done'), 0),
+                    count(*) FILTER (WHERE state = 'done' AND record->>'reproduced' = 'true'),
+                    count(*) FILTER (WHERE state = 'done' AND record->>'reproduced' = 'false')
                 FROM builds
                 """
             )
             row = await cursor.fetchone()
             assert row is not None
-            names = ("queued", "running", "done", "failed", "orphaned", "built_bytes")
+            names = (
+                "queued",
+                "running",
+                "done",
+                "failed",
+                "orphaned",
+                "built_bytes",
+                "reproduced",
+                "not_reproduced",
+            )
             return {name: int(value) for name, value in zip(names, row, strict=True)}
 
     async def set_orphaned(self, project: str, listed: frozenset[str], now: float) -> int:

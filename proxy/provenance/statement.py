@@ -25,6 +25,7 @@ PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"  # DSSE payloadType of in-toto statements
 BUILD_TYPE = "urn:wheelfarm:build-type:wheel-from-sdist:v1"
 FARM_BUILDER = "urn:wheelfarm:builder:"
+REPRODUCIBILITY = "wheelfarm_reproducibility"  # in runDetails.metadata, once a second build was compared
 
 
 def wheel_statement(record: BuildRecord, facts: Mapping[str, Any], builder_version: str) -> dict[str, Any]:
@@ -102,11 +103,24 @@ def wheel_statement(record: BuildRecord, facts: Mapping[str, Any], builder_versi
                     "invocationId": f"{record.key.sdist_sha256}/{record.key.target}",
                     "startedOn": _rfc3339(record.started_at),
                     "finishedOn": _rfc3339(record.finished_at),
+                    **_reproducibility(record),
                 },
                 "byproducts": byproducts,
             },
         },
     }
+
+
+def _reproducibility(record: BuildRecord) -> dict[str, Any]:
+    """The verdict of a second, independent build (an extension field of wheelfarm's: SLSA v1 has none)."""
+    if record.reproduced is None:
+        return {}
+    verdict = {
+        "reproduced": record.reproduced,
+        "differing": list(record.differing),
+        "note": record.reproduction_note,
+    }
+    return {REPRODUCIBILITY: verdict}
 
 
 def _descriptor(name: str, uri: str, sha256: str) -> dict[str, Any]:

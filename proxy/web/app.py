@@ -265,6 +265,7 @@ def build_policy(settings: Settings) -> BuildPolicy:
         deny=settings.builder_deny,
         orphan_retention=settings.builder_orphan_retention,
         max_builds=settings.builder_max_builds,
+        reproduce=settings.builder_reproduce,
     )
 
 

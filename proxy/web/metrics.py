@@ -102,6 +102,11 @@ class Metrics:
             "wheelfarm_build_queue_depth", "Builds waiting for a worker", registry=self.registry
         )
         self.running = Gauge("wheelfarm_builds_running", "Builds in a worker now", registry=self.registry)
+        self.reproducibility = Gauge(
+            "wheelfarm_built_wheels_reproducibility",
+            "Built wheels by the verdict of their second build: reproduced, not_reproduced, unchecked",
+            ["verdict"], registry=self.registry,
+        )  # fmt: skip
         self.built_sizes: dict[str, float] = {"built.bytes": 0, "built.entries": 0}
         # process_open_fds, process_max_fds, process_resident_memory_bytes: read from /proc when scraped.
         ProcessCollector(registry=self.registry)
@@ -135,6 +140,9 @@ class Metrics:
         self.queue_depth.set(counts.queued)
         self.running.set(counts.running)
         self.built_sizes = {"built.bytes": counts.built_bytes, "built.entries": counts.done}
+        self.reproducibility.labels("reproduced").set(counts.reproduced)
+        self.reproducibility.labels("not_reproduced").set(counts.not_reproduced)
+        self.reproducibility.labels("unchecked").set(counts.done - counts.reproduced - counts.not_reproduced)
 
     def build_finished(self, record: BuildRecord) -> None:
         self.builds.labels(record.state.value).inc()

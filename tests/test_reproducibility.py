@@ -1,0 +1,137 @@
+"""Reproducibility verdicts: each built wheel is built a second time at a quiet moment (builder/reproduce.py,
+proxy/builds/embedded.py) and its signed provenance says whether the bytes came out the same, and if not
+which files of the wheel differ; the admin API and /metrics show the share."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+from buildkit import TARGET, absolute, build_records, page, pending_links, start_builder_proxy
+from dists import in_tree_backend_sdist
+from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
+from fakes import FakeClock
+from hostile import needs_bwrap
+
+from builder.reproduce import compare_wheels
+from proxy.provenance.attest import verified_statement
+from proxy.provenance.keys import KnownKey
+
+# A backend that writes its wheel with fixed zip timestamps: the same bytes every time.
+FIXED_TIMES = """\
+    original = zipfile.ZipFile.writestr
+    def writestr(self, name, data, *args, **kwargs):
+        if isinstance(name, str):
+            name = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        return original(self, name, data, *args, **kwargs)
+    zipfile.ZipFile.writestr = writestr
+"""
+# And one whose module differs every time (a value made at build time): its own complete wheel.
+RANDOM_VALUE = """\
+    name, info = "random_every_time", "random_every_time-1.0.dist-info"
+    filename = f"{name}-1.0-py3-none-any.whl"
+    files = {
+        f"{name}.py": f"VALUE = {os.urandom(8).hex()!r}\\n".encode(),
+        f"{info}/METADATA": b"Metadata-Version: 2.1\\nName: random-every-time\\nVersion: 1.0\\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\n"
+        b"Tag: py3-none-any\\n",
+    }
+    record, when = [], (1980, 1, 1, 0, 0, 0)
+    with zipfile.ZipFile(os.path.join(wheel_directory, filename), "w") as wheel:
+        for path, data in files.items():
+            wheel.writestr(zipfile.ZipInfo(path, date_time=when), data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{path},sha256={digest},{len(data)}")
+        record.append(f"{info}/RECORD,,")
+        wheel.writestr(zipfile.ZipInfo(f"{info}/RECORD", date_time=when), "\\n".join(record) + "\\n")
+    return filename
+"""
+
+
+def _wheel(path: Path, members: dict[str, bytes], date: tuple[int, int, int, int, int, int]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(zipfile.ZipInfo(name, date_time=date), data)
+    return path
+
+
+def test_compare_wheels_names_what_differs(tmp_path: Path) -> None:
+    base = {"demo.py": b"VALUE = 1\n", "demo-1.0.dist-info/RECORD": b"x"}
+    day = (2024, 1, 1, 0, 0, 0)
+    first = _wheel(tmp_path / "a.whl", base, day)
+    assert compare_wheels(first, _wheel(tmp_path / "b.whl", base, day)).reproduced
+
+    changed = compare_wheels(first, _wheel(tmp_path / "c.whl", {**base, "demo.py": b"VALUE = 2\n"}, day))
+    assert (changed.reproduced, changed.differing) == (False, ("demo.py",))
+    extra = compare_wheels(first, _wheel(tmp_path / "d.whl", {**base, "extra.py": b""}, day))
+    assert extra.differing == ("extra.py",)
+    later = compare_wheels(first, _wheel(tmp_path / "e.whl", base, (2025, 1, 1, 0, 0, 0)))
+    assert (later.reproduced, later.note) == (False, "same contents; zip timestamps or modes differ")
+    assert later.differing == ("demo-1.0.dist-info/RECORD", "demo.py")
+    garbage = tmp_path / "f.whl"
+    garbage.write_bytes(b"not a zip")
+    assert compare_wheels(first, garbage).note.startswith("not comparable as zip archives")
+
+
+def _record_of(records: list[dict[str, Any]], project: str) -> dict[str, Any]:
+    (record,) = [r for r in records if r["project"] == project]
+    return record
+
+
+@needs_bwrap
+def test_each_built_wheel_is_built_again_and_its_provenance_says_whether_it_was_reproduced(
+    fake_upstream: FakeUpstreamServer, fake_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> None:
+    sdists = tmp_path / "sdists"
+    for project, body in (("same-every-time", FIXED_TIMES), ("random-every-time", RANDOM_VALUE)):
+        fake_index.add_file(project, FakeFile.from_path(in_tree_backend_sdist(sdists, project, "1.0", body)))
+    proxy = start_builder_proxy(fake_upstream, clock, tmp_path / "cache", builder_reproduce=True)
+    try:
+        for project in ("same-every-time", "random-every-time"):
+            (link,) = pending_links(page(proxy, project))
+            assert httpx.get(absolute(proxy, project, link["url"]), timeout=60).status_code == 200
+        deadline = time.monotonic() + 120
+        records = build_records(proxy)
+        while len(records) < 2 or any(r.get("reproduced") is None for r in records):
+            assert time.monotonic() < deadline, f"no verdict yet: {records}"
+            time.sleep(0.3)
+            records = build_records(proxy)
+
+        same = _record_of(records, "same-every-time")
+        assert same["reproduced"] is True
+        random = _record_of(records, "random-every-time")
+        assert random["reproduced"] is False
+        assert random["differing"] == ["random_every_time-1.0.dist-info/RECORD", "random_every_time.py"]
+
+        # The verdict is in the signed statement (signed again once it was known), on the page's attestation.
+        published = httpx.get(proxy.url + "/.well-known/wheelfarm/keys.json").json()
+        keys = [KnownKey.from_json(each).key for each in published["keys"]]
+        for record, reproduced in ((same, True), (random, False)):
+            scope = httpx.URL(f"{proxy.url}/t/{TARGET}/simple/{record['project']}/")
+            listed = httpx.get(scope.join("?format=json")).json()["files"]
+            (entry,) = [e for e in listed if e["filename"] == record["wheel"]]
+            envelope = httpx.get(scope.join(entry["_wheelfarm"]["attestation"])).content
+            statement = verified_statement(envelope, keys, str(record["wheel"]), str(record["wheel_sha256"]))
+            verdict = statement["predicate"]["runDetails"]["metadata"]["wheelfarm_reproducibility"]
+            assert verdict["reproduced"] is reproduced
+            assert verdict["differing"] == record.get("differing", [])
+            payload = json.loads(base64.b64decode(json.loads(envelope)["payload"]))
+            assert payload == statement
+
+        summary = httpx.get(proxy.url + "/admin/api/summary").json()
+        assert summary["reproducibility"] == {
+            "reproduced": 1,
+            "not_reproduced": 1,
+            "unchecked": 0,
+            "share": 0.5,
+        }
+        metrics = httpx.get(proxy.url + "/metrics").text
+        assert 'wheelfarm_built_wheels_reproducibility{verdict="reproduced"} 1.0' in metrics
+        assert 'wheelfarm_built_wheels_reproducibility{verdict="not_reproduced"} 1.0' in metrics
+    finally:
+        proxy.stop()
