@@ -104,7 +104,8 @@ def report(
         "",
         "`bench/reproducibility.py`: a fresh wheelfarm (2 build slots, `[builder] reproduce = true`) builds "
         "each release from the live index for cp311-manylinux_2_36_x86_64 on this 2-core Debian 12 machine, "
-        f"then builds it again at a quiet moment and compares. {len(requirements)} releases, {seconds:.0f} s.",
+        f"then builds it again at a quiet moment and compares. {len(requirements)} releases, "
+        f"{seconds:.0f} s.",
         "",
         "| release | wheel | verdict | what differed |",
         "| --- | --- | --- | --- |",

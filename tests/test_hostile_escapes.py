@@ -78,6 +78,25 @@ setup(name="setup-net", version="1.0", py_modules=[])
     assert re.search(r"setup.py has no network: .*(Network is unreachable|Connection refused)", failure.log)
 
 
+def _snooping(reads: list[str], folders: list[str]) -> str:
+    """Backend code (indented) that reads ``reads`` and lists ``folders``, what it found in ``report``."""
+    return f"""\
+    import json, os
+    report = {{"read": {{}}, "list": {{}}}}
+    for path in {reads!r}:
+        try:
+            with open(path, "rb") as handle:
+                report["read"][path] = handle.read().decode(errors="replace")
+        except OSError as exc:
+            report["read"][path] = f"refused: {{exc}}"
+    for folder in {folders!r}:
+        try:
+            report["list"][folder] = sorted(os.listdir(folder))
+        except OSError as exc:
+            report["list"][folder] = f"refused: {{exc}}"
+"""
+
+
 def test_the_build_cannot_read_the_cache_config_or_home(farm: Farm, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = marker("SECRET")
     cache_secret = farm.cache / "secret.txt"
@@ -87,20 +106,10 @@ def test_the_build_cannot_read_the_cache_config_or_home(farm: Farm, monkeypatch:
     monkeypatch.setenv("WHEELFARM_TEST_TOKEN", secret)  # the proxy's environment (its workers inherit it)
     reads = [str(cache_secret), str(config), str(farm.cache / "built") + "/../secret.txt", "/etc/shadow"]
     folders = list(dict.fromkeys([str(farm.cache), str(farm.base), "/root", str(Path.home())]))
-    body = f"""\
-    import json, os
-    report = {{"read": {{}}, "list": {{}}, "env": sorted(k for k in os.environ if "TOKEN" in k)}}
-    for path in {reads!r}:
-        try:
-            with open(path) as handle:
-                report["read"][path] = handle.read()
-        except OSError as exc:
-            report["read"][path] = f"refused: {{exc}}"
-    for folder in {folders!r}:
-        try:
-            report["list"][folder] = sorted(os.listdir(folder))
-        except OSError as exc:
-            report["list"][folder] = f"refused: {{exc}}"
+    body = (
+        _snooping(reads, folders)
+        + """\
+    report["env"] = sorted(k for k in os.environ if "TOKEN" in k)
     stolen = [v for v in report["read"].values() if not v.startswith("refused: ")]
     stolen += [os.environ[k] for k in report["env"]]
     if not stolen:
@@ -114,6 +123,7 @@ def test_the_build_cannot_read_the_cache_config_or_home(farm: Farm, monkeypatch:
         return original(self, name, data, *args, **kwargs)
     zipfile.ZipFile.writestr = writestr
 """
+    )
     farm.backend_sdist("snoop", body)
 
     failure = farm.failed_build("snoop")
@@ -149,26 +159,16 @@ def test_the_build_can_neither_read_nor_use_the_signing_key(farm: Farm) -> None:
     assert b"PRIVATE KEY" in key.read_bytes(), "the farm made no key: the test proves nothing"
     reads = [str(key), str(signing / "keyring.json"), f"/proc/1/root{key}"]
     folders = [str(signing), str(farm.cache / "private")]
-    body = f"""\
-    import json, os
-    report = {{"read": {{}}, "list": {{}}}}
-    for path in {reads!r}:
-        try:
-            with open(path, "rb") as handle:
-                report["read"][path] = handle.read().decode(errors="replace")
-        except OSError as exc:
-            report["read"][path] = f"refused: {{exc}}"
-    for folder in {folders!r}:
-        try:
-            report["list"][folder] = sorted(os.listdir(folder))
-        except OSError as exc:
-            report["list"][folder] = f"refused: {{exc}}"
+    body = (
+        _snooping(reads, folders)
+        + """\
     seen = [*report["read"].values(), *report["list"].values()]
     found = [v for v in seen if not str(v).startswith("refused: ")]
     print("SNOOPED " + json.dumps(report), flush=True)
     if found:
         raise RuntimeError("READ THE SIGNING KEY: " + repr(found)[:2000])
 """
+    )
     farm.backend_sdist("key-snoop", body)
 
     built = farm.build("key-snoop")

@@ -267,6 +267,19 @@ def test_a_built_wheel_carries_signed_provenance_that_verify_checks(farm: Farm, 
     assert ran.returncode == 1
     assert "signed by unknown key" in ran.stdout
 
+    # Installed: pip copies METADATA as is, by which the farm finds the signed wheel; every installed file
+    # must still hash as the signed wheel's RECORD says.
+    site = tmp_path / "site"
+    installing = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)]
+    assert subprocess.run(installing, capture_output=True, env=env, timeout=120).returncode == 0
+    ran = _verify("--farm", farm.proxy.url, str(site))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.startswith(f"OK   {wheel_name}: installed in {site}, every file as signed")
+    (site / "attested.py").write_text("import os; os.system('echo pwned')\n")
+    ran = _verify("--farm", farm.proxy.url, str(site))
+    assert ran.returncode == 1
+    assert f"FAIL {wheel_name}: installed in {site}, but changed since: attested.py" in ran.stdout
+
     # The sdist yanked upstream: the wheel built from it fails the online check.
     farm.index.yank(sdist.name, "broken build")
     farm.proxy.clock.advance(3600)  # past the page TTL: the farm asks upstream again

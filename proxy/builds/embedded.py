@@ -40,7 +40,7 @@ from builder.loop import BuilderLoop
 from builder.protocol import WorkerReport
 from builder.reproduce import Verdict, compare_wheels
 from builder.workdir import BuildFolder
-from proxy.builds.finished import fetch_within, finished_record, is_final, lacking_toolchain
+from proxy.builds.finished import announce, fetch_within, finished_record, is_final, lacking_toolchain
 from proxy.builds.localqueue import LocalQueue
 from proxy.builds.records import BuildRecords, attach_attestation
 from proxy.builds.service import (
@@ -188,8 +188,8 @@ class EmbeddedBuildService:
         chosen = self._records if project is None else self._records.of_project(project).values()
         return sorted(chosen, key=lambda r: (r.project, r.version, r.key.target))
 
-    async def by_wheel(self, sha256: str) -> BuildRecord | None:
-        return self._records.by_wheel(sha256)
+    async def by_wheel(self, sha256: str, *, metadata: bool = False) -> BuildRecord | None:
+        return self._records.by_wheel(sha256, metadata=metadata)
 
     async def active(self) -> Sequence[BuildProgress]:
         return sorted(self._queue.active(), key=lambda p: p.queued_at)
@@ -348,19 +348,7 @@ class EmbeddedBuildService:
             if self._policy.reproduce and record.state is BuildState.DONE:
                 self._seconds[job.key] = job  # before end(): that wakes the claims
             self._queue.end(job.key, record)
-        for listener in self._listeners:
-            listener(record)
-        log.info(
-            "build_finished",
-            project=job.project,
-            version=job.version,
-            target=job.target.id,
-            state=record.state.value,
-            seconds=round(record.duration, 2),
-            queued_seconds=round(record.queued_seconds, 2),
-            phase=record.phase.value if record.phase else None,
-            error=record.error or None,
-        )
+        announce(record, self._listeners)
 
     async def _judge(self, job: BuildJob, report: WorkerReport, folder: BuildFolder | None) -> None:
         """Compare a second build's wheel with the one served; record the verdict, and sign it."""

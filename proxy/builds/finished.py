@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+
+import structlog
 
 from builder.host import BUILDER_VERSION
 from builder.jobs import BuildJob, BuildRecord, BuildState, Phase
 from builder.protocol import WorkerReport
 
+log = structlog.get_logger(__name__)
 _PHASES = {phase.value for phase in Phase}
 
 
@@ -74,3 +77,23 @@ async def fetch_within(
         return None, WorkerReport.failure(Phase.FETCH, f"the sdist did not arrive within {seconds:.0f} s")
     except Exception as exc:  # any fetch failure is this build's failure, named
         return None, WorkerReport.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}")
+
+
+def announce(
+    record: BuildRecord, listeners: Iterable[Callable[[BuildRecord], None]], **fields: object
+) -> None:
+    """Tell the listeners (the metrics) that a build ended, and log it, wherever the build ran."""
+    for listener in listeners:
+        listener(record)
+    log.info(
+        "build_finished",
+        project=record.project,
+        version=record.version,
+        target=record.key.target,
+        state=record.state.value,
+        seconds=round(record.duration, 2),
+        queued_seconds=round(record.queued_seconds, 2),
+        phase=record.phase.value if record.phase else None,
+        error=record.error or None,
+        **fields,
+    )

@@ -65,11 +65,13 @@ class BuildRecords:
     def of_project(self, project: str) -> Mapping[BuildKey, BuildRecord]:
         return self._by_project.get(project, {})
 
-    def by_wheel(self, sha256: str) -> BuildRecord | None:
-        """The done build whose wheel has ``sha256`` (a walk: asked once per wheel ``verify`` checks)."""
+    def by_wheel(self, sha256: str, *, metadata: bool = False) -> BuildRecord | None:
+        """The done build whose wheel (or its METADATA) has ``sha256``: a walk, asked once per wheel
+        ``verify`` checks."""
         if self._references[sha256] == 0:
             return None
-        return next((r for r in self._records.values() if r.wheel_sha256 == sha256), None)
+        field = "metadata_sha256" if metadata else "wheel_sha256"
+        return next((r for r in self._records.values() if getattr(r, field) == sha256), None)
 
     def __iter__(self) -> Iterator[BuildRecord]:
         return iter(list(self._records.values()))

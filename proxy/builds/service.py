@@ -131,8 +131,9 @@ class BuildService(Protocol):
         """Every finished build (of ``project``), final or not, sorted by project, version, target."""
         ...
 
-    async def by_wheel(self, sha256: str) -> BuildRecord | None:
-        """The done build whose wheel has ``sha256`` (``wheelfarm verify`` asks by a wheel file's digest)."""
+    async def by_wheel(self, sha256: str, *, metadata: bool = False) -> BuildRecord | None:
+        """The done build whose wheel (``metadata``: whose wheel's METADATA) has ``sha256``: ``wheelfarm
+        verify`` asks by a wheel file's digest, or by an installed distribution's METADATA."""
         ...
 
     async def active(self) -> Sequence[BuildProgress]:
@@ -203,7 +204,7 @@ class NoBuilds:
     async def records(self, project: str | None = None) -> Sequence[BuildRecord]:
         return ()
 
-    async def by_wheel(self, sha256: str) -> BuildRecord | None:
+    async def by_wheel(self, sha256: str, *, metadata: bool = False) -> BuildRecord | None:
         return None
 
     async def active(self) -> Sequence[BuildProgress]:

@@ -411,10 +411,11 @@ class BuildQueue:
                 )
             return [BuildRecord.from_json(orjson.dumps(row[0])) for row in await cursor.fetchall()]
 
-    async def by_wheel(self, sha256: str) -> BuildRecord | None:
+    async def by_wheel(self, sha256: str, *, metadata: bool = False) -> BuildRecord | None:
+        field = "metadata_sha256" if metadata else "wheel_sha256"  # one of two constants, never input
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                "SELECT record FROM builds WHERE state = 'done' AND record->>'wheel_sha256' = %s LIMIT 1",
+                f"SELECT record FROM builds WHERE state = 'done' AND record->>'{field}' = %s LIMIT 1",
                 (sha256,),
             )
             row = await cursor.fetchone()

@@ -16,6 +16,7 @@ import psycopg
 import structlog
 
 from builder.jobs import BuildKey, BuildRecord
+from proxy.builds.finished import announce
 from proxy.builds.records import artifact_shas
 from proxy.builds.service import FinishedListener
 from proxy.cluster.notices import RECONNECT_SECONDS, Notices
@@ -74,18 +75,7 @@ class ClusterRecords:
 
     def _announce(self, record: BuildRecord, builder: str) -> None:
         self._notices.build_changed(record.project)
-        for listener in self.listeners:
-            listener(record)
-        log.info(
-            "build_finished",
-            project=record.project,
-            version=record.version,
-            target=record.key.target,
-            state=record.state.value,
-            seconds=round(record.duration, 2),
-            builder=builder,
-            phase=record.phase.value if record.phase else None,
-        )
+        announce(record, self.listeners, builder=builder)
 
     async def _blob_stored(self, sha: str) -> bool:
         return await self.blobs.get(sha) is not None

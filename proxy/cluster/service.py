@@ -216,8 +216,8 @@ class ClusterBuildService:
         chosen = await self._queue.records(project)
         return sorted(chosen, key=lambda r: (r.project, r.version, r.key.target))
 
-    async def by_wheel(self, sha256: str) -> BuildRecord | None:
-        return await self._queue.by_wheel(sha256)
+    async def by_wheel(self, sha256: str, *, metadata: bool = False) -> BuildRecord | None:
+        return await self._queue.by_wheel(sha256, metadata=metadata)
 
     async def active(self) -> Sequence[BuildProgress]:
         return await self._queue.active()

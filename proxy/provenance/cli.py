@@ -9,7 +9,17 @@ import urllib.error
 from pathlib import Path
 
 from proxy.provenance.keys import FarmKeys, UnusableKey
-from proxy.provenance.verify import Farm, Verdict, check, envelope_for, parse_keys, wheels_in
+from proxy.provenance.verify import (
+    Farm,
+    Verdict,
+    Wheel,
+    check,
+    check_installed,
+    envelope_for,
+    installed_in,
+    parse_keys,
+    wheels_in,
+)
 
 COMMANDS = ("verify", "keys")
 
@@ -20,7 +30,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="check the signed provenance of farm-built wheels (wheels, pip reports, uv.lock, pylock.toml)",
     )
     verify.add_argument(
-        "items", nargs="+", type=Path, help="wheel files, pip --report JSON, uv.lock, pylock.toml"
+        "items",
+        nargs="+",
+        type=Path,
+        help="wheels, pip --report JSON, uv.lock, pylock.toml, site-packages folders, virtual environments",
     )
     verify.add_argument("--farm", help="the farm's URL: its keys, attestations and upstream's sdists")
     verify.add_argument(
@@ -66,11 +79,29 @@ def _verify(items: list[Path], farm_url: str | None, keys_file: Path | None, off
     farm = Farm(farm_url) if farm_url is not None and not offline else None
     try:
         keys = parse_keys(keys_file.read_bytes()) if keys_file is not None else farm.keys() if farm else []
-        wheels = [wheel for item in items for wheel in wheels_in(item)]
+        environments = [item for item in items if item.is_dir()]
+        wheels = [wheel for item in items if not item.is_dir() for wheel in wheels_in(item)]
+        for environment in environments:
+            installed_in(environment)  # a folder that is no environment: said now, as bad usage
     except (OSError, ValueError, KeyError, urllib.error.URLError) as exc:
         print(f"wheelfarm verify: {exc}", file=sys.stderr)
         return 2
     failed = checked = 0
+    for environment in environments:
+        if farm is None:
+            print(f"FAIL {environment}: an installed environment is checked against the farm (not --offline)")
+            failed += 1
+            continue
+        for dist in installed_in(environment):
+            try:
+                verdict = check_installed(dist, farm, keys)
+            except (OSError, ValueError, KeyError, urllib.error.URLError) as exc:
+                verdict = Verdict(Wheel(dist.name, "", str(dist.site)), False, f"cannot check it: {exc}")
+            if verdict is None:
+                continue  # the farm did not build it
+            checked += 1
+            failed += not verdict.ok
+            print(f"{'OK  ' if verdict.ok else 'FAIL'} {verdict.wheel.filename}: {verdict.message}")
     for wheel in wheels:
         if wheel.local is None and not (farm.serves(wheel.url) if farm else "/built/" in wheel.url):
             continue  # a lock's wheel from elsewhere: not the farm's to vouch for

@@ -7,18 +7,25 @@ online, that the sdist it was built from is still listed by the farm's upstream 
 
 What it reads: wheel files (the attestation beside them as ``<wheel>.dsse.json``, else asked from the farm by
 the wheel's sha256), ``pip install --report`` JSON, ``uv.lock`` and ``pylock.toml`` (the wheels they name by
-URL and sha256; those not served from the farm's ``built/`` are not the farm's and are skipped).
+URL and sha256; those not served from the farm's ``built/`` are not the farm's and are skipped), and
+installed environments (a ``site-packages`` folder or a virtual environment): installers copy a wheel's
+METADATA unchanged, so its sha256 finds the farm's attestation (a distribution the farm did not build is
+skipped); then the signed wheel is fetched, and every installed file its RECORD lists must still have the
+hash the signed wheel gives it.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
+import io
 import json
 import ssl
 import tomllib
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,3 +207,75 @@ def _timestamp(rfc3339: str) -> float:
 
 def _rfc3339(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A distribution installed in ``site``: its dist-info folder and the sha256 of its METADATA."""
+
+    name: str
+    site: Path
+    dist_info: Path
+    metadata_sha256: str
+
+
+def installed_in(path: Path) -> list[Installed]:
+    """The distributions of an environment: ``path`` is a site-packages folder or a virtual environment."""
+    sites = [path] if any(path.glob("*.dist-info")) else sorted(path.glob("lib/python3*/site-packages"))
+    if not sites:
+        raise ValueError(f"{path}: neither a site-packages folder nor a virtual environment")
+    found = []
+    for site in sites:
+        for dist_info in sorted(site.glob("*.dist-info")):
+            metadata = dist_info / "METADATA"
+            if metadata.is_file():
+                digest = hashlib.sha256(metadata.read_bytes()).hexdigest()
+                found.append(Installed(dist_info.name.removesuffix(".dist-info"), site, dist_info, digest))
+    return found
+
+
+def check_installed(dist: Installed, farm: Farm, keys: Sequence[KnownKey]) -> Verdict | None:
+    """None: the farm built no wheel with this METADATA (not the farm's to vouch for)."""
+    envelope = farm.get(ATTESTATIONS_PATH + dist.metadata_sha256 + "?of=metadata")
+    if envelope is None:
+        return None
+    data = json.loads(envelope)
+    statement_bytes = base64.b64decode(data["payload"])
+    subject = json.loads(statement_bytes)["subject"][0]
+    wheel = Wheel(str(subject["name"]), str(subject["digest"]["sha256"]), str(dist.site))
+    verdict = check(wheel, envelope, keys, farm)
+    if not verdict.ok:
+        return verdict
+    statement = json.loads(statement_bytes)
+    external = statement["predicate"]["buildDefinition"]["externalParameters"]
+    sdist, target = external["sdist"]["digest"]["sha256"], external["target"]
+    body = farm.get(f"/built/{sdist}/{target}/{wheel.sha256}/{quote(wheel.filename)}")
+    if body is None or hashlib.sha256(body).hexdigest() != wheel.sha256:
+        return Verdict(wheel, False, f"the farm no longer serves the signed wheel {wheel.filename}")
+    changed = _changed_files(dist.site, body)
+    if changed:
+        named = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        return Verdict(wheel, False, f"installed in {dist.site}, but changed since: {named}")
+    return Verdict(wheel, True, f"installed in {dist.site}, every file as signed; {verdict.message}")
+
+
+def _changed_files(site: Path, wheel: bytes) -> list[str]:
+    """The files of the signed wheel (its RECORD) whose installed copy under ``site`` differs or is gone."""
+    changed = []
+    with zipfile.ZipFile(io.BytesIO(wheel)) as archive:
+        record = next(n for n in archive.namelist() if n.count("/") == 1 and n.endswith(".dist-info/RECORD"))
+        for row in archive.read(record).decode().splitlines():
+            name, _, rest = row.partition(",")
+            hash_text = rest.partition(",")[0]
+            parts = name.split("/")
+            moved = parts[0].endswith(".data")  # scripts, headers, data: installers put them elsewhere
+            if not hash_text.startswith("sha256=") or moved or ".." in parts or not parts[0]:
+                continue  # and RECORD itself (no hash), and odd paths
+            installed = site / name
+            if not installed.is_file():
+                changed.append(name)
+                continue
+            actual = base64.urlsafe_b64encode(hashlib.sha256(installed.read_bytes()).digest()).rstrip(b"=")
+            if actual.decode() != hash_text.removeprefix("sha256="):
+                changed.append(name)
+    return changed

@@ -205,9 +205,12 @@ async def attestation(request: web.Request) -> web.StreamResponse:
     sha = request.match_info["sha256"]
     if not is_sha256(sha):
         raise NotFound(f"{sha[:80]!r} is not a wheel's sha256 (64 hex digits)")
-    record = await services.builds.by_wheel(sha)
+    of = request.query.get("of", "wheel")
+    if of not in ("wheel", "metadata"):
+        raise BadRequest(f"?of= takes wheel or metadata, not {of[:40]!r}")
+    record = await services.builds.by_wheel(sha, metadata=of == "metadata")
     if record is None or not record.attestation_sha256:
-        raise NotFound(f"no wheel built here has sha256 {sha}, or its build left no attestation")
+        raise NotFound(f"no wheel built here has a {of} with sha256 {sha}, or its build left no attestation")
     extra = {"X-Wheelfarm-Wheel": record.wheel_filename}
     return await _artifact_response(request, services, record, Artifact.ATTESTATION, "no-cache", extra)
 
