@@ -31,7 +31,8 @@ from builder.jobs import BuildKey, BuildRecord, BuildState
 from proxy.provenance.attest import Attestor, NotVerified, verified_statement
 from proxy.provenance.keys import FarmKeys, KnownKey, UnusableKey
 from proxy.provenance.statement import BUILD_TYPE, PREDICATE_TYPE, wheel_statement
-from proxy.provenance.verify import Wheel, check
+from proxy.provenance.verify import Farm as FarmClient  # what verify asks of a farm
+from proxy.provenance.verify import Wheel, check, wheels_in
 
 pytestmark = needs_bwrap
 SHA_A, SHA_B, SHA_C, SHA_D = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
@@ -330,3 +331,37 @@ def test_the_libraries_auditwheel_bundles_are_byproducts_with_their_debian_packa
     # The hash in the grafted name is the original's: the byproduct names the very file that was copied.
     original = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     assert library["name"].split("libbz2-")[1].startswith(original[:8])
+
+
+def test_verify_reads_the_wheels_that_locks_and_reports_name(tmp_path: Path) -> None:
+    farm_url = "http://farm.test:8080"
+    built = f"{farm_url}/built/{SHA_A}/{TARGET}/{SHA_B}/demo-1.0-cp311-cp311-manylinux_2_36_x86_64.whl"
+    elsewhere = "https://files.example/packages/other-2.0-py3-none-any.whl"
+    uv_lock = tmp_path / "uv.lock"
+    uv_lock.write_text(
+        "version = 1\n"
+        '[[package]]\nname = "demo"\nversion = "1.0"\n'
+        f'wheels = [{{ url = "{built}", hash = "sha256:{SHA_B}" }}]\n'
+        '[[package]]\nname = "other"\nversion = "2.0"\n'
+        f'sdist = {{ url = "https://files.example/other-2.0.tar.gz", hash = "sha256:{SHA_C}" }}\n'
+        f'wheels = [{{ url = "{elsewhere}", hash = "sha256:{SHA_D}" }}]\n'
+    )
+    pylock = tmp_path / "pylock.toml"
+    pylock.write_text(
+        'lock-version = "1.0"\ncreated-by = "test"\n'
+        f'[[packages]]\nname = "demo"\nversion = "1.0"\n[[packages.wheels]]\nurl = "{built}"\n'
+        f'hashes = {{ sha256 = "{SHA_B}" }}\n'
+    )
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"install": [
+        {"download_info": {"url": built, "archive_info": {"hashes": {"sha256": SHA_B}}}},
+        {"download_info": {"url": "https://files.example/x-1.0.tar.gz", "archive_info": {"hashes": {}}}},
+    ]}))  # fmt: skip
+    farm = FarmClient(farm_url)
+    for path in (uv_lock, pylock, report):
+        found = list(wheels_in(path))
+        mine = [w for w in found if farm.serves(w.url)]
+        assert [(w.filename, w.sha256) for w in mine] == [(built.rsplit("/", 1)[1], SHA_B)], path
+    assert [w.url for w in wheels_in(uv_lock) if not farm.serves(w.url)] == [elsewhere]
+    with pytest.raises(ValueError, match="not a wheel, a pip report"):
+        list(wheels_in(tmp_path / "notes.txt"))

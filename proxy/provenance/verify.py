@@ -38,7 +38,8 @@ from proxy.provenance.attest import KEYS_PATH, NotVerified, verified_statement
 from proxy.provenance.keys import KnownKey
 
 ATTESTATIONS_PATH = "/.well-known/wheelfarm/attestations/"
-MAX_DOCUMENT_BYTES = 16 << 20
+MAX_DOCUMENT_BYTES = 16 << 20  # keys, envelopes, pages
+MAX_WHEEL_BYTES = 2 << 30  # a signed wheel fetched to check an installed environment against
 
 
 @dataclass(frozen=True)
@@ -68,19 +69,19 @@ class Farm:
         self._timeout = timeout
         self._context = ssl.create_default_context()
 
-    def get(self, path: str) -> bytes | None:
-        """The body at ``path`` below the farm; None for a 404."""
+    def get(self, path: str, limit: int = MAX_DOCUMENT_BYTES) -> bytes | None:
+        """The body at ``path`` below the farm (at most ``limit`` bytes); None for a 404."""
         try:
             with urllib.request.urlopen(
                 self.url + path, timeout=self._timeout, context=self._context
             ) as answer:
-                body: bytes = answer.read(MAX_DOCUMENT_BYTES + 1)
+                body: bytes = answer.read(limit + 1)
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
             raise
-        if len(body) > MAX_DOCUMENT_BYTES:
-            raise ValueError(f"{self.url + path} answered more than {MAX_DOCUMENT_BYTES} bytes")
+        if len(body) > limit:
+            raise ValueError(f"{self.url + path} answered more than {limit} bytes")
         return body
 
     def keys(self) -> list[KnownKey]:
@@ -249,7 +250,7 @@ def check_installed(dist: Installed, farm: Farm, keys: Sequence[KnownKey]) -> Ve
     statement = json.loads(statement_bytes)
     external = statement["predicate"]["buildDefinition"]["externalParameters"]
     sdist, target = external["sdist"]["digest"]["sha256"], external["target"]
-    body = farm.get(f"/built/{sdist}/{target}/{wheel.sha256}/{quote(wheel.filename)}")
+    body = farm.get(f"/built/{sdist}/{target}/{wheel.sha256}/{quote(wheel.filename)}", MAX_WHEEL_BYTES)
     if body is None or hashlib.sha256(body).hexdigest() != wheel.sha256:
         return Verdict(wheel, False, f"the farm no longer serves the signed wheel {wheel.filename}")
     changed = _changed_files(dist.site, body)
