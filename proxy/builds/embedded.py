@@ -292,23 +292,22 @@ class EmbeddedBuildService:
     renew_seconds: float | None = None  # the builder runs in this process: its jobs cannot be lost to another
 
     async def claim(self, offer: TargetOffer) -> BuildJob | None:
-        """A queued job; else, at a quiet moment (nothing queued or building), a wheel's second build."""
-        while True:
-            self._queue.arm()
-            job = self._queue.claim_now(offer)
-            if job is not None:
-                return job
-            if self._second is None and not self._queue.active():
-                for key, again in self._seconds.items():
-                    if offer.serves(again.target):
-                        del self._seconds[key]
-                        self._second = again
-                        return again
-            await self._queue.changed()
+        return await self._queue.claim(offer, otherwise=lambda: self._second_build(offer))
+
+    def _second_build(self, offer: TargetOffer) -> BuildJob | None:
+        """At a quiet moment (nothing queued or building, no other second build), a built wheel's second
+        build, for its reproducibility verdict."""
+        if self._second is not None or self._queue.active():
+            return None
+        for key, again in self._seconds.items():
+            if offer.serves(again.target):
+                del self._seconds[key]
+                self._second = again
+                return again
+        return None
 
     async def sdist(self, job: BuildJob) -> Path | WorkerReport:
-        sdist, failure = await fetch_within(self._fetch_sdist, job, self._fetch_timeout)
-        return sdist or failure or WorkerReport.failure(Phase.FETCH, "no sdist")
+        return await fetch_within(self._fetch_sdist, job, self._fetch_timeout)
 
     def started(self, job: BuildJob) -> None:
         if job is not self._second:

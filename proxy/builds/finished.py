@@ -69,14 +69,14 @@ def lacking_toolchain(record: BuildRecord) -> str | None:
 
 async def fetch_within(
     fetch_sdist: Callable[[BuildJob], Awaitable[Path]], job: BuildJob, seconds: float
-) -> tuple[Path | None, WorkerReport | None]:
+) -> Path | WorkerReport:
     """The verified sdist of ``job``, or the failure to get it within ``seconds``."""
     try:
-        return await asyncio.wait_for(fetch_sdist(job), seconds), None
+        return await asyncio.wait_for(fetch_sdist(job), seconds)
     except TimeoutError:
-        return None, WorkerReport.failure(Phase.FETCH, f"the sdist did not arrive within {seconds:.0f} s")
+        return WorkerReport.failure(Phase.FETCH, f"the sdist did not arrive within {seconds:.0f} s")
     except Exception as exc:  # any fetch failure is this build's failure, named
-        return None, WorkerReport.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}")
+        return WorkerReport.failure(Phase.FETCH, f"cannot fetch the sdist: {exc}")
 
 
 def announce(

@@ -8,6 +8,7 @@ builder runs in this process and dies with it, and so does the queue.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from builder.jobs import BuildJob, BuildKey, BuildProgress, BuildRecord, TargetOffer
@@ -39,31 +40,25 @@ class LocalQueue:
             self._new.set()
         return queued.progress
 
-    async def claim(self, offer: TargetOffer) -> BuildJob:
-        """The oldest unclaimed job ``offer`` serves, waiting for one to be queued."""
+    async def claim(
+        self, offer: TargetOffer, otherwise: Callable[[], BuildJob | None] = lambda: None
+    ) -> BuildJob:
+        """The oldest unclaimed job ``offer`` serves; when there is none, what ``otherwise`` gives (the
+        embedded service's second builds, at a quiet moment); waiting, until either has one, for a job to
+        be queued or to end, or for ``wake``."""
         while True:
-            self.arm()
-            job = self.claim_now(offer)
+            self._new.clear()  # before the look, with no await between: nothing that happens after is missed
+            job = self._claim_now(offer) or otherwise()
             if job is not None:
                 return job
-            await self.changed()
+            await self._new.wait()
 
-    def claim_now(self, offer: TargetOffer) -> BuildJob | None:
-        """The oldest unclaimed job ``offer`` serves, if there is one."""
+    def _claim_now(self, offer: TargetOffer) -> BuildJob | None:
         for queued in self._jobs.values():
             if not queued.claimed and offer.serves(queued.job.target):
                 queued.claimed = True
                 return queued.job
         return None
-
-    def arm(self) -> None:
-        """Before a look at the queue: ``changed`` then waits for what happens after the look (with no await
-        between the two, nothing is missed)."""
-        self._new.clear()
-
-    async def changed(self) -> None:
-        """Until a job is queued or ends, or ``wake`` is called (since ``arm``)."""
-        await self._new.wait()
 
     def wake(self) -> None:
         self._new.set()

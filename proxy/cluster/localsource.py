@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import structlog
 
-from builder.jobs import BuildJob, Phase, TargetOffer
+from builder.jobs import BuildJob, TargetOffer
 from builder.protocol import WorkerReport
 from builder.workdir import BuildFolder
 from proxy.builds.embedded import SdistFetcher
@@ -58,8 +58,7 @@ class ClusterJobSource:
         return job
 
     async def sdist(self, job: BuildJob) -> Path | WorkerReport:
-        sdist, failure = await fetch_within(self._fetch_sdist, job, self._fetch_timeout)
-        return sdist or failure or WorkerReport.failure(Phase.FETCH, "no sdist")
+        return await fetch_within(self._fetch_sdist, job, self._fetch_timeout)
 
     def started(self, job: BuildJob) -> None:
         pass  # the queue marked it running when it was claimed

@@ -101,8 +101,8 @@ def wheel_statement(record: BuildRecord, facts: Mapping[str, Any], builder_versi
                 },
                 "metadata": {
                     "invocationId": f"{record.key.sdist_sha256}/{record.key.target}",
-                    "startedOn": _rfc3339(record.started_at),
-                    "finishedOn": _rfc3339(record.finished_at),
+                    "startedOn": rfc3339(record.started_at),
+                    "finishedOn": rfc3339(record.finished_at),
                     **_reproducibility(record),
                 },
                 "byproducts": byproducts,
@@ -137,6 +137,11 @@ def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _rfc3339(timestamp: float) -> str:
+def rfc3339(timestamp: float) -> str:
+    """A statement's time (UTC, to the second, "Z"), as SLSA's startedOn and finishedOn take it."""
     moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def timestamp_of(rfc3339_text: str) -> float:
+    return datetime.datetime.fromisoformat(rfc3339_text.replace("Z", "+00:00")).timestamp()

@@ -17,7 +17,6 @@ hash the signed wheel gives it.
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import io
 import json
@@ -36,6 +35,7 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from proxy.provenance.attest import KEYS_PATH, NotVerified, verified_statement
 from proxy.provenance.keys import KnownKey
+from proxy.provenance.statement import rfc3339, timestamp_of
 
 ATTESTATIONS_PATH = "/.well-known/wheelfarm/attestations/"
 MAX_DOCUMENT_BYTES = 16 << 20  # keys, envelopes, pages
@@ -108,10 +108,10 @@ def check(wheel: Wheel, envelope: bytes | None, keys: Sequence[KnownKey], farm: 
         statement = verified_statement(envelope, [known.key for known in keys], wheel.filename, wheel.sha256)
         signer = _signing_key(envelope, keys)
         finished = str(statement["predicate"]["runDetails"]["metadata"]["finishedOn"])
-        if signer.retired is not None and _timestamp(finished) > signer.retired:
+        if signer.retired is not None and timestamp_of(finished) > signer.retired:
             raise NotVerified(
                 f"signed by key {signer.key.keyid[:16]} after it was retired (rotated away) at "
-                f"{_rfc3339(signer.retired)}"
+                f"{rfc3339(signer.retired)}"
             )
         sdist = statement["predicate"]["buildDefinition"]["externalParameters"]["sdist"]
         builder = statement["predicate"]["runDetails"]["builder"]["id"]
@@ -200,14 +200,6 @@ def envelope_for(wheel: Wheel, farm: Farm | None) -> bytes | None:
     if farm is None:
         return None
     return farm.get(ATTESTATIONS_PATH + wheel.sha256)
-
-
-def _timestamp(rfc3339: str) -> float:
-    return datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
-
-
-def _rfc3339(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
