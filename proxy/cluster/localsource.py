@@ -18,13 +18,12 @@ from builder.workdir import BuildFolder
 from proxy.builds.embedded import SdistFetcher
 from proxy.builds.finished import fetch_within, finished_record
 from proxy.builds.records import store_artifacts
-from proxy.cluster.notices import Notices
+from proxy.cluster.notices import IDLE_POLL_SECONDS, Notices
 from proxy.cluster.records import ClusterRecords
 from proxy.redact import redact
 
 log = structlog.get_logger(__name__)
 
-IDLE_POLL_SECONDS = 5.0  # an idle builder looks for jobs this often even without a notification
 
 
 class ClusterJobSource:

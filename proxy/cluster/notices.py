@@ -24,6 +24,8 @@ from proxy.redact import redact
 log = structlog.get_logger(__name__)
 
 RECONNECT_SECONDS = 1.0
+# Builders waiting for a job (this host's, remote ones' long polls) look again this often without a notice.
+IDLE_POLL_SECONDS = 5.0
 
 
 class Notices:

@@ -24,12 +24,11 @@ from builder.protocol import WorkerReport
 from builder.wheelcheck import BadWheel, inspect_wheel
 from proxy.builds.finished import finished_record
 from proxy.builds.records import attach_attestation
-from proxy.cluster.notices import Notices
+from proxy.cluster.notices import IDLE_POLL_SECONDS, Notices
 from proxy.cluster.records import ClusterRecords
 
 log = structlog.get_logger(__name__)
 
-IDLE_POLL_SECONDS = 5.0  # a long poll looks for jobs this often even without a notification
 TOKEN_CACHE_SECONDS = 10.0
 TOKENS_REMEMBERED = 1024
 TOKEN_FORMAT = re.compile(
