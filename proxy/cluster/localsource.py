@@ -25,7 +25,6 @@ from proxy.redact import redact
 log = structlog.get_logger(__name__)
 
 
-
 class ClusterJobSource:
     def __init__(
         self,
