@@ -24,6 +24,7 @@ _GRAFTED = re.compile(
     r"(?P<dir>[A-Za-z0-9_.]+\.libs)/(?P<base>[A-Za-z0-9_+]+)-(?P<hash>[0-9a-f]{8})\.(?P<rest>[A-Za-z0-9_.+]+)\Z"
 )
 DPKG_SECONDS = 10.0
+MAX_TRACED = 64  # distinct grafted libraries traced to an original and a package, per wheel
 
 
 @dataclass(frozen=True)
@@ -47,28 +48,39 @@ def library_folders() -> list[Path]:
 
 
 def bundled_libraries(wheel: Path, folders: list[Path] | None = None) -> list[Bundled]:
+    """The grafted libraries of ``wheel``, traced to their originals and packages. The names are the
+    build's to choose: each original is looked for once however many members name it, and past
+    ``MAX_TRACED`` distinct ones (auditwheel grafts a few dozen at most) the rest are listed untraced."""
     found = []
+    traced: dict[tuple[str, str], tuple[Path | None, str, str]] = {}
+    searched = folders or library_folders()
     with zipfile.ZipFile(wheel) as archive:
         for info in archive.infolist():
             match = _GRAFTED.match(info.filename)
             if match is None:
                 continue
             digest = hashlib.sha256(archive.read(info)).hexdigest()
-            original = _original(
-                f"{match['base']}.{match['rest']}", match["hash"], folders or library_folders()
-            )
-            package, version = _package_of(original) if original is not None else ("", "")
+            source = (f"{match['base']}.{match['rest']}", match["hash"])
+            if source not in traced and len(traced) < MAX_TRACED:
+                original = _original(*source, searched)
+                package, version = _package_of(original) if original is not None else ("", "")
+                traced[source] = (original, package, version)
+            original, package, version = traced.get(source, (None, "", ""))
             found.append(Bundled(info.filename, digest, str(original or ""), package, version))
     return found
 
 
 def _original(filename: str, hash_prefix: str, folders: list[Path]) -> Path | None:
+    hashes: dict[Path, str] = {}  # with merged /usr, /lib/x and /usr/lib/x are one file: hashed once
     for folder in folders:
         candidate = folder / filename
         try:
-            if candidate.is_file() and hashlib.sha256(candidate.read_bytes()).hexdigest().startswith(
-                hash_prefix
-            ):
+            if not candidate.is_file():
+                continue
+            real = candidate.resolve()
+            if real not in hashes:
+                hashes[real] = hashlib.sha256(real.read_bytes()).hexdigest()
+            if hashes[real].startswith(hash_prefix):
                 return candidate
         except OSError:
             continue

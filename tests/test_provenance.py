@@ -27,6 +27,7 @@ from dists import make_sdist
 from hostile import Farm, needs_bwrap
 from serve import WHEELFARM
 
+from builder.bundled import MAX_TRACED, bundled_libraries
 from builder.jobs import BuildKey, BuildRecord, BuildState
 from proxy.provenance.attest import Attestor, NotVerified, verified_statement
 from proxy.provenance.keys import FarmKeys, KnownKey, UnusableKey
@@ -365,3 +366,27 @@ def test_verify_reads_the_wheels_that_locks_and_reports_name(tmp_path: Path) -> 
     assert [w.url for w in wheels_in(uv_lock) if not farm.serves(w.url)] == [elsewhere]
     with pytest.raises(ValueError, match="not a wheel, a pip report"):
         list(wheels_in(tmp_path / "notes.txt"))
+
+
+def test_many_grafted_names_cost_one_look_each_and_at_most_max_traced(tmp_path: Path) -> None:
+    """The member names are the build's: a thousand copies of one name trace the original once, and past
+    MAX_TRACED distinct names the rest are listed untraced (each would cost file hashing and dpkg runs)."""
+    original = Path("/lib/x86_64-linux-gnu/libbz2.so.1.0.4")
+    if not original.exists():
+        pytest.skip("needs Debian 12's libbz2-1.0 (x86_64)")
+    prefix = hashlib.sha256(original.read_bytes()).hexdigest()[:8]
+    wheel = tmp_path / "evil-1.0-cp311-cp311-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for n in range(1000):
+            archive.writestr(f"evil{n}.libs/libbz2-{prefix}.so.1.0.4", b"x")  # 1000 names, 1 original
+        for n in range(MAX_TRACED + 10):
+            archive.writestr(f"evil.libs/libfake{n}-{n:08x}.so.1", b"y")
+    started = time.monotonic()
+    found = bundled_libraries(wheel)
+    assert time.monotonic() - started < 30
+    same = [b for b in found if "libbz2" in b.name]
+    assert len(same) == 1000
+    assert {(b.package, b.source_path.endswith("libbz2.so.1.0.4")) for b in same} == {("libbz2-1.0", True)}
+    fakes = [b for b in found if "libfake" in b.name]
+    assert len(fakes) == MAX_TRACED + 10
+    assert {(b.source_path, b.package) for b in fakes} == {("", "")}  # none exists; ten not even looked for
