@@ -121,6 +121,11 @@ def test_bad_upstream_bytes_fail_every_client_and_are_never_cached(
     assert "complete" not in outcomes
     assert not any(outcome.startswith("WRONG") for outcome in outcomes), outcomes
     assert not (proxy.settings.cache_dir / "files" / "blobs" / big_file.sha256[:2] / big_file.sha256).exists()
+    # A failed download's partial file is removed once the download task ends, which may be just after its
+    # last client saw the failure (a client's retry can start a second download): waited for, not raced.
+    deadline = time.monotonic() + 10
+    while partial_files(proxy) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert partial_files(proxy) == []
     # Upstream heals: the next request downloads again and gets the right bytes.
     fake_index.corrupt_files.clear()
