@@ -168,6 +168,7 @@ class BuildRecord:
     reproduced: bool | None = None
     differing: tuple[str, ...] = ()
     reproduction_note: str = ""
+    reproduced_by: str = ""  # the builder that made the second build (a cluster's, or "farm": this host)
 
     @property
     def duration(self) -> float:

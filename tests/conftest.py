@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from buildkit import ADMIN_TOKEN, WHEELHOUSE, start_builder_proxy
 from dists import PROJECTS_DIR, BuiltDists, build_project, build_sdist, in_tree_backend_sdist, wheel_metadata
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock, ProxyServer, proxy_settings
 from hostile import Farm, running_farm
+from pgserver import PostgresServer
 
 # (project, version, requires-python) of every release the session builds.
 RELEASES: list[tuple[str, str, str | None]] = [
@@ -127,3 +130,20 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     fresh one."""
     with running_farm(tmp_path_factory.mktemp("hostile")) as started:
         yield started
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.init()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> str:
+    """A database of its own for each test, on the module's server."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres.url.rsplit("/", 1)[0] + "/" + name

@@ -11,7 +11,6 @@ import hashlib
 import signal
 import subprocess
 import time
-import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +19,10 @@ import httpx
 import netns
 import orjson
 import psycopg
-import pytest
 from buildkit import ADMIN_TOKEN, TARGET, absolute, files, page, pending_links
 from clientenv import Client, clean_env, install_command, make_venv, venv_python
 from clients import install
+from clusterkit import add_token, cluster_args, learns_of_builders, wheelfarm
 from dists import in_tree_backend_sdist
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import free_port
@@ -48,23 +47,6 @@ X86 = TargetOffer("manylinux", "x86_64", (11, 12))
 ARM = TargetOffer("manylinux", "aarch64", (11, 12))
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.init()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def database(postgres: PostgresServer) -> str:
-    """A database of its own for each test, on the module's server."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return postgres.url.rsplit("/", 1)[0] + "/" + name
-
-
 def job(sha: str, target: str = TARGET, project: str = "demo") -> BuildJob:
     return BuildJob(
         project, "1.0", f"{project}-1.0.tar.gz", sha, f"https://files.example/{sha}", Target.parse(target)
@@ -85,17 +67,6 @@ async def present(sha: str) -> bool:
 
 async def absent(sha: str) -> bool:
     return False
-
-
-def wheelfarm(*args: str, database: str, home: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(WHEELFARM), *args],
-        env=server_env(home, {"WHEELFARM_CLUSTER_DATABASE": database}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_db_upgrade_applies_each_migration_once_even_from_several_processes_at_once(
@@ -195,16 +166,6 @@ def test_a_job_that_loses_every_builder_fails_after_max_attempts(database: str) 
     asyncio.run(scenario())
 
 
-def cluster_args(
-    port: int, cache: Path, store: Path, upstream: FakeUpstreamServer, builds: bool
-) -> list[str]:
-    return [
-        "--port", str(port), "--cache-dir", str(cache), "--upstream", upstream.simple_url,
-        "--builder-enabled", "yes" if builds else "no", "--cluster-store", str(store),
-        "--admin-enabled", "yes", "--logging-format", "json", "--builder-timeout", "120",
-    ]  # fmt: skip
-
-
 @contextlib.contextmanager
 def builder_and_follower(
     tmp_path: Path, upstream: FakeUpstreamServer, env: dict[str, str], *builder_args: str
@@ -258,14 +219,6 @@ def test_two_processes_share_the_queue_records_and_store(
         assert all(builder.endswith(f":{a.process.pid}") for _, _, builder in rows), rows
         summary = orjson.loads(httpx.get(b.url + "/admin/api/summary", timeout=30).content)
         assert summary["builds"]["done"] == 2
-
-
-def learns_of_builders(server: RunningServer, timeout: float = 30.0) -> None:
-    """A process without a builder of its own offers builds once it reads a live one from the database."""
-    deadline = time.monotonic() + timeout
-    while server.builder()["state"] != "ready":
-        assert time.monotonic() < deadline, server.builder()
-        time.sleep(0.2)
 
 
 def holder_of(database: str, project: str, timeout: float = 60.0) -> str:
@@ -363,14 +316,6 @@ def test_waiting_clients_and_a_running_build_outlast_a_database_restart(
         for server in (a, b):
             names = list(files(page(server, "patient")))
             assert any(name.endswith("-none-any.whl") for name in names), names
-
-
-def add_token(database: str, name: str, home: Path) -> str:
-    run = wheelfarm("db", "add-token", name, database=database, home=home)
-    assert run.returncode == 0, run.stderr
-    token = run.stdout.strip()
-    assert token.startswith("wfb_")
-    return token
 
 
 def evil_wheel(path: Path) -> Path:

@@ -135,3 +135,39 @@ def test_each_built_wheel_is_built_again_and_its_provenance_says_whether_it_was_
         assert 'wheelfarm_built_wheels_reproducibility{verdict="not_reproduced"} 1.0' in metrics
     finally:
         proxy.stop()
+
+
+@needs_bwrap
+def test_a_wheel_built_before_a_restart_still_gets_its_second_build(
+    fake_upstream: FakeUpstreamServer, fake_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The queue of second builds is in memory: at start, every served wheel without a verdict is queued
+    again (a restart between the build and its second build, or a wheel built with second builds off)."""
+    sdist = in_tree_backend_sdist(tmp_path / "sdists", "same-every-time", "1.0", FIXED_TIMES)
+    fake_index.add_file("same-every-time", FakeFile.from_path(sdist))
+    cache = tmp_path / "cache"
+    proxy = start_builder_proxy(fake_upstream, clock, cache, builder_reproduce=False)
+    try:
+        (link,) = pending_links(page(proxy, "same-every-time"))
+        assert httpx.get(absolute(proxy, "same-every-time", link["url"]), timeout=60).status_code == 200
+        (record,) = build_records(proxy)
+        assert record.get("reproduced") is None
+    finally:
+        proxy.stop()
+    proxy = start_builder_proxy(fake_upstream, clock, cache, builder_reproduce=True)
+    try:
+        deadline = time.monotonic() + 120
+        while (record := build_records(proxy)[0]).get("reproduced") is None:
+            assert time.monotonic() < deadline, f"no verdict after the restart: {record}"
+            time.sleep(0.3)
+        assert record["reproduced"] is True
+        published = httpx.get(proxy.url + "/.well-known/wheelfarm/keys.json").json()
+        keys = [KnownKey.from_json(each).key for each in published["keys"]]
+        sha = str(record["wheel_sha256"])
+        envelope = httpx.get(f"{proxy.url}/.well-known/wheelfarm/attestations/{sha}").content
+        statement = verified_statement(envelope, keys, str(record["wheel"]), sha)
+        verdict = statement["predicate"]["runDetails"]["metadata"]["wheelfarm_reproducibility"]
+        assert verdict["reproduced"] is True
+        assert verdict["second_builder"] == "urn:wheelfarm:builder:farm"
+    finally:
+        proxy.stop()

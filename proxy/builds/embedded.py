@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 import structlog
 
 from builder.host import BuildHost
@@ -38,11 +37,11 @@ from builder.jobs import (
 )
 from builder.loop import BuilderLoop
 from builder.protocol import WorkerReport
-from builder.reproduce import Verdict, compare_wheels
 from builder.workdir import BuildFolder
 from proxy.builds.finished import announce, fetch_within, finished_record, is_final, lacking_toolchain
+from proxy.builds.judge import awaits_verdict, facts_of, job_of, judged, verdict_on
 from proxy.builds.localqueue import LocalQueue
-from proxy.builds.records import BuildRecords, attach_attestation
+from proxy.builds.records import BuildRecords
 from proxy.builds.service import (
     BuildCounts,
     BuilderView,
@@ -135,6 +134,8 @@ class EmbeddedBuildService:
             self._capabilities = Capabilities(self._status, (self._host.offer,))
             settings = self._host.settings
             loop = BuilderLoop(self._host, self, claims=max(4, 2 * settings.workers))
+            if self._policy.reproduce:
+                await self._unjudged()
             self._background.append(asyncio.create_task(loop.run(), name="builder"))
             log.info("builder_ready", workers=settings.workers, index=settings.index_url)
         else:
@@ -352,32 +353,26 @@ class EmbeddedBuildService:
     async def _judge(self, job: BuildJob, report: WorkerReport, folder: BuildFolder | None) -> None:
         """Compare a second build's wheel with the one served; record the verdict, and sign it."""
         record = self._records.get(job.key)
-        if record is None or record.state is not BuildState.DONE or record.reproduced is not None:
+        if record is None or not awaits_verdict(record):
             return  # forgotten or rebuilt meanwhile
-        first = await self._records.blobs.get(record.wheel_sha256)
-        if first is None or first.path is None:
-            return
-        if not report.ok or folder is None:
-            verdict = Verdict(False, note=f"the second build failed in {report.phase}: {report.error}")
-        elif report.wheel_filename != record.wheel_filename:
-            verdict = Verdict(False, note=f"the second build made {report.wheel_filename}")
-        else:
-            verdict = await asyncio.to_thread(
-                compare_wheels, first.path, folder.result / report.wheel_filename
-            )
-        judged = dataclasses.replace(
-            record, reproduced=verdict.reproduced, differing=verdict.differing, reproduction_note=verdict.note
-        )
-        attestor = self._records.attestor
-        facts = await self._records.blobs.read(record.provenance_sha256) if record.provenance_sha256 else None
-        if attestor is not None and facts is not None:
-            judged = await attach_attestation(self._records.blobs, judged, orjson.loads(facts), attestor)
-        await self._records.save(judged)
-        self._bump(job.project)
-        log.info(
-            "build_reproducibility", project=job.project, version=job.version, target=job.target.id,
-            reproduced=verdict.reproduced, differing=list(verdict.differing[:10]), note=verdict.note or None,
-        )  # fmt: skip
+        second = folder.result / report.wheel_filename if report.ok and folder is not None else None
+        blobs = self._records.blobs
+        verdict = await verdict_on(blobs, record, report, second)
+        if verdict is not None:
+            await self._records.save(await judged(blobs, record, verdict, "farm", self._records.attestor))
+            self._bump(job.project)
+
+    async def _unjudged(self) -> None:
+        """Queue the second builds a restart interrupted (and those of wheels built before there were any):
+        each served wheel gets its verdict once."""
+        for record in list(self._records):
+            if not awaits_verdict(record) or record.key in self._seconds:
+                continue
+            facts = await facts_of(self._records.blobs, record)
+            job = job_of(record, facts) if facts is not None else None
+            if job is not None:
+                self._seconds[record.key] = job
+        self._queue.wake()
 
     async def _prune(self) -> None:
         """Past ``max_builds`` records: orphans go first, then the oldest finished."""

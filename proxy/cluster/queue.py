@@ -61,7 +61,7 @@ def _family(platform: str) -> str:
     return platform.split("_", 1)[0]
 
 
-def _notice(project: str, key: BuildKey, state: BuildState) -> str:
+def notice(project: str, key: BuildKey, state: BuildState) -> str:
     return orjson.dumps({"project": project, "key": str(key), "state": state.value}).decode()
 
 
@@ -153,8 +153,8 @@ class BuildQueue:
                     """,
                     (builder, now, lease, sha, target),
                 )
-                notice = _notice(job.project, job.key, BuildState.RUNNING)
-                await conn.execute("SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, notice))
+                running = notice(job.project, job.key, BuildState.RUNNING)
+                await conn.execute("SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, running))
                 return job
         return None
 
@@ -198,7 +198,7 @@ class BuildQueue:
             if cursor.rowcount != 1:
                 return Finished.LOST
             await conn.execute(
-                "SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, _notice(record.project, key, record.state))
+                "SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, notice(record.project, key, record.state))
             )
             return Finished.RECORDED
 
@@ -242,7 +242,7 @@ class BuildQueue:
                     )
                     await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, target))
                     state = BuildState.QUEUED
-                await conn.execute("SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, _notice(project, key, state)))
+                await conn.execute("SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, notice(project, key, state)))
             return keys
 
     async def announce(self, builder: str, offer: TargetOffer) -> None:
@@ -342,8 +342,8 @@ class BuildQueue:
                     " WHERE sdist_sha256 = %s AND target = %s",
                     (Jsonb(orjson.loads(failed.to_json())), key.sdist_sha256, key.target),
                 )
-                notice = _notice(failed.project, key, BuildState.FAILED)
-                await conn.execute("SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, notice))
+                failure = notice(failed.project, key, BuildState.FAILED)
+                await conn.execute("SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, failure))
                 return True
             await conn.execute(
                 "UPDATE builds SET state = 'queued', builder = NULL, started_at = NULL, lease_until = NULL"
@@ -485,8 +485,8 @@ class BuildQueue:
             )
             changed = gone.rowcount + back.rowcount
             if changed:
-                notice = orjson.dumps({"project": project, "key": "", "state": "orphans"}).decode()
-                await conn.execute("SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, notice))
+                orphans = orjson.dumps({"project": project, "key": "", "state": "orphans"}).decode()
+                await conn.execute("SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, orphans))
             return changed
 
     async def forget(self, key: BuildKey, delete_blob: BlobDeleter) -> BuildRecord | None:
@@ -510,7 +510,7 @@ class BuildQueue:
                 if await named.fetchone() is None:
                     await delete_blob(sha)
             await conn.execute(
-                "SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, _notice(record.project, key, record.state))
+                "SELECT pg_notify(%s, %s)", (BUILDS_CHANNEL, notice(record.project, key, record.state))
             )
             return record
 

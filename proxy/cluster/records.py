@@ -10,17 +10,21 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import psycopg
 import structlog
 
 from builder.jobs import BuildKey, BuildRecord
+from builder.protocol import WorkerReport
 from proxy.builds.finished import announce
+from proxy.builds.judge import awaits_verdict, judged, verdict_on
 from proxy.builds.records import artifact_shas
 from proxy.builds.service import FinishedListener
 from proxy.cluster.notices import RECONNECT_SECONDS, Notices
 from proxy.cluster.queue import BuildQueue, Finished
+from proxy.cluster.seconds import SecondBuilds
 from proxy.provenance.attest import Attestor
 from proxy.redact import redact
 from proxy.storage.blobs import BlobStore
@@ -40,8 +44,11 @@ class ClusterRecords:
         notices: Notices,
         max_builds: int,
         attestor: Attestor | None = None,
+        reproduce: bool = True,
     ) -> None:
         self.queue = queue
+        self.seconds = SecondBuilds(queue.pool)
+        self.reproduce = reproduce  # every wheel built gets a second build, by another builder if one is live
         self.blobs = blobs
         self.attestor = attestor  # signs each built wheel's statement: held by the farm, never by builders
         self._notices = notices
@@ -60,12 +67,43 @@ class ClusterRecords:
             )
             if finished is Finished.RECORDED:
                 self._announce(record, builder)
+                if self.reproduce and awaits_verdict(record):
+                    queue_second = functools.partial(self.seconds.queue_unjudged, time.time(), record.key)
+                    await outlasting_restarts(queue_second)
                 await self._prune()
                 return record
             if finished is Finished.LOST:
                 await self._drop_unnamed(shas)
                 return None
         raise RuntimeError("the build's artifacts kept disappearing from the shared store")
+
+    async def judge(
+        self, key: BuildKey, builder: str, report: WorkerReport, wheel: Path | None
+    ) -> BuildRecord | None:
+        """Judge ``builder``'s second build of ``key`` (``report``, its wheel at ``wheel``) against the wheel
+        served, and record the verdict with the statement signed again. None: nothing to judge any more
+        (the build was forgotten, built anew or judged meanwhile, or ``builder`` lost the second build)."""
+        held = await self.seconds.holds(key, builder)
+        state = await self.queue.state(key)
+        if held is None or not isinstance(state, BuildRecord) or state.wheel_sha256 != held[1]:
+            await self.seconds.drop(key, builder)
+            return None
+        verdict = await verdict_on(self.blobs, state, report, wheel) if awaits_verdict(state) else None
+        if verdict is None:
+            await self.seconds.drop(key, builder)
+            return None
+        result = await judged(self.blobs, state, verdict, builder, self.attestor)
+        before, after = artifact_shas(state), artifact_shas(result)
+        recorded = await outlasting_restarts(
+            functools.partial(self.seconds.record_verdict, result, after, builder, self._blob_stored)
+        )
+        await self._drop_unnamed(
+            sorted(set(before if recorded else after) - set(after if recorded else before))
+        )
+        if not recorded:
+            return None
+        self._notices.build_changed(state.project)
+        return result
 
     async def forget(self, key: BuildKey) -> BuildRecord | None:
         record = await self.queue.forget(key, self.blobs.delete)

@@ -21,7 +21,7 @@ import structlog
 from builder.host import BUILDER_VERSION
 from builder.jobs import BuildJob, BuildKey, BuildRecord, Limits, TargetOffer
 from builder.protocol import WorkerReport
-from builder.wheelcheck import BadWheel, inspect_wheel
+from builder.wheelcheck import BadWheel, Inspection, inspect_wheel
 from proxy.builds.finished import finished_record
 from proxy.builds.records import attach_attestation
 from proxy.cluster.notices import IDLE_POLL_SECONDS, Notices
@@ -84,6 +84,9 @@ class RemoteBuilders:
             job = None
             if await self._queue.held_by(builder) < MAX_HELD_BY_A_BUILDER:  # one token cannot take the queue
                 job = await self._queue.claim(offer, builder, self.lease_seconds, time.time())
+            if job is None and self._records.reproduce:  # a quiet moment for it: a wheel's second build
+                others = await self._queue.live_offers(self.lease_seconds)
+                job = await self._records.seconds.claim(offer, builder, self.lease_seconds, others)
             remaining = deadline - time.monotonic()
             if job is not None or remaining <= 0:
                 return job
@@ -97,7 +100,9 @@ class RemoteBuilders:
             woken.cancel()
 
     async def holds(self, builder: str, key: BuildKey) -> bool:
-        return await self._queue.holds(key, builder) is not None
+        if await self._queue.holds(key, builder) is not None:
+            return True
+        return await self._records.seconds.holds(key, builder) is not None
 
     async def renew_for(self, builder: str, key: BuildKey) -> bool:
         """A lease renewed for as long as a local build may run (each sandboxed step's time limit, ten times
@@ -105,7 +110,9 @@ class RemoteBuilders:
         longest = self.limits.timeout_seconds * 10 + 120
         if await self._queue.flagged(builder) is not None:
             return False
-        return await self._queue.renew(key, builder, self.lease_seconds, time.time() - longest)
+        if await self._queue.renew(key, builder, self.lease_seconds, time.time() - longest):
+            return True
+        return await self._records.seconds.renew(key, builder, self.lease_seconds)
 
     async def accept(
         self, builder: str, key: BuildKey, report: WorkerReport, wheel: Path | None, log_file: Path | None
@@ -113,28 +120,21 @@ class RemoteBuilders:
         """Verify and record what ``builder`` built for ``key``. A wheel that is not what the job asked for
         (another project or version, tags the target cannot install, a broken archive) is refused."""
         job = await self._queue.holds(key, builder)
-        if job is None:
+        second = None if job is not None else await self._records.seconds.holds(key, builder)
+        if job is None and second is None:
             raise NotHeld(
                 f"{builder} does not hold the build of {key} (its lease expired, or it never had it)"
             )
         if await self._queue.flagged(builder) is not None:
             raise NotHeld(f"{builder} is flagged: its uploads are not taken")
-        inspection = None
-        if report.ok:
-            if wheel is None:
-                await self._refuse(builder, key, "the report says the build succeeded, but no wheel was sent")
-            assert wheel is not None
-            if not _wheel_named(report.wheel_filename, wheel):
-                await self._refuse(
-                    builder, key, f"the report names {report.wheel_filename!r}, not the wheel sent"
-                )
-            try:
-                inspection = await asyncio.to_thread(
-                    inspect_wheel, wheel, project=job.project, version=job.version, target=job.target,
-                    limits=self.limits,
-                )  # fmt: skip
-            except BadWheel as exc:
-                await self._refuse(builder, key, f"the uploaded wheel was refused: {exc}")
+        if second is not None:
+            inspection = await self._inspect(builder, second[0], report, wheel, second=True)
+            judged = await self._records.judge(key, builder, report, wheel if inspection else None)
+            if judged is None:
+                raise NotHeld(f"the build of {key} was forgotten, built anew or judged meanwhile")
+            return judged
+        assert job is not None
+        inspection = await self._inspect(builder, job, report, wheel, second=False)
         if not report.ok:
             report = dataclasses.replace(report, wheel_filename="")  # a failure names no wheel to serve
         record = finished_record(
@@ -175,10 +175,40 @@ class RemoteBuilders:
             raise NotHeld(f"{builder} lost the build of {key} while it uploaded")
         return recorded
 
-    async def _refuse(self, builder: str, key: BuildKey, reason: str) -> NoReturn:
-        log.warning("builder_upload_refused", builder=builder, key=str(key), reason=reason)
+    async def _inspect(
+        self, builder: str, job: BuildJob, report: WorkerReport, wheel: Path | None, *, second: bool
+    ) -> Inspection | None:
+        """The uploaded wheel inspected as a local build's (None: the report is a failure, with no wheel);
+        one that is not what the job asked for is refused, its builder flagged. A second build's wheel is
+        held to the same rules: it is compared with the served one only once it is a wheel of the job."""
+        if not report.ok:
+            return None
+        if wheel is None:
+            await self._refuse(builder, job.key, "the report says the build succeeded, but no wheel was sent",
+                               second=second)  # fmt: skip
+        assert wheel is not None
+        if not _wheel_named(report.wheel_filename, wheel):
+            await self._refuse(
+                builder,
+                job.key,
+                f"the report names {report.wheel_filename!r}, not the wheel sent",
+                second=second,
+            )
+        try:
+            return await asyncio.to_thread(
+                inspect_wheel, wheel, project=job.project, version=job.version, target=job.target,
+                limits=self.limits,
+            )  # fmt: skip
+        except BadWheel as exc:
+            await self._refuse(builder, job.key, f"the uploaded wheel was refused: {exc}", second=second)
+
+    async def _refuse(self, builder: str, key: BuildKey, reason: str, *, second: bool) -> NoReturn:
+        log.warning("builder_upload_refused", builder=builder, key=str(key), reason=reason, second=second)
         await self._queue.flag(builder, reason)
-        await self._queue.release(key, builder, time.time())
+        if second:
+            await self._records.seconds.release(key, builder)
+        else:
+            await self._queue.release(key, builder, time.time())
         raise UploadRefused(reason)
 
 

@@ -58,6 +58,34 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE builders ADD COLUMN flagged_reason text;
     ALTER TABLE builders ADD COLUMN flagged_at timestamptz;
     """,
+    # 3: second builds (reproducibility verdicts, proxy/cluster/seconds.py), and the farm's public signing
+    # keys, so that every process publishes every key any process signed with (proxy/cluster/keyring.py)
+    """
+    CREATE TABLE second_builds (
+        sdist_sha256 text NOT NULL,
+        target text NOT NULL,
+        family text NOT NULL,
+        arch text NOT NULL,
+        python_minor integer NOT NULL,
+        job jsonb NOT NULL,
+        first_builder text NOT NULL,   -- made the wheel: takes its second build only when no other can
+        wheel_sha256 text NOT NULL,    -- the wheel the second build is compared with
+        queued_at double precision NOT NULL,
+        builder text,                  -- who holds it now (NULL: queued)
+        lease_until timestamptz,
+        attempts integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (sdist_sha256, target),
+        FOREIGN KEY (sdist_sha256, target) REFERENCES builds ON DELETE CASCADE
+    );
+    CREATE INDEX second_builds_queued ON second_builds (family, arch, python_minor, queued_at)
+        WHERE builder IS NULL;
+    CREATE TABLE signing_keys (
+        keyid text PRIMARY KEY CHECK (keyid ~ '^[0-9a-f]{64}$'),
+        key jsonb NOT NULL,            -- the public key as keys.json publishes it (no private part, ever)
+        created_at double precision NOT NULL,
+        retired_at double precision
+    );
+    """,
 )
 
 

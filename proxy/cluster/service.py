@@ -76,13 +76,15 @@ class ClusterBuildService:
         attestor: Attestor | None = None,
     ) -> None:
         self._queue = BuildQueue(pool)
-        self._pool = pool
+        self.pool = pool
         self._host = host
         self._policy = policy
         self._clock = clock
         self._lease = lease_seconds
         self._notices = Notices(database_url)
-        self._records = ClusterRecords(self._queue, blobs, self._notices, policy.max_builds, attestor)
+        self._records = ClusterRecords(
+            self._queue, blobs, self._notices, policy.max_builds, attestor, reproduce=policy.reproduce
+        )
         self._blobs = blobs
         self.remote = RemoteBuilders(self._records, self._notices, lease_seconds, limits or Limits())
         self.builder_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -96,8 +98,12 @@ class ClusterBuildService:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self._pool.open(wait=True, timeout=30)
+        await self.pool.open(wait=True, timeout=30)
         self._tasks.append(asyncio.create_task(self._notices.listen(), name="cluster notifications"))
+        if self._policy.reproduce:
+            queued = await outlasting_restarts(lambda: self._records.seconds.queue_unjudged(time.time()))
+            if queued:
+                log.info("second_builds_queued", count=queued)
         self._tasks.append(asyncio.create_task(self._requeue_expired(), name="cluster leases"))
         self._tasks.append(asyncio.create_task(self._start_builder(), name="cluster builder"))
         self._tasks.append(asyncio.create_task(self._follow_builders(), name="cluster builders"))
@@ -158,6 +164,8 @@ class ClusterBuildService:
             try:
                 for key in await self._queue.requeue_expired(time.time()):
                     log.warning("build_lease_expired", key=str(key))
+                if await self._records.seconds.requeue_expired():
+                    log.warning("second_build_lease_expired")
             except psycopg.Error as exc:
                 log.warning("cluster_lease_check_failed", error=redact(str(exc)).strip()[:300])
 
@@ -256,7 +264,7 @@ class ClusterBuildService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._pool.close(timeout=5)
+        await self.pool.close(timeout=5)
 
 
 def _lacking(records: Sequence[BuildRecord]) -> str | None:

@@ -119,6 +119,7 @@ def _reproducibility(record: BuildRecord) -> dict[str, Any]:
         "reproduced": record.reproduced,
         "differing": list(record.differing),
         "note": record.reproduction_note,
+        "second_builder": FARM_BUILDER + (record.reproduced_by or "farm"),
     }
     return {REPRODUCIBILITY: verdict}
 

@@ -25,6 +25,7 @@ from proxy.builds.service import BuildService, NoBuilds
 from proxy.clock import Clock, SystemClock
 from proxy.cluster.farmapi import CLUSTER, UPLOADS
 from proxy.cluster.farmapi import add_routes as add_farm_routes
+from proxy.cluster.keyring import ClusterKeyring
 from proxy.cluster.queue import Pool
 from proxy.cluster.remotebuilders import RemoteBuilders
 from proxy.cluster.schema import upgrade_database
@@ -77,10 +78,13 @@ async def metrics(request: web.Request) -> web.Response:
 async def signing_keys(request: web.Request) -> web.Response:
     """The farm's signing keys (the current one and every one it signed with before): what checks the
     provenance of its built wheels (``wheelfarm verify``)."""
-    signing = request.app[SERVICES].signing
+    services = request.app[SERVICES]
+    signing = services.signing
     if signing is None:
         raise NotFound("this proxy builds no wheels: it signs nothing")
-    return web.json_response(signing.published(), headers={"Cache-Control": "max-age=300"})
+    # In a cluster, every key any of its processes signs with: any process may serve a wheel another signed.
+    published = await services.keyring.published(signing) if services.keyring else signing.published()
+    return web.json_response(published, headers={"Cache-Control": "max-age=300"})
 
 
 def create_app(
@@ -129,6 +133,7 @@ def create_app(
         verifier = Verifier(files, the_clock)
         builds: BuildService = NoBuilds()
         signing = None
+        keyring = None
         if settings.cluster_database or settings.builder_enabled:
             signing = await asyncio.to_thread(
                 FarmKeys.load, cache_dir / "private" / "signing", settings.provenance_key_file
@@ -138,6 +143,9 @@ def create_app(
         if settings.cluster_database:
             cluster = await start_cluster_builds(settings, files, the_clock, attestor)
             builds = cluster
+            if signing is not None:
+                keyring = ClusterKeyring(cluster.pool)
+                await keyring.publish(signing)
             app[CLUSTER] = cluster.remote
             app.on_shutdown.append(lambda _: _stop_long_polls(cluster.remote))
             app[UPLOADS] = cache_dir / "uploads"
@@ -167,6 +175,7 @@ def create_app(
             verifier=verifier,
             builds=builds,
             signing=signing,
+            keyring=keyring,
         )
         page_sizes: dict[str, float] = {"pages.bytes": 0, "pages.entries": 0}
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.builds.service import BuildService
+from proxy.cluster.keyring import ClusterKeyring
 from proxy.pages.cache import CacheOutcome, PageCache
 from proxy.pages.overlaid import OverlayPages
 from proxy.pages.policy import PolicyPages
@@ -37,6 +38,7 @@ class Services:
     verifier: Verifier
     builds: BuildService
     signing: FarmKeys | None = None  # the keys built wheels' provenance is signed with (None: no builds here)
+    keyring: ClusterKeyring | None = None  # in a cluster: every process's public keys
 
 
 class RequestOutcome(enum.Enum):

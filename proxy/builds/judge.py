@@ -1,0 +1,93 @@
+"""A built wheel's reproducibility verdict: a second, independent build of the same job compared byte for
+byte with the wheel served (builder/reproduce.py), then recorded in the build's record and signed into its
+statement again (proxy/provenance/statement.py). The embedded pool and the cluster judge the same way; only
+who made the second build differs (the same host in a fresh folder, or another builder of the cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from builder.jobs import BuildJob, BuildRecord, BuildState
+from builder.protocol import WorkerReport
+from builder.reproduce import Verdict, compare_wheels
+from builder.tags import InvalidTarget, Target
+from proxy.builds.records import attach_attestation
+from proxy.provenance.attest import Attestor
+from proxy.storage.blobs import BlobStore
+
+log = structlog.get_logger(__name__)
+
+
+def awaits_verdict(record: BuildRecord) -> bool:
+    """A served wheel whose second build has not been judged yet."""
+    return record.state is BuildState.DONE and record.reproduced is None and bool(record.wheel_sha256)
+
+
+async def facts_of(blobs: BlobStore, record: BuildRecord) -> dict[str, Any] | None:
+    """The worker's provenance facts the record's statement was made from (None: none kept)."""
+    raw = await blobs.read(record.provenance_sha256) if record.provenance_sha256 else None
+    if raw is None:
+        return None
+    facts = orjson.loads(raw)
+    return facts if isinstance(facts, dict) else None
+
+
+def job_of(record: BuildRecord, facts: Mapping[str, Any]) -> BuildJob | None:
+    """The job that built ``record`` again (for a second build after a restart): the record names all of it
+    but the sdist's URL, which its provenance facts hold. None: the facts do not say."""
+    sdist = facts.get("sdist")
+    url = sdist.get("url") if isinstance(sdist, dict) else None
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return None
+    try:
+        target = Target.parse(record.key.target)
+    except InvalidTarget:
+        return None
+    return BuildJob(
+        record.project, record.version, record.sdist_filename, record.key.sdist_sha256, url, target
+    )
+
+
+async def verdict_on(
+    blobs: BlobStore, record: BuildRecord, report: WorkerReport, second: Path | None
+) -> Verdict | None:
+    """How the second build (``report``, its wheel at ``second``) compares with ``record``'s wheel. None: the
+    served wheel is gone (forgotten meanwhile): nothing to judge."""
+    first = await blobs.get(record.wheel_sha256)
+    if first is None or first.path is None:
+        return None
+    if not report.ok or second is None:
+        return Verdict(False, note=f"the second build failed in {report.phase}: {report.error}")
+    if report.wheel_filename != record.wheel_filename:
+        return Verdict(False, note=f"the second build made {report.wheel_filename}")
+    return await asyncio.to_thread(compare_wheels, first.path, second)
+
+
+async def judged(
+    blobs: BlobStore, record: BuildRecord, verdict: Verdict, by: str, attestor: Attestor | None
+) -> BuildRecord:
+    """``record`` with ``verdict`` on it (the second build made by ``by``), its statement signed again."""
+    result = dataclasses.replace(
+        record,
+        reproduced=verdict.reproduced,
+        differing=verdict.differing,
+        reproduction_note=verdict.note,
+        reproduced_by=by,
+    )
+    facts = await facts_of(blobs, record)
+    if attestor is not None and facts is not None:
+        result = await attach_attestation(blobs, result, facts, attestor)
+    log.info(
+        "build_reproducibility", project=record.project, version=record.version, target=record.key.target,
+        reproduced=verdict.reproduced, by=by, differing=list(verdict.differing[:10]),
+        note=verdict.note or None,
+    )  # fmt: skip
+    return result

@@ -1,0 +1,181 @@
+"""A cluster's second builds (reproducibility verdicts) go to another builder than the one that made the
+wheel, and its keyring is published by every process (real PostgreSQL, real remote builders)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+from buildkit import TARGET
+from clientenv import Client
+from clients import install
+from clusterkit import add_token, cluster_args, learns_of_builders
+from fake_upstream import FakeIndex, FakeUpstreamServer
+from fakes import free_port
+from psycopg_pool import AsyncConnectionPool
+from serve import WHEELFARM, server_env, wheelfarm_serve
+
+from builder.jobs import BuildJob, BuildRecord, BuildState, TargetOffer
+from builder.tags import Target
+from proxy.cluster.queue import MAX_ATTEMPTS, BuildQueue, Finished
+from proxy.cluster.schema import upgrade_database
+from proxy.cluster.seconds import SecondBuilds
+from proxy.provenance.attest import verified_statement
+from proxy.provenance.keys import KnownKey
+
+X86 = TargetOffer("manylinux", "x86_64", (11, 12))
+ONLY_312 = TargetOffer("manylinux", "x86_64", (12,))
+
+
+def _job(sha: str) -> BuildJob:
+    return BuildJob(
+        "demo", "1.0", "demo-1.0.tar.gz", sha, f"https://files.example/{sha}", Target.parse(TARGET)
+    )
+
+
+async def _present(sha: str) -> bool:
+    return True
+
+
+async def _built_by(queue: BuildQueue, job: BuildJob, builder: str) -> BuildRecord:
+    """``job`` queued, claimed by ``builder`` and recorded as done by it."""
+    await queue.enqueue(job, time.time())
+    claimed = await queue.claim(X86, builder, 60, time.time())
+    assert claimed == job
+    now = time.time()
+    record = BuildRecord(
+        job.key, BuildState.DONE, job.project, job.version, job.sdist_filename, now, now,
+        wheel_filename="demo-1.0-py3-none-any.whl", wheel_sha256=job.sdist_sha256[::-1], made_by=builder,
+    )  # fmt: skip
+    assert await queue.finish(record, [], builder, _present) is Finished.RECORDED
+    return record
+
+
+def test_a_second_build_goes_to_another_builder_and_to_the_first_only_when_none_other_can(
+    database: str,
+) -> None:
+    async def scenario() -> None:
+        await upgrade_database(database)
+        async with AsyncConnectionPool(database, min_size=1, max_size=4, kwargs={"autocommit": True}) as pool:
+            queue, seconds = BuildQueue(pool), SecondBuilds(pool)
+            first = await _built_by(queue, _job("1" * 64), "builder-a")
+            assert await seconds.queue_unjudged(time.time(), first.key) == 1
+            assert await seconds.queue_unjudged(time.time(), first.key) == 0  # queued once
+            both = [("builder-a", X86), ("builder-b", X86)]
+            # The builder that made the wheel may not judge it while another one builds its target ...
+            assert await seconds.claim(X86, "builder-a", 60, both) is None
+            taken = await seconds.claim(X86, "builder-b", 60, both)
+            assert taken is not None
+            assert taken.key == first.key
+            assert await seconds.holds(first.key, "builder-b") == (taken, first.wheel_sha256)
+            assert await seconds.holds(first.key, "builder-a") is None
+            # ... one at a time per builder ...
+            other = await _built_by(queue, _job("2" * 64), "builder-a")
+            await seconds.queue_unjudged(time.time(), other.key)
+            assert await seconds.claim(X86, "builder-b", 60, both) is None
+            # ... and by itself only when the other live builders do not build that target.
+            assert await seconds.claim(X86, "builder-a", 60, both) is None
+            alone = await seconds.claim(X86, "builder-a", 60, [("builder-a", X86), ("builder-c", ONLY_312)])
+            assert alone is not None
+            assert alone.key == other.key
+            # A verdict is recorded only by the holder, on the wheel it was compared with.
+            judged = dataclasses.replace(first, reproduced=True, reproduced_by="builder-b")
+            assert not await seconds.record_verdict(judged, [], "intruder", _present)
+            changed = dataclasses.replace(judged, wheel_sha256="f" * 64)
+            assert not await seconds.record_verdict(changed, [], "builder-b", _present)
+            assert await seconds.holds(first.key, "builder-b") is not None
+            assert await seconds.record_verdict(judged, [], "builder-b", _present)
+            record = await queue.state(first.key)
+            assert isinstance(record, BuildRecord)
+            assert (record.reproduced, record.reproduced_by) == (True, "builder-b")
+            assert await seconds.queue_unjudged(time.time()) == 0  # judged: never queued again
+            # A lost lease puts the second build back; after MAX_ATTEMPTS it is dropped, not failed.
+            for attempt in range(MAX_ATTEMPTS):
+                if attempt:
+                    assert await seconds.claim(X86, "builder-a", 0.01, [("builder-a", X86)]) is not None
+                else:
+                    assert await seconds.renew(other.key, "builder-a", 0.01)
+                await asyncio.sleep(0.05)
+                await seconds.requeue_expired()
+            assert await seconds.pending() == 0
+            assert (await queue.state(other.key)) == other  # the build itself is untouched
+            # At start every served wheel without a verdict is queued again; a forgotten build takes its
+            # second build along.
+            assert await seconds.queue_unjudged(time.time()) == 1
+            assert await queue.forget(other.key, _present) is not None
+            assert await seconds.pending() == 0
+
+    asyncio.run(scenario())
+
+
+def _record(database: str, project: str) -> dict[str, object]:
+    with psycopg.connect(database, autocommit=True) as conn:
+        row = conn.execute("SELECT record FROM builds WHERE project = %s", (project,)).fetchone()
+    assert row is not None, f"no build of {project}"
+    record: dict[str, object] = row[0]
+    return record
+
+
+def test_another_builder_reproduces_a_clusters_wheel_and_every_process_publishes_every_key(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, database: str, tmp_path: Path
+) -> None:
+    """Two farm processes with keys of their own (separate cache folders) and two remote builders, one on
+    each: the wheel one builder made is built again by the other, the verdict names both, it is signed
+    into the statement, and the keys of both processes are published by each of them."""
+    env = {"WHEELFARM_CLUSTER_DATABASE": database, "WHEELFARM_BUILDER_REPRODUCE": "yes"}
+    with contextlib.ExitStack() as stack:
+        farms = []
+        for n in range(2):
+            port = free_port()
+            args = cluster_args(port, tmp_path / f"p{n}", tmp_path / "shared", fake_upstream, builds=False)
+            farms.append(stack.enter_context(wheelfarm_serve(args, port, tmp_path / f"s{n}", env)))
+        for n, farm in enumerate(farms):
+            token = add_token(database, f"remote-{n}", tmp_path / "cli")
+            command = [
+                str(WHEELFARM), "builder", "run", "--farm", farm.url, "--work-dir", str(tmp_path / f"b{n}"),
+                "--workers", "1", "--build-uid", str(1_900_400_000 + n * 1000),
+            ]  # fmt: skip
+            builder = subprocess.Popen(
+                command,
+                env=server_env(tmp_path / f"bh{n}", {"WHEELFARM_BUILDER_TOKEN": token}),
+                stdout=subprocess.DEVNULL,
+                stderr=stack.enter_context((tmp_path / f"builder{n}.log").open("wb")),
+            )
+            stack.callback(builder.wait, 30)  # the builders stop before the farms (callbacks run last first)
+            stack.callback(builder.send_signal, signal.SIGINT)
+        for farm in farms:
+            learns_of_builders(farm)
+        result = install(Client.PIP, farms[0].simple_url, ["tinypure==3.0"], tmp_path / "pip").check()
+        assert result.installed()["tinypure"] == "3.0"
+        deadline = time.monotonic() + 180
+        while (record := _record(database, "tinypure")).get("reproduced") is None:
+            assert time.monotonic() < deadline, f"no verdict: {record}"
+            time.sleep(0.5)
+        assert record["reproduced"] is True, record
+        made_by, second = record["made_by"], record["reproduced_by"]
+        assert {made_by, second} == {"remote-0", "remote-1"}, record
+
+        published = [httpx.get(f.url + "/.well-known/wheelfarm/keys.json", timeout=30).json() for f in farms]
+        ids = [{each["keyid"] for each in keys["keys"]} for keys in published]
+        currents = {keys["current"] for keys in published}
+        assert len(currents) == 2, "each process should sign with a key of its own"
+        assert ids[0] == ids[1] == currents
+        keys = [KnownKey.from_json(each).key for each in published[1]["keys"]]
+        sha, wheel = str(record["wheel_sha256"]), str(record["wheel_filename"])
+        for farm in farms:
+            envelope = httpx.get(f"{farm.url}/.well-known/wheelfarm/attestations/{sha}", timeout=30)
+            statement = verified_statement(envelope.content, keys, wheel, sha)
+            details = statement["predicate"]["runDetails"]
+            assert details["builder"]["id"] == f"urn:wheelfarm:builder:{made_by}"
+            verdict = details["metadata"]["wheelfarm_reproducibility"]
+            assert verdict["reproduced"] is True
+            assert verdict["second_builder"] == f"urn:wheelfarm:builder:{second}"
+        summary = httpx.get(farms[1].url + "/admin/api/summary", timeout=30).json()
+        assert summary["reproducibility"]["reproduced"] == 1
