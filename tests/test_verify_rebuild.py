@@ -119,6 +119,16 @@ def test_a_farm_built_wheel_is_rebuilt_identical_with_the_requirements_it_was_bu
     assert ran.stdout.startswith(f"OK   {wheel.name}:")
     assert ran.stdout.endswith("; rebuilt: identical\n")
 
+    # An installed environment: the signed wheel its METADATA names is fetched from the farm and rebuilt.
+    site = tmp_path / "site"
+    installing = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)]
+    assert subprocess.run(installing, capture_output=True, env=env, timeout=120).returncode == 0
+    ran = _verify("--farm", farm.proxy.url, "--rebuild", str(site), temp=temp)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.startswith(f"OK   {wheel.name}: installed in {site}, every file as signed;")
+    assert ran.stdout.endswith("; rebuilt: identical\n")
+    assert list(temp.iterdir()) == []
+
     # Upstream serves other bytes under the sdist's name: the rebuild refuses them, naming the sdist.
     farm.index.corrupt_files.append(sdist.name)
     try:
