@@ -90,7 +90,7 @@ CI_USER := wheelfarm-ci
 CI_HOME := /var/tmp/wheelfarm-ci
 UNPRIVILEGED_TESTS := tests/test_builds.py tests/test_hostile_archives.py tests/test_hostile_escapes.py \
 	tests/test_hostile_limits.py tests/test_hostile_host.py tests/test_hostile_outputs.py \
-	tests/test_hostile_lifecycle.py tests/test_packaging.py tests/test_provenance.py
+	tests/test_hostile_lifecycle.py tests/test_packaging.py tests/test_provenance.py tests/test_verify_rebuild.py
 test-unprivileged: venv $(WHEELHOUSE)/.done $(BWRAP)
 	id -u $(CI_USER) >/dev/null 2>&1 || useradd --system --uid 10001 --user-group --home-dir $(CI_HOME) $(CI_USER)
 	rm -rf $(CI_HOME) && mkdir -p $(CI_HOME)/src

@@ -7,7 +7,6 @@ its metadata, the build log and the provenance record in the output folder.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import platform
 import shutil
 import sys
@@ -18,11 +17,8 @@ from packaging.utils import InvalidSdistFilename, parse_sdist_filename
 
 from builder.interpreters import find_interpreter
 from builder.jobs import Limits
-from builder.protocol import WorkerOrder
-from builder.runner import run_build
+from builder.local import DEFAULT_BUILD_UID, build_here
 from builder.tags import InvalidTarget, Target
-from builder.users import build_user
-from builder.workdir import new_build_folder, remove_build_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--build-uid",
         type=int,
-        default=1_900_000_000,
+        default=DEFAULT_BUILD_UID,
         help="when run as root, the uid and gid the sandbox runs as (default 1900000000)",
     )
     add_run_arguments(actions)
@@ -66,7 +62,7 @@ def add_run_arguments(actions: argparse._SubParsersAction[argparse.ArgumentParse
     run.add_argument("--workers", type=int, default=2, help="builds at once (default 2)")
     run.add_argument("--targets", nargs="*", default=["*"], help="fnmatch patterns of the targets offered")
     run.add_argument(
-        "--build-uid", type=int, default=1_900_000_000, help="as root: slot N builds as this + N"
+        "--build-uid", type=int, default=DEFAULT_BUILD_UID, help="as root: slot N builds as this + N"
     )
     run.add_argument("--timeout", type=float, default=900.0, help="seconds per sandboxed step")
     run.add_argument(
@@ -119,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         return run_remote_builder(args)
     sdist: Path = args.sdist.resolve()
     try:
-        name, version = parse_sdist_filename(sdist.name)
+        parse_sdist_filename(sdist.name)
         target = Target.parse(args.target) if args.target else host_target(sys.version_info[:2])
     except (InvalidSdistFilename, InvalidTarget) as exc:
         print(f"wheelfarm builder: {exc}", file=sys.stderr)
@@ -130,34 +126,27 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    folder = new_build_folder(out / ".work", hashlib.sha256(sdist.read_bytes()).hexdigest(), target.id)
-    request = WorkerOrder(
-        project=str(name),
-        version=str(version),
-        sdist_filename=sdist.name,
-        sdist_sha256=hashlib.sha256(sdist.read_bytes()).hexdigest(),
-        sdist_url=sdist.as_uri(),
-        sdist_path=str(sdist),
-        target=target.id,
-        interpreter=str(interpreter),
-        index_url=args.index_url,
-        work_dir=str(folder.path),
-        limits=Limits(timeout_seconds=args.timeout),
-        build_user=build_user(args.build_uid, 0),
-    )
+    work_root = out / ".work"
     try:
-        result = run_build(request)
-        shutil.copyfile(folder.log, out / f"{sdist.name}.build.log")
-        if result.ok:
-            wheel = folder.result / result.wheel_filename
-            for path in (wheel, wheel.with_name(wheel.name + ".metadata")):
-                shutil.copyfile(path, out / path.name)
-            (out / f"{result.wheel_filename}.provenance.json").write_bytes(
-                orjson.dumps(result.provenance, option=orjson.OPT_INDENT_2)
-            )
+        with build_here(
+            sdist,
+            target=target,
+            interpreter=interpreter,
+            index_url=args.index_url,
+            work_root=work_root,
+            limits=Limits(timeout_seconds=args.timeout),
+            build_uid=args.build_uid,
+        ) as build:
+            result = build.report
+            shutil.copyfile(build.folder.log, out / f"{sdist.name}.build.log")
+            if result.ok:
+                for path in (build.wheel, build.wheel.with_name(build.wheel.name + ".metadata")):
+                    shutil.copyfile(path, out / path.name)
+                (out / f"{result.wheel_filename}.provenance.json").write_bytes(
+                    orjson.dumps(result.provenance, option=orjson.OPT_INDENT_2)
+                )
     finally:
-        remove_build_folder(out / ".work", folder.path)
-        shutil.rmtree(out / ".work", ignore_errors=True)
+        shutil.rmtree(work_root, ignore_errors=True)
     summary = {"ok": result.ok, "wheel": result.wheel_filename, "sha256": result.wheel_sha256}
     if not result.ok:
         summary = {"ok": False, "phase": result.phase, "error": result.error}

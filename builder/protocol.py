@@ -30,6 +30,9 @@ class WorkerOrder:
     limits: Limits = dataclasses.field(default_factory=Limits)
     build_user: tuple[int, int] | None = None  # (uid, gid) the sandbox runs as when we are root
     bwrap: str = ""  # the bubblewrap binary ("": found on the usual paths)
+    # PEP 508 pins the build requirements must resolve within (uv's --constraint): a rebuild gets the
+    # versions a signed statement lists. Empty for the farm's own builds; an order without it still reads.
+    constraints: tuple[str, ...] = ()
 
     @property
     def key(self) -> BuildKey:
@@ -45,6 +48,7 @@ class WorkerOrder:
         if raw.get("build_user") is not None:
             uid, gid = raw["build_user"]
             raw["build_user"] = (int(uid), int(gid))
+        raw["constraints"] = tuple(str(each) for each in raw.get("constraints", ()))
         return cls(**raw)
 
 

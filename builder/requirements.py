@@ -79,8 +79,10 @@ def resolve(
     uv_cache: Path,
     output: Callable[[bytes], None],
     timeout: float,
+    constraints: Sequence[str] = (),
 ) -> list[ResolvedWheel]:
-    """Pin ``requirements`` to one wheel each (and their dependencies), for ``interpreter``."""
+    """Pin ``requirements`` to one wheel each (and their dependencies), for ``interpreter``, within
+    ``constraints`` (PEP 508 requirements, checked as build requirements are)."""
     if not requirements:
         return []
     wanted = scratch / "requirements.in"
@@ -90,6 +92,10 @@ def resolve(
         uv, "pip", "compile", "--quiet", "--no-header", "--python", interpreter, "--only-binary", ":all:",
         "--index-url", index_url, "--format", "pylock.toml", "--output-file", str(lock), str(wanted),
     ]  # fmt: skip
+    if constraints:
+        pins = scratch / "constraints.txt"
+        pins.write_text("\n".join(check_requirements(list(constraints), "constraints")) + "\n", "utf-8")
+        command += ["--constraint", str(pins)]
     environment = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(scratch),

@@ -216,6 +216,7 @@ class _Build:
         if requirements:
             self.log.note(
                 f"resolving build requirements {requirements} from {request.index_url} (wheels only)"
+                + (f" within {list(request.constraints)}" if request.constraints else "")
             )
             try:
                 wheels = resolve(
@@ -227,6 +228,7 @@ class _Build:
                     uv_cache=Path(request.work_dir).parent / ".uv-cache",
                     output=self.log.output,
                     timeout=self.limits.timeout_seconds,
+                    constraints=request.constraints,
                 )
                 download(
                     wheels,

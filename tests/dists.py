@@ -148,6 +148,37 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 """
 
 
+# A backend that writes its wheel with fixed zip timestamps: the same bytes every time.
+FIXED_TIMES = """\
+    original = zipfile.ZipFile.writestr
+    def writestr(self, name, data, *args, **kwargs):
+        if isinstance(name, str):
+            name = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        return original(self, name, data, *args, **kwargs)
+    zipfile.ZipFile.writestr = writestr
+"""
+# And one whose module differs every time (a value made at build time): its own complete wheel.
+RANDOM_VALUE = """\
+    name, info = "random_every_time", "random_every_time-1.0.dist-info"
+    filename = f"{name}-1.0-py3-none-any.whl"
+    files = {
+        f"{name}.py": f"VALUE = {os.urandom(8).hex()!r}\\n".encode(),
+        f"{info}/METADATA": b"Metadata-Version: 2.1\\nName: random-every-time\\nVersion: 1.0\\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\n"
+        b"Tag: py3-none-any\\n",
+    }
+    record, when = [], (1980, 1, 1, 0, 0, 0)
+    with zipfile.ZipFile(os.path.join(wheel_directory, filename), "w") as wheel:
+        for path, data in files.items():
+            wheel.writestr(zipfile.ZipInfo(path, date_time=when), data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{path},sha256={digest},{len(data)}")
+        record.append(f"{info}/RECORD,,")
+        wheel.writestr(zipfile.ZipInfo(f"{info}/RECORD", date_time=when), "\\n".join(record) + "\\n")
+    return filename
+"""
+
+
 def wheel_metadata(wheel: Path) -> bytes:
     """The `*.dist-info/METADATA` file of a wheel: what PEP 658 serves as `<wheel>.metadata`."""
     with zipfile.ZipFile(wheel) as archive:

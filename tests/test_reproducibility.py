@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 from buildkit import TARGET, absolute, build_records, page, pending_links, start_builder_proxy
-from dists import in_tree_backend_sdist
+from dists import FIXED_TIMES, RANDOM_VALUE, in_tree_backend_sdist
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock
 from hostile import needs_bwrap
@@ -21,36 +21,6 @@ from hostile import needs_bwrap
 from builder.reproduce import compare_wheels
 from proxy.provenance.attest import verified_statement
 from proxy.provenance.keys import KnownKey
-
-# A backend that writes its wheel with fixed zip timestamps: the same bytes every time.
-FIXED_TIMES = """\
-    original = zipfile.ZipFile.writestr
-    def writestr(self, name, data, *args, **kwargs):
-        if isinstance(name, str):
-            name = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-        return original(self, name, data, *args, **kwargs)
-    zipfile.ZipFile.writestr = writestr
-"""
-# And one whose module differs every time (a value made at build time): its own complete wheel.
-RANDOM_VALUE = """\
-    name, info = "random_every_time", "random_every_time-1.0.dist-info"
-    filename = f"{name}-1.0-py3-none-any.whl"
-    files = {
-        f"{name}.py": f"VALUE = {os.urandom(8).hex()!r}\\n".encode(),
-        f"{info}/METADATA": b"Metadata-Version: 2.1\\nName: random-every-time\\nVersion: 1.0\\n",
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\n"
-        b"Tag: py3-none-any\\n",
-    }
-    record, when = [], (1980, 1, 1, 0, 0, 0)
-    with zipfile.ZipFile(os.path.join(wheel_directory, filename), "w") as wheel:
-        for path, data in files.items():
-            wheel.writestr(zipfile.ZipInfo(path, date_time=when), data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{path},sha256={digest},{len(data)}")
-        record.append(f"{info}/RECORD,,")
-        wheel.writestr(zipfile.ZipInfo(f"{info}/RECORD", date_time=when), "\\n".join(record) + "\\n")
-    return filename
-"""
 
 
 def _wheel(path: Path, members: dict[str, bytes], date: tuple[int, int, int, int, int, int]) -> Path:

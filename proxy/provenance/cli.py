@@ -9,6 +9,7 @@ import urllib.error
 from pathlib import Path
 
 from proxy.provenance.keys import FarmKeys, UnusableKey
+from proxy.provenance.rebuild import rebuilt_verdict
 from proxy.provenance.verify import (
     Farm,
     Verdict,
@@ -44,6 +45,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="ask the farm nothing: attestations beside the wheels, pinned keys",
     )
+    verify.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="also build each verified wheel's sdist again here, in the farm's sandbox, with the build "
+        "requirements the statement lists (from --farm's plain index), and compare the bytes",
+    )
     keys = commands.add_parser("keys", help="the farm's signing keys in the cache: show them, or rotate")
     keys.add_argument("keys_command", choices=["show", "rotate"])
     keys.add_argument("--cache-dir", type=Path, required=True, help="the farm's [cache] dir")
@@ -52,7 +59,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     if args.command == "keys":
         return _keys(args.keys_command, args.cache_dir / "private" / "signing")
-    return _verify(args.items, args.farm, args.keys, args.offline)
+    return _verify(args.items, args.farm, args.keys, args.offline, args.rebuild)
 
 
 def _keys(command: str, folder: Path) -> int:
@@ -69,7 +76,16 @@ def _keys(command: str, folder: Path) -> int:
     return 0
 
 
-def _verify(items: list[Path], farm_url: str | None, keys_file: Path | None, offline: bool) -> int:
+def _verify(
+    items: list[Path], farm_url: str | None, keys_file: Path | None, offline: bool, rebuild: bool
+) -> int:
+    if rebuild and (offline or farm_url is None):
+        print(
+            "wheelfarm verify: --rebuild takes the build requirements from the farm's plain index: "
+            "name the farm (--farm URL), not --offline",
+            file=sys.stderr,
+        )
+        return 2
     if offline and keys_file is None:
         print("wheelfarm verify: --offline needs the farm's keys pinned: --keys keys.json", file=sys.stderr)
         return 2
@@ -99,6 +115,8 @@ def _verify(items: list[Path], farm_url: str | None, keys_file: Path | None, off
                 verdict = Verdict(Wheel(dist.name, "", str(dist.site)), False, f"cannot check it: {exc}")
             if verdict is None:
                 continue  # the farm did not build it
+            if rebuild:
+                verdict = rebuilt_verdict(verdict, farm)
             checked += 1
             failed += not verdict.ok
             print(f"{'OK  ' if verdict.ok else 'FAIL'} {verdict.wheel.filename}: {verdict.message}")
@@ -112,6 +130,8 @@ def _verify(items: list[Path], farm_url: str | None, keys_file: Path | None, off
                 verdict = check(wheel, envelope_for(wheel, farm), keys, farm)
             except (OSError, urllib.error.URLError) as exc:
                 verdict = Verdict(wheel, False, f"cannot ask the farm: {exc}")
+            if rebuild and farm is not None:
+                verdict = rebuilt_verdict(verdict, farm)
         checked += 1
         failed += not verdict.ok
         print(f"{'OK  ' if verdict.ok else 'FAIL'} {wheel.filename}: {verdict.message}")

@@ -59,6 +59,7 @@ class Verdict:
     ok: bool
     message: str
     skipped: bool = False
+    statement: dict[str, Any] | None = None  # the verified statement, when the signature checked out
 
 
 class Farm:
@@ -124,7 +125,7 @@ def check(wheel: Wheel, envelope: bytes | None, keys: Sequence[KnownKey], farm: 
         return Verdict(wheel, False, listed[5:])
     source = f"{sdist['name']} (sha256 {sdist['digest']['sha256'][:16]})"
     message = f"signed by {signer.key.keyid[:16]}; built from {source} by {builder}; sdist upstream: {listed}"
-    return Verdict(wheel, True, message)
+    return Verdict(wheel, True, message, statement=statement)
 
 
 def _signing_key(envelope: bytes, keys: Sequence[KnownKey]) -> KnownKey:
@@ -237,19 +238,28 @@ def check_installed(dist: Installed, farm: Farm, keys: Sequence[KnownKey]) -> Ve
     subject = json.loads(statement_bytes)["subject"][0]
     wheel = Wheel(str(subject["name"]), str(subject["digest"]["sha256"]), str(dist.site))
     verdict = check(wheel, envelope, keys, farm)
-    if not verdict.ok:
+    if not verdict.ok or verdict.statement is None:
         return verdict
-    statement = json.loads(statement_bytes)
-    external = statement["predicate"]["buildDefinition"]["externalParameters"]
-    sdist, target = external["sdist"]["digest"]["sha256"], external["target"]
-    body = farm.get(f"/built/{sdist}/{target}/{wheel.sha256}/{quote(wheel.filename)}", MAX_WHEEL_BYTES)
-    if body is None or hashlib.sha256(body).hexdigest() != wheel.sha256:
+    body = signed_wheel(wheel, verdict.statement, farm)
+    if body is None:
         return Verdict(wheel, False, f"the farm no longer serves the signed wheel {wheel.filename}")
     changed = _changed_files(dist.site, body)
     if changed:
         named = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         return Verdict(wheel, False, f"installed in {dist.site}, but changed since: {named}")
-    return Verdict(wheel, True, f"installed in {dist.site}, every file as signed; {verdict.message}")
+    message = f"installed in {dist.site}, every file as signed; {verdict.message}"
+    return Verdict(wheel, True, message, statement=verdict.statement)
+
+
+def signed_wheel(wheel: Wheel, statement: dict[str, Any], farm: Farm) -> bytes | None:
+    """The bytes of the wheel ``statement`` (verified) is about, from the farm's ``built/``; None when
+    the farm no longer serves them (or serves other bytes)."""
+    external = statement["predicate"]["buildDefinition"]["externalParameters"]
+    sdist, target = external["sdist"]["digest"]["sha256"], external["target"]
+    body = farm.get(f"/built/{sdist}/{target}/{wheel.sha256}/{quote(wheel.filename)}", MAX_WHEEL_BYTES)
+    if body is None or hashlib.sha256(body).hexdigest() != wheel.sha256:
+        return None
+    return body
 
 
 def _changed_files(site: Path, wheel: bytes) -> list[str]:
