@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 from buildkit import TARGET, absolute, build_records, page, pending_links, start_builder_proxy
+from cdp import Browser
 from dists import FIXED_TIMES, RANDOM_VALUE, in_tree_backend_sdist
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock
@@ -103,6 +104,25 @@ def test_each_built_wheel_is_built_again_and_its_provenance_says_whether_it_was_
         metrics = httpx.get(proxy.url + "/metrics").text
         assert 'wheelfarm_built_wheels_reproducibility{verdict="reproduced"} 1.0' in metrics
         assert 'wheelfarm_built_wheels_reproducibility{verdict="not_reproduced"} 1.0' in metrics
+
+        # The admin page shows each verdict on its build's row, and the share.
+        with Browser(tmp_path / "chromium") as browser:
+            browser.open(f"{proxy.url}/admin/", 1280, 900)
+            browser.wait_for("document.querySelectorAll('#finished tr[data-state] .badge.reproduced, "
+                             "#finished tr[data-state] .badge.differs').length === 2")  # fmt: skip
+            shown = browser.evaluate(
+                "Object.fromEntries([...document.querySelectorAll('#finished tr[data-state]')].map(row =>"
+                " [row.cells[0].textContent, [...row.querySelectorAll('.badge.reproduced, .badge.differs')]"
+                ".map(b => [b.textContent, b.title])[0]]))"
+            )
+            share = browser.evaluate(
+                "document.querySelector('[data-stat=\"reproducibility.share\"]').textContent"
+            )
+        assert shown["same-every-time"] == ["reproduced", "built again by farm: byte for byte the same"]
+        label, title = shown["random-every-time"]
+        assert label == "not reproduced"
+        assert "random_every_time.py" in title
+        assert share == "50.0% (1 of 2)"
     finally:
         proxy.stop()
 

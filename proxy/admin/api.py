@@ -106,6 +106,8 @@ def record_view(record: BuildRecord) -> dict[str, Any]:
         )
         if record.attestation_sha256:
             view["attestation"] = "/" + built_path(record, Artifact.ATTESTATION)
+        if record.reproduced is not None and record.reproduced_by:
+            view["reproduced_by"] = record.reproduced_by  # the builder that made the second build
         if record.reproduced is False:
             view.update(differing=list(record.differing), reproduction_note=record.reproduction_note)
     if record.error:
