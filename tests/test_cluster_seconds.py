@@ -76,6 +76,10 @@ def test_a_second_build_goes_to_another_builder_and_to_the_first_only_when_none_
             assert taken.key == first.key
             assert await seconds.holds(first.key, "builder-b") == (taken, first.wheel_sha256)
             assert await seconds.holds(first.key, "builder-a") is None
+            assert await seconds.renew(first.key, "builder-b", 60, started_after=time.time() - 600)
+            # Held for longer than a build may run: no more renewals.
+            assert not await seconds.renew(first.key, "builder-b", 60, started_after=time.time() + 1)
+            assert not await seconds.renew(first.key, "builder-a", 60)  # not the holder
             # ... one at a time per builder ...
             other = await _built_by(queue, _job("2" * 64), "builder-a")
             await seconds.queue_unjudged(time.time(), other.key)

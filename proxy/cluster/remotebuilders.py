@@ -112,7 +112,7 @@ class RemoteBuilders:
             return False
         if await self._queue.renew(key, builder, self.lease_seconds, time.time() - longest):
             return True
-        return await self._records.seconds.renew(key, builder, self.lease_seconds)
+        return await self._records.seconds.renew(key, builder, self.lease_seconds, time.time() - longest)
 
     async def accept(
         self, builder: str, key: BuildKey, report: WorkerReport, wheel: Path | None, log_file: Path | None

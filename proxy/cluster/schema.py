@@ -71,7 +71,8 @@ MIGRATIONS: tuple[str, ...] = (
         first_builder text NOT NULL,   -- made the wheel: takes its second build only when no other can
         wheel_sha256 text NOT NULL,    -- the wheel the second build is compared with
         queued_at double precision NOT NULL,
-        builder text,                  -- who holds it now (NULL: queued)
+        builder text,                  -- who holds it now (NULL: queued) ...
+        started_at double precision,   -- ... since when
         lease_until timestamptz,
         attempts integer NOT NULL DEFAULT 0,
         PRIMARY KEY (sdist_sha256, target),

@@ -12,6 +12,8 @@ package's).
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import structlog
 from psycopg.types.json import Jsonb
@@ -93,11 +95,11 @@ class SecondBuilds:
                     continue
                 await conn.execute(
                     """
-                    UPDATE second_builds SET builder = %s, attempts = attempts + 1,
+                    UPDATE second_builds SET builder = %s, attempts = attempts + 1, started_at = %s,
                         lease_until = now() + make_interval(secs => %s)
                     WHERE sdist_sha256 = %s AND target = %s
                     """,
-                    (builder, lease, sha, target),
+                    (builder, time.time(), lease, sha, target),
                 )
                 return job
         return None
@@ -114,12 +116,14 @@ class SecondBuilds:
             row = await cursor.fetchone()
             return (BuildJob.from_json(orjson.dumps(row[0])), str(row[1])) if row else None
 
-    async def renew(self, key: BuildKey, builder: str, lease: float) -> bool:
+    async def renew(self, key: BuildKey, builder: str, lease: float, started_after: float = 0.0) -> bool:
+        """As BuildQueue.renew: False once ``builder`` lost it, or when it started before ``started_after``
+        (a builder may not hold a second build for ever, and with it its verdict, by renewing)."""
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 "UPDATE second_builds SET lease_until = now() + make_interval(secs => %s)"
-                " WHERE sdist_sha256 = %s AND target = %s AND builder = %s",
-                (lease, key.sdist_sha256, key.target, builder),
+                " WHERE sdist_sha256 = %s AND target = %s AND builder = %s AND started_at > %s",
+                (lease, key.sdist_sha256, key.target, builder, started_after),
             )
             return cursor.rowcount == 1
 
@@ -132,7 +136,7 @@ class SecondBuilds:
                 (key.sdist_sha256, key.target, builder, MAX_ATTEMPTS),
             )
             await conn.execute(
-                "UPDATE second_builds SET builder = NULL, lease_until = NULL"
+                "UPDATE second_builds SET builder = NULL, started_at = NULL, lease_until = NULL"
                 " WHERE sdist_sha256 = %s AND target = %s AND builder = %s",
                 (key.sdist_sha256, key.target, builder),
             )
@@ -153,7 +157,8 @@ class SecondBuilds:
                 "DELETE FROM second_builds WHERE lease_until < now() AND attempts >= %s", (MAX_ATTEMPTS,)
             )
             cursor = await conn.execute(
-                "UPDATE second_builds SET builder = NULL, lease_until = NULL WHERE lease_until < now()"
+                "UPDATE second_builds SET builder = NULL, started_at = NULL, lease_until = NULL"
+                " WHERE lease_until < now()"
                 " RETURNING target"
             )
             targets = {str(row[0]) for row in await cursor.fetchall()}
