@@ -229,7 +229,13 @@ def test_a_built_wheel_carries_signed_provenance_that_verify_checks(farm: Farm, 
     ran = _verify("--farm", farm.proxy.url, str(wheel))
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert re.match(rf"OK   {re.escape(wheel_name)}: signed by \w+; built from attested-1.0.tar.gz .* "
-                    r"sdist upstream: listed, not yanked", ran.stdout)  # fmt: skip
+                    r"sdist upstream: listed, not yanked; the farm's second build: not made yet",
+                    ran.stdout)  # fmt: skip
+    # Second builds are off on this farm: a policy that wants a reproduced wheel refuses it.
+    required = _verify("--farm", farm.proxy.url, "--require-reproduced", str(wheel))
+    assert required.returncode == 1, required.stdout + required.stderr
+    assert required.stdout.startswith(f"FAIL {wheel_name}: ")
+    assert required.stdout.rstrip().endswith("not made yet (--require-reproduced)")
 
     # A pip report names the wheel by URL and sha256: the real pip's, through the farm.
     report = tmp_path / "report.json"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 import zipfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from dists import FIXED_TIMES, RANDOM_VALUE, in_tree_backend_sdist
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import FakeClock
 from hostile import needs_bwrap
+from serve import WHEELFARM
 
 from builder.reproduce import compare_wheels
 from proxy.provenance.attest import verified_statement
@@ -104,6 +106,25 @@ def test_each_built_wheel_is_built_again_and_its_provenance_says_whether_it_was_
         metrics = httpx.get(proxy.url + "/metrics").text
         assert 'wheelfarm_built_wheels_reproducibility{verdict="reproduced"} 1.0' in metrics
         assert 'wheelfarm_built_wheels_reproducibility{verdict="not_reproduced"} 1.0' in metrics
+
+        # wheelfarm verify says what the signed verdict is, and --require-reproduced holds a wheel to it.
+        for record in (same, random):
+            scope = httpx.URL(f"{proxy.url}/t/{TARGET}/simple/{record['project']}/")
+            (entry,) = [e for e in httpx.get(scope.join("?format=json")).json()["files"]
+                        if e["filename"] == record["wheel"]]  # fmt: skip
+            (tmp_path / str(record["wheel"])).write_bytes(httpx.get(scope.join(entry["url"])).content)
+        ran = subprocess.run(
+            [str(WHEELFARM), "verify", "--farm", proxy.url, "--require-reproduced",
+             str(tmp_path / str(same["wheel"])), str(tmp_path / str(random["wheel"]))],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert ran.returncode == 1, ran.stdout + ran.stderr
+        lines = dict(line.split(" ", 1) for line in ran.stdout.splitlines())
+        assert lines["OK"].endswith("; reproduced by urn:wheelfarm:builder:farm (the builder that made it)")
+        assert lines["FAIL"].endswith(
+            "; NOT reproduced by urn:wheelfarm:builder:farm (the builder that made it): "
+            "random_every_time-1.0.dist-info/RECORD, random_every_time.py (--require-reproduced)"
+        ), lines["FAIL"]
 
         # The admin page shows each verdict on its build's row, and the share.
         with Browser(tmp_path / "chromium") as browser:

@@ -4,6 +4,7 @@ show them, rotate)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import urllib.error
 from pathlib import Path
@@ -17,6 +18,7 @@ from proxy.provenance.verify import (
     check,
     check_installed,
     envelope_for,
+    farm_reproduced,
     installed_in,
     parse_keys,
     wheels_in,
@@ -51,6 +53,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="also build each verified wheel's sdist again here, in the farm's sandbox, with the build "
         "requirements the statement lists (from --farm's plain index), and compare the bytes",
     )
+    verify.add_argument(
+        "--require-reproduced",
+        action="store_true",
+        help="fail a wheel whose signed statement does not say the farm's second build made the same bytes",
+    )
     keys = commands.add_parser("keys", help="the farm's signing keys in the cache: show them, or rotate")
     keys.add_argument("keys_command", choices=["show", "rotate"])
     keys.add_argument("--cache-dir", type=Path, required=True, help="the farm's [cache] dir")
@@ -59,7 +66,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     if args.command == "keys":
         return _keys(args.keys_command, args.cache_dir / "private" / "signing")
-    return _verify(args.items, args.farm, args.keys, args.offline, args.rebuild)
+    return _verify(args.items, args.farm, args.keys, args.offline, args.rebuild, args.require_reproduced)
 
 
 def _keys(command: str, folder: Path) -> int:
@@ -77,7 +84,12 @@ def _keys(command: str, folder: Path) -> int:
 
 
 def _verify(
-    items: list[Path], farm_url: str | None, keys_file: Path | None, offline: bool, rebuild: bool
+    items: list[Path],
+    farm_url: str | None,
+    keys_file: Path | None,
+    offline: bool,
+    rebuild: bool,
+    require_reproduced: bool = False,
 ) -> int:
     if rebuild and (offline or farm_url is None):
         print(
@@ -117,6 +129,8 @@ def _verify(
                 continue  # the farm did not build it
             if rebuild:
                 verdict = rebuilt_verdict(verdict, farm)
+            if require_reproduced:
+                verdict = _reproduced_or_failed(verdict)
             checked += 1
             failed += not verdict.ok
             print(f"{'OK  ' if verdict.ok else 'FAIL'} {verdict.wheel.filename}: {verdict.message}")
@@ -132,8 +146,17 @@ def _verify(
                 verdict = Verdict(wheel, False, f"cannot ask the farm: {exc}")
             if rebuild and farm is not None:
                 verdict = rebuilt_verdict(verdict, farm)
+            if require_reproduced:
+                verdict = _reproduced_or_failed(verdict)
         checked += 1
         failed += not verdict.ok
         print(f"{'OK  ' if verdict.ok else 'FAIL'} {wheel.filename}: {verdict.message}")
     print(f"{checked} farm-built wheel(s) checked, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _reproduced_or_failed(verdict: Verdict) -> Verdict:
+    """--require-reproduced: a verified wheel fails unless its signed statement says it was reproduced."""
+    if not verdict.ok or verdict.statement is None or farm_reproduced(verdict.statement):
+        return verdict
+    return dataclasses.replace(verdict, ok=False, message=f"{verdict.message} (--require-reproduced)")

@@ -35,7 +35,7 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from proxy.provenance.attest import KEYS_PATH, NotVerified, verified_statement
 from proxy.provenance.keys import KnownKey
-from proxy.provenance.statement import rfc3339, timestamp_of
+from proxy.provenance.statement import REPRODUCIBILITY, rfc3339, timestamp_of
 
 ATTESTATIONS_PATH = "/.well-known/wheelfarm/attestations/"
 MAX_DOCUMENT_BYTES = 16 << 20  # keys, envelopes, pages
@@ -124,8 +124,33 @@ def check(wheel: Wheel, envelope: bytes | None, keys: Sequence[KnownKey], farm: 
     if listed.startswith("FAIL "):
         return Verdict(wheel, False, listed[5:])
     source = f"{sdist['name']} (sha256 {sdist['digest']['sha256'][:16]})"
-    message = f"signed by {signer.key.keyid[:16]}; built from {source} by {builder}; sdist upstream: {listed}"
+    message = (
+        f"signed by {signer.key.keyid[:16]}; built from {source} by {builder}; sdist upstream: {listed}; "
+        + reproduction(statement)
+    )
     return Verdict(wheel, True, message, statement=statement)
+
+
+def farm_reproduced(statement: dict[str, Any]) -> bool:
+    """Whether the signed statement says the farm's second build made the same bytes."""
+    verdict = statement["predicate"]["runDetails"].get("metadata", {}).get(REPRODUCIBILITY)
+    return isinstance(verdict, dict) and verdict.get("reproduced") is True
+
+
+def reproduction(statement: dict[str, Any]) -> str:
+    """The farm's reproducibility verdict in the signed statement, in words (and whether the second build
+    was independent: another builder than the one that made the wheel)."""
+    details = statement["predicate"]["runDetails"]
+    verdict = details.get("metadata", {}).get(REPRODUCIBILITY)
+    if not isinstance(verdict, dict):
+        return "the farm's second build: not made yet"
+    second = str(verdict.get("second_builder") or "the same builder")
+    same = " (the builder that made it)" if second == details["builder"]["id"] else ""
+    if verdict.get("reproduced") is True:
+        return f"reproduced by {second}{same}"
+    differing = ", ".join(str(name) for name in verdict.get("differing") or [])
+    why = "; ".join(part for part in (differing, str(verdict.get("note") or "")) if part)
+    return f"NOT reproduced by {second}{same}: {why or 'other bytes'}"
 
 
 def _signing_key(envelope: bytes, keys: Sequence[KnownKey]) -> KnownKey:
