@@ -129,6 +129,19 @@ def test_a_farm_built_wheel_is_rebuilt_identical_with_the_requirements_it_was_bu
     assert ran.stdout.endswith("; rebuilt: identical\n")
     assert list(temp.iterdir()) == []
 
+    # The index now has other bytes as pinme 1.0 (a public index never reuses a file name; a mirror might):
+    # the rebuild still comes out identical, and names the build requirement that was not the signed one.
+    farm.index.remove_file("pinme-1.0-py3-none-any.whl")
+    other = make_wheel(tmp_path / "other", "pinme", "1.0", {"pinme.py": b"# other bytes\n"})
+    assert other.name == "pinme-1.0-py3-none-any.whl"
+    farm.publish_wheel("pinme", other)
+    farm.proxy.clock.advance(3600)
+    ran = _verify("--farm", farm.proxy.url, "--rebuild", str(wheel))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.endswith(
+        "; rebuilt: identical; build requirements not as signed: pinme-1.0-py3-none-any.whl\n"
+    ), ran.stdout
+
     # Upstream serves other bytes under the sdist's name: the rebuild refuses them, naming the sdist.
     farm.index.corrupt_files.append(sdist.name)
     try:

@@ -172,13 +172,36 @@ def _rebuild(
         if not build.report.ok:
             raise _NotRebuilt(f"rebuild failed in {build.report.phase}: {build.report.error}")
         verdict = compare_wheels(signed, build.wheel)
+        other_requirements = _not_as_signed(statement, build.report.provenance)
+    # The pins are versions: a requirement wheel with other bytes under the same version (or another wheel
+    # of it) is named, since it may be why the bytes differ.
+    unlike = (
+        f"; build requirements not as signed: {', '.join(other_requirements)}" if other_requirements else ""
+    )
     if verdict.reproduced:
-        return Rebuilt(Outcome.IDENTICAL, "rebuilt: identical")
+        return Rebuilt(Outcome.IDENTICAL, f"rebuilt: identical{unlike}")
     differing = ", ".join(verdict.differing)
     note = "; ".join(part for part in (differing, verdict.note) if part)
     return Rebuilt(
-        Outcome.DIFFERS, f"rebuilt: differs in {note}" if differing else f"rebuilt: differs: {note}"
+        Outcome.DIFFERS,
+        (f"rebuilt: differs in {note}" if differing else f"rebuilt: differs: {note}") + unlike,
     )
+
+
+def _not_as_signed(statement: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:
+    """The build-requirement wheels this rebuild installed that the statement does not list with the same
+    sha256, and those it lists that the rebuild did not install."""
+    signed = {
+        str(each.get("name", "")): str(each.get("digest", {}).get("sha256", ""))
+        for each in statement["predicate"]["buildDefinition"].get("resolvedDependencies", [])
+        if str(each.get("name", "")).endswith(".whl")
+    }
+    build_system = facts.get("build_system") or {}
+    here = {
+        str(each.get("filename", "")): str(each.get("sha256", ""))
+        for each in build_system.get("installed", [])
+    }
+    return sorted(name for name in signed.keys() | here.keys() if signed.get(name) != here.get(name))
 
 
 def _interpreter_for(target: Target) -> Path:
