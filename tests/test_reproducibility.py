@@ -182,3 +182,42 @@ def test_a_wheel_built_before_a_restart_still_gets_its_second_build(
         assert verdict["second_builder"] == "urn:wheelfarm:builder:farm"
     finally:
         proxy.stop()
+
+
+@needs_bwrap
+def test_the_test_projects_are_reproduced_unless_their_backend_stamps_the_time(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The sdist-only test projects that build: setuptools ones (pure, and a C extension repaired by
+    auditwheel) come out of their second build with the same bytes (SOURCE_DATE_EPOCH, the fixed build path
+    and the same build requirements make the farm's builds deterministic); a backend that stamps the build's
+    time into its zip entries does not, and the verdict says so."""
+    projects = ("tinypure", "tinynative", "slowpkg")
+    proxy = start_builder_proxy(fake_upstream, clock, tmp_path / "cache", builder_reproduce=True)
+    try:
+        for project in projects:
+            (link,) = pending_links(page(proxy, project))
+            built = httpx.get(absolute(proxy, project, link["url"]), timeout=300)
+            assert built.status_code == 200, built.text[:500]
+        deadline = time.monotonic() + 300
+        records = build_records(proxy)
+        while any(r.get("reproduced") is None for r in records):
+            assert time.monotonic() < deadline, f"no verdict yet: {records}"
+            time.sleep(0.5)
+            records = build_records(proxy)
+        verdicts = {r["project"]: (r["reproduced"], r.get("reproduction_note")) for r in records}
+        # The in-tree test backend writes zip entries with the time of the build (zipfile's default), not
+        # SOURCE_DATE_EPOCH: its verdict names every member and says only their timestamps differ.
+        assert verdicts == {
+            "tinypure": (True, None),
+            "tinynative": (True, None),
+            "slowpkg": (False, "same contents; zip timestamps or modes differ"),
+        }, verdicts
+        assert _record_of(records, "slowpkg")["differing"] == [
+            "slowpkg-1.0.dist-info/METADATA", "slowpkg-1.0.dist-info/RECORD", "slowpkg-1.0.dist-info/WHEEL",
+            "slowpkg.py",
+        ]  # fmt: skip
+        native = _record_of(records, "tinynative")["wheel"]
+        assert "manylinux" in native, native  # repaired by auditwheel, and still the same bytes
+    finally:
+        proxy.stop()
