@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_NAMED = 50  # differing files named in a verdict; past it, a count
+MAX_INFLATED_BYTES = 8 << 30  # all members of one wheel, inflated (twice the largest wheel a build may leave)
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -21,12 +23,14 @@ class Verdict:
         return {"reproduced": self.reproduced, "differing": list(self.differing), "note": self.note}
 
 
-def compare_wheels(first: Path, second: Path) -> Verdict:
+def compare_wheels(first: Path, second: Path, max_inflated: int = MAX_INFLATED_BYTES) -> Verdict:
+    """Both wheels may be hostile (a build's output, a remote builder's upload, a wheel a farm served):
+    members are hashed as they inflate, never held whole, and at most ``max_inflated`` bytes of each."""
     if _sha256(first) == _sha256(second):
         return Verdict(True)
     try:
-        one, other = _members(first), _members(second)
-    except (zipfile.BadZipFile, OSError) as exc:
+        one, other = _members(first, max_inflated), _members(second, max_inflated)
+    except (zipfile.BadZipFile, OSError, TooLarge) as exc:
         return Verdict(False, note=f"not comparable as zip archives: {exc}")
     differing = sorted(
         name for name in one.keys() | other.keys() if one.get(name, (None,))[0] != other.get(name, (None,))[0]
@@ -41,22 +45,30 @@ def compare_wheels(first: Path, second: Path) -> Verdict:
     return Verdict(False, note="same files, same contents and metadata; the archives differ (member order)")
 
 
-def _members(path: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
+class TooLarge(ValueError):
+    pass
+
+
+def _members(path: Path, max_inflated: int) -> dict[str, tuple[str, tuple[int, ...], int]]:
     """Each member's content sha256, date and mode bits."""
+    members: dict[str, tuple[str, tuple[int, ...], int]] = {}
+    inflated = 0
     with zipfile.ZipFile(path) as archive:
-        return {
-            info.filename: (
-                hashlib.sha256(archive.read(info)).hexdigest(),
-                info.date_time,
-                info.external_attr,
-            )
-            for info in archive.infolist()
-        }
+        for info in archive.infolist():
+            digest = hashlib.sha256()
+            with archive.open(info) as member:
+                while chunk := member.read(_CHUNK):
+                    inflated += len(chunk)
+                    if inflated > max_inflated:
+                        raise TooLarge(f"{path.name} inflates past {max_inflated} bytes")
+                    digest.update(chunk)
+            members[info.filename] = (digest.hexdigest(), info.date_time, info.external_attr)
+    return members
 
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()

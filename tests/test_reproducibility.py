@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -221,3 +222,40 @@ def test_the_test_projects_are_reproduced_unless_their_backend_stamps_the_time(
         assert "manylinux" in native, native  # repaired by auditwheel, and still the same bytes
     finally:
         proxy.stop()
+
+
+_COMPARE_AND_MEASURE = """
+import resource, sys
+from pathlib import Path
+from builder.reproduce import compare_wheels
+verdict = compare_wheels(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
+print(verdict.reproduced, verdict.differing, verdict.note, sep="|")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_comparing_a_zip_bomb_holds_no_member_in_memory_and_is_capped(tmp_path: Path) -> None:
+    """Both wheels compared may be hostile (a build's output, a remote builder's second build, a wheel a
+    farm served to verify --rebuild): a member is hashed as it inflates, and the inflated total is capped."""
+    bomb = tmp_path / "bomb-1.0-py3-none-any.whl"
+    with (
+        zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive,
+        archive.open("bomb/data.bin", "w", force_zip64=True) as member,
+    ):
+        for _ in range(32):
+            member.write(bytes(8 << 20))  # 256 MiB of zeros, about 256 KiB deflated
+    small = _wheel(tmp_path / "small-1.0-py3-none-any.whl", {"bomb/data.bin": b"x"}, (1980, 1, 1, 0, 0, 0))
+
+    def compare(cap: int) -> tuple[str, int]:
+        ran = subprocess.run(
+            [sys.executable, "-c", _COMPARE_AND_MEASURE, str(bomb), str(small), str(cap)],
+            capture_output=True, text=True, timeout=120, check=True, cwd=Path(__file__).parent.parent,
+        )  # fmt: skip
+        verdict, rss = ran.stdout.splitlines()
+        return verdict, int(rss)
+
+    verdict, rss_mib = compare(1 << 30)
+    assert verdict == "False|('bomb/data.bin',)|"
+    assert rss_mib < 128, f"comparing took {rss_mib} MiB: a member was held whole"
+    verdict, _ = compare(64 << 20)
+    assert verdict == f"False|()|not comparable as zip archives: {bomb.name} inflates past {64 << 20} bytes"
