@@ -89,6 +89,17 @@ def test_a_second_build_goes_to_another_builder_and_to_the_first_only_when_none_
             alone = await seconds.claim(X86, "builder-a", 60, [("builder-a", X86), ("builder-c", ONLY_312)])
             assert alone is not None
             assert alone.key == other.key
+            # A cluster process's builder restarted (another pid) is still the machine that made the wheel.
+            restarted = await _built_by(queue, _job("3" * 64), "farmhost:100")
+            await seconds.queue_unjudged(time.time(), restarted.key)
+            live = [("farmhost:200", X86), ("builder-c", X86)]
+            assert await seconds.claim(X86, "farmhost:200", 60, live) is None
+            assert (await seconds.claim(X86, "builder-c", 60, live) or _job("0" * 64)).key == restarted.key
+            # Concurrent claims of one builder (its long polls wake together) still take one second build.
+            for sha in ("4", "5", "6", "7"):
+                await seconds.queue_unjudged(time.time(), (await _built_by(queue, _job(sha * 64), "x")).key)
+            claims = await asyncio.gather(*(seconds.claim(X86, "greedy", 60, both) for _ in range(8)))
+            assert sum(claim is not None for claim in claims) == 1, claims
             # A verdict is recorded only by the holder, on the wheel it was compared with.
             judged = dataclasses.replace(first, reproduced=True, reproduced_by="builder-b")
             assert not await seconds.record_verdict(judged, [], "intruder", _present)
@@ -108,13 +119,13 @@ def test_a_second_build_goes_to_another_builder_and_to_the_first_only_when_none_
                     assert await seconds.renew(other.key, "builder-a", 0.01)
                 await asyncio.sleep(0.05)
                 await seconds.requeue_expired()
-            assert await seconds.pending() == 0
+            assert await seconds.pending() == 5  # the other builds' (3 to 7): that of "other" is dropped
             assert (await queue.state(other.key)) == other  # the build itself is untouched
             # At start every served wheel without a verdict is queued again; a forgotten build takes its
             # second build along.
             assert await seconds.queue_unjudged(time.time()) == 1
             assert await queue.forget(other.key, _present) is not None
-            assert await seconds.pending() == 0
+            assert await seconds.pending() == 5
 
     asyncio.run(scenario())
 

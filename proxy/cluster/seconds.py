@@ -1,8 +1,9 @@
 """The cluster's second builds: every wheel the cluster built is built again, independently, for its
 reproducibility verdict (proxy/builds/judge.py). Every statement on the ``second_builds`` table.
 
-A second build goes to another builder than the one that made the wheel, when a live one builds its
-target; only when none does may the first builder build it again itself (in a fresh work folder, as the
+A second build goes to another builder than the one that made the wheel (another machine: a cluster
+process's builder restarted is the same one), when a live one builds its target; only when none does may
+the first builder build it again itself (in a fresh work folder, as the
 embedded pool does). A builder takes second builds only when no first build is queued for it (a quiet
 moment), one at a time, under a lease like a first build's. The row is deleted with its build (foreign key),
 and whenever the verdict is recorded; a second build no builder finishes after ``MAX_ATTEMPTS`` tries is
@@ -46,6 +47,12 @@ _QUEUE_UNJUDGED = """
 """
 
 
+def same_machine(builder: str) -> str:
+    """What a builder id says of its machine: a cluster process's builder is ``host:pid`` (a new id after
+    each restart, the same machine), a remote builder is its token's name (no colon)."""
+    return builder.rsplit(":", 1)[0]
+
+
 class SecondBuilds:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -69,6 +76,9 @@ class SecondBuilds:
         """The oldest second build ``offer`` serves that ``builder`` may take (``others``: the live builders
         and their offers), now held by it for ``lease`` seconds; None when it holds one already."""
         async with self.pool.connection() as conn, conn.transaction():
+            # One claim of a builder's at a time (its concurrent long polls wake together): the check that
+            # it holds none yet and the claim are one step, or each poll would take a second build.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("second builds of " + builder,))
             cursor = await conn.execute(
                 """
                 SELECT sdist_sha256, target, job, first_builder FROM second_builds
@@ -82,10 +92,11 @@ class SecondBuilds:
                 job = BuildJob.from_json(orjson.dumps(raw))
                 if not offer.serves(job.target):
                     continue
-                if first_builder == builder and any(
-                    other != builder and theirs.serves(job.target) for other, theirs in others
+                machine = same_machine(first_builder)
+                if machine == same_machine(builder) and any(
+                    same_machine(other) != machine and theirs.serves(job.target) for other, theirs in others
                 ):
-                    continue  # another builder can make it: the second build must be independent
+                    continue  # another machine can make it: the second build must be independent
                 locked = await conn.execute(
                     "SELECT 1 FROM second_builds WHERE sdist_sha256 = %s AND target = %s AND builder IS NULL"
                     " FOR UPDATE SKIP LOCKED",
