@@ -22,13 +22,18 @@ from fakes import free_port
 from psycopg_pool import AsyncConnectionPool
 from serve import WHEELFARM, server_env, wheelfarm_serve
 
-from builder.jobs import BuildJob, BuildRecord, BuildState, TargetOffer
+from builder.jobs import BuildJob, BuildRecord, BuildState, Phase, TargetOffer
+from builder.protocol import WorkerReport
 from builder.tags import Target
+from proxy.builds.judge import MAX_NOTE, judges
+from proxy.cluster.notices import Notices
 from proxy.cluster.queue import MAX_ATTEMPTS, BuildQueue, Finished
+from proxy.cluster.records import ClusterRecords
 from proxy.cluster.schema import upgrade_database
 from proxy.cluster.seconds import SecondBuilds
 from proxy.provenance.attest import verified_statement
 from proxy.provenance.keys import KnownKey
+from proxy.storage.blobs import LocalBlobStore
 
 X86 = TargetOffer("manylinux", "x86_64", (11, 12))
 ONLY_312 = TargetOffer("manylinux", "x86_64", (12,))
@@ -194,3 +199,51 @@ def test_another_builder_reproduces_a_clusters_wheel_and_every_process_publishes
             assert verdict["second_builder"] == f"urn:wheelfarm:builder:{second}"
         summary = httpx.get(farms[1].url + "/admin/api/summary", timeout=30).json()
         assert summary["reproducibility"]["reproduced"] == 1
+
+
+def test_a_second_build_failure_is_a_verdict_only_when_it_is_the_packages_and_seen_here(
+    database: str, tmp_path: Path
+) -> None:
+    """A remote builder's failure is its word only, and a failed fetch or a host's crash says nothing of the
+    package: none of them becomes a signed "not reproduced"; the second build goes to another try. A failure
+    seen here is a verdict, its (hostile, long) error cut short."""
+    assert judges(WorkerReport(ok=True), remote=True)
+    assert not judges(WorkerReport.failure(Phase.BUILD, "no"), remote=True)
+    assert judges(WorkerReport.failure(Phase.BUILD, "no"), remote=False)
+    for phase in (Phase.FETCH, Phase.INTERNAL):
+        assert not judges(WorkerReport.failure(phase, "the host's trouble"), remote=False)
+
+    async def scenario() -> None:
+        await upgrade_database(database)
+        async with AsyncConnectionPool(database, min_size=1, max_size=4, kwargs={"autocommit": True}) as pool:
+            queue = BuildQueue(pool)
+            blobs = LocalBlobStore(tmp_path / "store")
+            records = ClusterRecords(queue, blobs, Notices(database), max_builds=0)
+            wheel = await blobs.put(b"the served wheel's bytes")
+            built = _job("8" * 64)
+            await queue.enqueue(built, time.time())
+            assert await queue.claim(X86, "builder-a", 60, time.time()) == built
+            now = time.time()
+            record = BuildRecord(
+                built.key, BuildState.DONE, "demo", "1.0", built.sdist_filename, now, now,
+                wheel_filename="demo-1.0-py3-none-any.whl", wheel_sha256=wheel.sha256, made_by="builder-a",
+            )  # fmt: skip
+            assert await queue.finish(record, [wheel.sha256], "builder-a", _present) is Finished.RECORDED
+            await records.seconds.queue_unjudged(time.time(), built.key)
+            both = [("builder-a", X86), ("builder-b", X86)]
+            assert await records.seconds.claim(X86, "builder-b", 60, both) == built
+            lie = WorkerReport.failure(Phase.BUILD, "REPRODUCED OK " + "x" * 1_000_000)
+            assert await records.judge(built.key, "builder-b", lie, None, remote=True) is None
+            assert await records.seconds.holds(built.key, "builder-b") is None  # back in the queue
+            unjudged = await queue.state(built.key)
+            assert isinstance(unjudged, BuildRecord)
+            assert unjudged.reproduced is None
+            # The same failure seen by this farm's own builder is a verdict, its note cut short.
+            assert await records.seconds.claim(X86, "builder-b", 60, both) == built
+            judged = await records.judge(built.key, "builder-b", lie, None, remote=False)
+            assert judged is not None
+            assert judged.reproduced is False
+            assert judged.reproduction_note.startswith("the second build failed in build: REPRODUCED OK xxx")
+            assert len(judged.reproduction_note) == MAX_NOTE
+
+    asyncio.run(scenario())

@@ -39,7 +39,7 @@ from builder.loop import BuilderLoop
 from builder.protocol import WorkerReport
 from builder.workdir import BuildFolder
 from proxy.builds.finished import announce, fetch_within, finished_record, is_final, lacking_toolchain
-from proxy.builds.judge import awaits_verdict, facts_of, job_of, judged, verdict_on
+from proxy.builds.judge import awaits_verdict, facts_of, job_of, judged, judges, verdict_on
 from proxy.builds.localqueue import LocalQueue
 from proxy.builds.records import BuildRecords
 from proxy.builds.service import (
@@ -355,6 +355,11 @@ class EmbeddedBuildService:
         record = self._records.get(job.key)
         if record is None or not awaits_verdict(record):
             return  # forgotten or rebuilt meanwhile
+        if not judges(report, remote=False):
+            log.warning(
+                "second_build_unjudged", key=str(job.key), phase=report.phase, error=report.error[:300]
+            )
+            return  # the host's trouble: the next start queues it again
         second = folder.result / report.wheel_filename if report.ok and folder is not None else None
         blobs = self._records.blobs
         verdict = await verdict_on(blobs, record, report, second)

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import structlog
 
-from builder.jobs import BuildJob, BuildRecord, BuildState
+from builder.jobs import BuildJob, BuildRecord, BuildState, Phase
 from builder.protocol import WorkerReport
 from builder.reproduce import Verdict, compare_wheels
 from builder.tags import InvalidTarget, Target
@@ -56,6 +56,20 @@ def job_of(record: BuildRecord, facts: Mapping[str, Any]) -> BuildJob | None:
     )
 
 
+MAX_NOTE = 500  # characters of a second build's error kept in a verdict's note (it is signed and served)
+_HOSTS_TROUBLE = frozenset({Phase.FETCH.value, Phase.INTERNAL.value})
+
+
+def judges(report: WorkerReport, *, remote: bool) -> bool:
+    """Whether a second build's ``report`` makes a verdict. A wheel always does; a failure only when it is
+    the package's and was seen here: a remote builder's failure is its word only (it would make a signed
+    "not reproduced" of anything), and a failure to fetch the sdist or of the host says nothing of the
+    package. Those go to another try instead."""
+    if report.ok:
+        return True
+    return not remote and report.phase not in _HOSTS_TROUBLE
+
+
 async def verdict_on(
     blobs: BlobStore, record: BuildRecord, report: WorkerReport, second: Path | None
 ) -> Verdict | None:
@@ -65,9 +79,9 @@ async def verdict_on(
     if first is None or first.path is None:
         return None
     if not report.ok or second is None:
-        return Verdict(False, note=f"the second build failed in {report.phase}: {report.error}")
+        return Verdict(False, note=f"the second build failed in {report.phase}: {report.error}"[:MAX_NOTE])
     if report.wheel_filename != record.wheel_filename:
-        return Verdict(False, note=f"the second build made {report.wheel_filename}")
+        return Verdict(False, note=f"the second build made {report.wheel_filename}"[:MAX_NOTE])
     return await asyncio.to_thread(compare_wheels, first.path, second)
 
 

@@ -82,7 +82,7 @@ class ClusterJobSource:
     async def keep(self, job: BuildJob, report: WorkerReport, folder: BuildFolder | None) -> None:
         if self._second(job):
             wheel = folder.result / report.wheel_filename if report.ok and folder is not None else None
-            await self._records.judge(job.key, self.builder, report, wheel)
+            await self._records.judge(job.key, self.builder, report, wheel, remote=False)
             return
         record = finished_record(job, report, made_by=self.builder)  # the queue time is the database's
         kept = await self._records.record(

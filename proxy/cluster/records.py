@@ -19,7 +19,7 @@ import structlog
 from builder.jobs import BuildKey, BuildRecord
 from builder.protocol import WorkerReport
 from proxy.builds.finished import announce
-from proxy.builds.judge import awaits_verdict, judged, verdict_on
+from proxy.builds.judge import awaits_verdict, judged, judges, verdict_on
 from proxy.builds.records import artifact_shas
 from proxy.builds.service import FinishedListener
 from proxy.cluster.notices import RECONNECT_SECONDS, Notices
@@ -78,11 +78,15 @@ class ClusterRecords:
         raise RuntimeError("the build's artifacts kept disappearing from the shared store")
 
     async def judge(
-        self, key: BuildKey, builder: str, report: WorkerReport, wheel: Path | None
+        self, key: BuildKey, builder: str, report: WorkerReport, wheel: Path | None, *, remote: bool
     ) -> BuildRecord | None:
         """Judge ``builder``'s second build of ``key`` (``report``, its wheel at ``wheel``) against the wheel
         served, and record the verdict with the statement signed again. None: nothing to judge any more
         (the build was forgotten, built anew or judged meanwhile, or ``builder`` lost the second build)."""
+        if not judges(report, remote=remote):  # not the package's verdict: another try, by any builder
+            log.warning("second_build_released", key=str(key), builder=builder, phase=report.phase)
+            await self.seconds.release(key, builder)
+            return None
         held = await self.seconds.holds(key, builder)
         state = await self.queue.state(key)
         if held is None or not isinstance(state, BuildRecord) or state.wheel_sha256 != held[1]:

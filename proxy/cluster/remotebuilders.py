@@ -129,9 +129,14 @@ class RemoteBuilders:
             raise NotHeld(f"{builder} is flagged: its uploads are not taken")
         if second is not None:
             inspection = await self._inspect(builder, second[0], report, wheel, second=True)
-            judged = await self._records.judge(key, builder, report, wheel if inspection else None)
+            judged = await self._records.judge(
+                key, builder, report, wheel if inspection else None, remote=True
+            )
             if judged is None:
-                raise NotHeld(f"the build of {key} was forgotten, built anew or judged meanwhile")
+                raise NotHeld(
+                    f"the second build of {key} was not judged (a failure is a remote builder's word only, "
+                    "and goes to another try), or the build was forgotten, built anew or judged meanwhile"
+                )
             return judged
         assert job is not None
         inspection = await self._inspect(builder, job, report, wheel, second=False)
