@@ -4,6 +4,7 @@ wheel, and its keyring is published by every process (real PostgreSQL, real remo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import signal
@@ -12,11 +13,13 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 import psycopg
-from buildkit import TARGET
+from buildkit import TARGET, absolute, page, pending_links
 from clientenv import Client
 from clients import install
 from clusterkit import add_token, cluster_args, learns_of_builders
+from dists import make_wheel
 from fake_upstream import FakeIndex, FakeUpstreamServer
 from fakes import free_port
 from psycopg_pool import AsyncConnectionPool
@@ -247,3 +250,53 @@ def test_a_second_build_failure_is_a_verdict_only_when_it_is_the_packages_and_se
             assert len(judged.reproduction_note) == MAX_NOTE
 
     asyncio.run(scenario())
+
+
+def test_a_remote_builders_word_on_the_sdist_is_not_what_the_farm_signs(
+    fake_upstream: FakeUpstreamServer, build_index: FakeIndex, database: str, tmp_path: Path
+) -> None:
+    """A token holder's report says the sdist came from a URL of its choosing (one that verify --rebuild
+    would fetch from the verifier's machine): the farm signs the job's sdist, not the builder's word."""
+    env = {"WHEELFARM_CLUSTER_DATABASE": database}
+    port = free_port()
+    args = cluster_args(port, tmp_path / "farm", tmp_path / "shared", fake_upstream, builds=False)
+    with wheelfarm_serve(args, port, tmp_path / "sf", env) as farm:
+        auth = {"Authorization": f"Bearer {add_token(database, 'mallory', tmp_path / 'cli')}"}
+        offer = {"offer": {"family": "manylinux", "arch": "x86_64", "pythons": [11]}}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            claiming = pool.submit(
+                httpx.post, farm.url + "/cluster/api/claim", json=offer, headers=auth, timeout=60
+            )
+            learns_of_builders(farm)
+            (link,) = pending_links(page(farm, "tinypure"))
+            building = pool.submit(httpx.get, absolute(farm, "tinypure", link["url"]), timeout=120)
+            claimed = claiming.result(timeout=60)
+            assert claimed.status_code == 200, claimed.text
+            job = claimed.json()["job"]
+            wheel = make_wheel(tmp_path / "wheel", "tinypure", "3.0", {"tinypure.py": b"VALUE = 1\n"})
+            lie = {"url": "http://127.0.0.1:9/admin/api/delete-everything", "filename": "x.tar.gz",
+                   "sha256": "0" * 64}  # fmt: skip
+            report = {"ok": True, "wheel_filename": wheel.name, "provenance": {"sdist": lie}}
+            upload = httpx.post(
+                f"{farm.url}/cluster/api/jobs/{job['sdist_sha256']}/{job['target']}/result",
+                headers=auth,
+                files={
+                    "report": ("report.json", orjson.dumps(report)),
+                    "wheel": (wheel.name, wheel.read_bytes()),
+                },
+                timeout=60,
+            )
+            assert upload.status_code == 200, upload.text
+            assert building.result(timeout=120).status_code == 200
+        record = _record(database, "tinypure")
+        sha = str(record["wheel_sha256"])
+        envelope = httpx.get(f"{farm.url}/.well-known/wheelfarm/attestations/{sha}", timeout=30).content
+        keys = [
+            KnownKey.from_json(each).key
+            for each in httpx.get(farm.url + "/.well-known/wheelfarm/keys.json", timeout=30).json()["keys"]
+        ]
+        statement = verified_statement(envelope, keys, wheel.name, sha)
+        sdist = statement["predicate"]["buildDefinition"]["externalParameters"]["sdist"]
+        assert sdist == {"name": job["sdist_filename"], "uri": job["sdist_url"],
+                         "digest": {"sha256": job["sdist_sha256"]}}  # fmt: skip
+        assert statement["predicate"]["runDetails"]["builder"]["id"] == "urn:wheelfarm:builder:mallory"

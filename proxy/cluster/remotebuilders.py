@@ -19,7 +19,7 @@ import orjson
 import structlog
 
 from builder.host import BUILDER_VERSION
-from builder.jobs import BuildJob, BuildKey, BuildRecord, Limits, TargetOffer
+from builder.jobs import BuildJob, BuildKey, BuildRecord, Limits, TargetOffer, public_url
 from builder.protocol import WorkerReport
 from builder.wheelcheck import BadWheel, Inspection, inspect_wheel
 from proxy.builds.finished import finished_record
@@ -151,15 +151,17 @@ class RemoteBuilders:
             made_by=builder,
         )
         blobs = self._records.blobs
+        # The sdist is the job's, whatever the builder says: verify --rebuild and readers of the statement
+        # must not be sent to a URL a builder chose.
+        sdist = {"filename": job.sdist_filename, "url": public_url(job.sdist_url), "sha256": job.sdist_sha256}
+        facts = {**report.provenance, "builder": builder, "sdist": sdist}
 
         async def store() -> BuildRecord:
             stored = record
             if inspection is not None and wheel is not None:
                 stored_wheel = await blobs.put(wheel)
                 metadata = await blobs.put(inspection.metadata)  # read from the wheel itself
-                provenance = await blobs.put(
-                    orjson.dumps({**report.provenance, "builder": builder}, option=orjson.OPT_INDENT_2)
-                )
+                provenance = await blobs.put(orjson.dumps(facts, option=orjson.OPT_INDENT_2))
                 stored = dataclasses.replace(
                     stored, wheel_sha256=stored_wheel.sha256, wheel_size=stored_wheel.blob.size,
                     metadata_sha256=metadata.sha256, provenance_sha256=provenance.sha256,
@@ -172,7 +174,7 @@ class RemoteBuilders:
             attestor = self._records.attestor
             if inspection is not None and attestor is not None:
                 # The farm signs what it checked (the wheel) and who reported the rest (made_by).
-                stored = await attach_attestation(blobs, stored, report.provenance, attestor)
+                stored = await attach_attestation(blobs, stored, facts, attestor)
             return stored
 
         recorded = await self._records.record(store, builder)
