@@ -3,12 +3,16 @@ and with the build requirements its verified statement names, must come out byte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import os
 import platform
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from packaging.tags import platform_tags
 from serve import WHEELFARM
 
 from builder.requirements import RequirementError, resolve
-from proxy.provenance.rebuild import Outcome, rebuild
+from proxy.provenance.rebuild import Outcome, download_sdist, rebuild
 
 # A backend that writes the version of its build requirement ``pinme`` into its module, with fixed zip
 # times: a rebuild is identical only if it installed the pinme the farm's build did.
@@ -142,17 +146,55 @@ def test_a_farm_built_wheel_is_rebuilt_identical_with_the_requirements_it_was_bu
         "; rebuilt: identical; build requirements not as signed: pinme-1.0-py3-none-any.whl\n"
     ), ran.stdout
 
-    # Upstream serves other bytes under the sdist's name: the rebuild refuses them, naming the sdist.
+    # Upstream now serves other bytes under the sdist's name: the rebuild takes the sdist from the farm (which
+    # checked it against the sha256 its page gave when it cached it), never from a URL the statement names.
     farm.index.corrupt_files.append(sdist.name)
     try:
         ran = _verify("--farm", farm.proxy.url, "--rebuild", str(wheel))
     finally:
         farm.index.corrupt_files.remove(sdist.name)
-    assert ran.returncode == 1, ran.stdout + ran.stderr
-    signed = hashlib.sha256(sdist.read_bytes()).hexdigest()
-    assert f"FAIL {wheel.name}: " in ran.stdout
-    assert f"the sdist {sdist.name} at " in ran.stdout
-    assert f", not the signed {signed}" in ran.stdout
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "; rebuilt: identical" in ran.stdout
+
+
+class _Sdists(http.server.BaseHTTPRequestHandler):
+    """Serves other bytes than the signed sdist's, or the right length one byte every half second."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        if self.path.endswith("/other"):
+            self.wfile.write(b"x" * 1000)
+            return
+        with contextlib.suppress(OSError):
+            for _ in range(1000):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.5)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_sdist_download_checks_the_signed_sha256_and_has_a_deadline(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sdists)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    signed = hashlib.sha256(b"the signed sdist").hexdigest()
+    try:
+        with pytest.raises(
+            Exception, match=f"has sha256 {hashlib.sha256(b'x' * 1000).hexdigest()}, not the signed"
+        ):
+            download_sdist(f"{base}/other", signed, tmp_path / "demo-1.0.tar.gz", timeout=10)
+        started = time.monotonic()
+        with pytest.raises(Exception, match="took more than 2 s to download"):
+            download_sdist(f"{base}/trickle", signed, tmp_path / "demo-1.0.tar.gz", timeout=2)
+        assert time.monotonic() - started < 10
+        assert list(tmp_path.iterdir()) == []  # nothing left behind, not even the partial file
+    finally:
+        server.shutdown()
 
 
 @needs_bwrap

@@ -1,12 +1,14 @@
 """``wheelfarm verify --rebuild``: build a farm-built wheel again on this host and compare the bytes.
 
-Everything the rebuild takes comes from the *verified* statement: the sdist (its URL and sha256), the target,
+Everything the rebuild takes comes from the *verified* statement: the sdist (its name and sha256), the target,
 and the versions of the build requirements the farm installed (its resolved dependencies), which pin this
 build's resolution (uv's ``--constraint``) against the farm's plain index, the one the farm's builds use. The
 build is ``wheelfarm builder build``'s (builder/local.py: the same sandbox and steps as the farm's workers).
 
-The statement's sdist URL can only come from a statement the farm signed, but it is still a URL we fetch:
-http(s) only, redirects only to http(s), a capped size, and its sha256 checked before the file is used.
+The sdist is fetched from the farm the user named (its ``/files/`` route, by the signed sha256), never from
+the URL in the statement: that one is recorded, and this machine contacts no host a statement names. The
+download is capped in size and time, follows redirects to http(s) only, and its sha256 is checked before
+the file is used.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from packaging.tags import platform_tags
 from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
+    canonicalize_name,
     parse_sdist_filename,
     parse_wheel_filename,
 )
@@ -157,7 +161,11 @@ def _rebuild(
         raise _NotRebuilt(f"cannot rebuild: {exc}") from None
     interpreter = _interpreter_for(recipe.target)
     sdist = scratch / recipe.sdist_filename
-    download_sdist(recipe.sdist_url, recipe.sdist_sha256, sdist, timeout=limits.timeout_seconds)
+    # From the farm the user named, not from the statement's URL: the farm fetched it from its upstream
+    # (and checks the sha256 the page gave), and this machine contacts no host a statement names.
+    project = canonicalize_name(parse_sdist_filename(recipe.sdist_filename)[0])
+    from_farm = f"{farm_url.rstrip('/')}/files/{project}/{recipe.sdist_sha256}/{quote(recipe.sdist_filename)}"
+    download_sdist(from_farm, recipe.sdist_sha256, sdist, timeout=limits.timeout_seconds)
     with build_here(
         sdist,
         target=recipe.target,
@@ -222,9 +230,12 @@ def download_sdist(url: str, sha256: str, path: Path, *, timeout: float) -> None
     digest = hashlib.sha256()
     length = 0
     opener = urllib.request.build_opener(_HttpRedirectsOnly)
+    deadline = time.monotonic() + timeout  # the whole download, not each read: a trickle ends too
     try:
         with opener.open(url, timeout=min(timeout, 60.0)) as answer, partial.open("wb") as out:
-            while chunk := answer.read(_CHUNK):
+            while chunk := answer.read1(_CHUNK):  # what has arrived: the deadline is checked as it trickles
+                if time.monotonic() > deadline:
+                    raise _NotRebuilt(f"the sdist {path.name} took more than {timeout:.0f} s to download")
                 length += len(chunk)
                 if length > MAX_SDIST_BYTES:
                     raise _NotRebuilt(f"the sdist {path.name} is larger than {MAX_SDIST_BYTES} bytes")
