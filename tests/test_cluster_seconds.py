@@ -109,15 +109,26 @@ def test_a_second_build_goes_to_another_builder_and_to_the_first_only_when_none_
             claims = await asyncio.gather(*(seconds.claim(X86, "greedy", 60, both) for _ in range(8)))
             assert sum(claim is not None for claim in claims) == 1, claims
             # A verdict is recorded only by the holder, on the wheel it was compared with.
-            judged = dataclasses.replace(first, reproduced=True, reproduced_by="builder-b")
-            assert not await seconds.record_verdict(judged, [], "intruder", _present)
+            signed = "d" * 64  # the statement signed again with the verdict
+            judged = dataclasses.replace(
+                first, reproduced=True, reproduced_by="builder-b", attestation_sha256=signed
+            )
+            assert not await seconds.record_verdict(judged, [signed], "intruder", _present)
             changed = dataclasses.replace(judged, wheel_sha256="f" * 64)
-            assert not await seconds.record_verdict(changed, [], "builder-b", _present)
+            assert not await seconds.record_verdict(changed, [signed], "builder-b", _present)
             assert await seconds.holds(first.key, "builder-b") is not None
-            assert await seconds.record_verdict(judged, [], "builder-b", _present)
+            # Upstream stops listing the sdist while the second build is compared: the verdict keeps the mark.
+            await queue.set_orphaned("demo", frozenset(sha * 64 for sha in "2345678"), 123.0)
+            assert await seconds.record_verdict(judged, [signed], "builder-b", _present)
             record = await queue.state(first.key)
             assert isinstance(record, BuildRecord)
             assert (record.reproduced, record.reproduced_by) == (True, "builder-b")
+            assert (record.attestation_sha256, record.orphaned_since) == (signed, 123.0)
+            async with pool.connection() as conn:
+                row = await (await conn.execute(
+                    "SELECT artifacts FROM builds WHERE sdist_sha256 = %s", (first.key.sdist_sha256,)
+                )).fetchone()  # fmt: skip
+            assert row == ([signed],)
             assert await seconds.queue_unjudged(time.time()) == 0  # judged: never queued again
             # A lost lease puts the second build back; after MAX_ATTEMPTS it is dropped, not failed.
             for attempt in range(MAX_ATTEMPTS):

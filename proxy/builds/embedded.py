@@ -39,7 +39,7 @@ from builder.loop import BuilderLoop
 from builder.protocol import WorkerReport
 from builder.workdir import BuildFolder
 from proxy.builds.finished import announce, fetch_within, finished_record, is_final, lacking_toolchain
-from proxy.builds.judge import awaits_verdict, facts_of, job_of, judged, judges, verdict_on
+from proxy.builds.judge import awaits_verdict, facts_of, job_of, judged, judges, verdict_on, with_verdict
 from proxy.builds.localqueue import LocalQueue
 from proxy.builds.records import BuildRecords
 from proxy.builds.service import (
@@ -363,8 +363,12 @@ class EmbeddedBuildService:
         second = folder.result / report.wheel_filename if report.ok and folder is not None else None
         blobs = self._records.blobs
         verdict = await verdict_on(blobs, record, report, second)
-        if verdict is not None:
-            await self._records.save(await judged(blobs, record, verdict, "farm", self._records.attestor))
+        if verdict is None:
+            return
+        result = await judged(blobs, record, verdict, "farm", self._records.attestor)
+        current = self._records.get(job.key)  # as it is now: it may have changed while we compared
+        if current is not None and current.wheel_sha256 == record.wheel_sha256 and awaits_verdict(current):
+            await self._records.save(with_verdict(current, result))
             self._bump(job.project)
 
     async def _unjudged(self) -> None:

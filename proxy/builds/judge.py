@@ -105,3 +105,21 @@ async def judged(
         note=verdict.note or None,
     )  # fmt: skip
     return result
+
+
+# What a verdict changes in a record: the verdict, and the statement signed again with it. Only these are
+# written back, onto the record as it is then: a change made meanwhile (an orphan mark) must not be undone.
+VERDICT_FIELDS = (
+    "reproduced", "differing", "reproduction_note", "reproduced_by", "attestation_sha256", "pep740_sha256",
+)  # fmt: skip
+
+
+def with_verdict(current: BuildRecord, judged: BuildRecord) -> BuildRecord:
+    """``current`` with the verdict and the new signature of ``judged`` (a record of the same wheel)."""
+    return dataclasses.replace(current, **{name: getattr(judged, name) for name in VERDICT_FIELDS})
+
+
+def verdict_json(judged: BuildRecord) -> dict[str, Any]:
+    """The record's verdict fields as its JSON has them (to merge into a stored record)."""
+    record = orjson.loads(judged.to_json())
+    return {name: record[name] for name in VERDICT_FIELDS}

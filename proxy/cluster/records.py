@@ -97,9 +97,10 @@ class ClusterRecords:
             await self.seconds.drop(key, builder)
             return None
         result = await judged(self.blobs, state, verdict, builder, self.attestor)
-        before, after = artifact_shas(state), artifact_shas(result)
+        before = {sha for sha in (state.attestation_sha256, state.pep740_sha256) if sha}
+        after = {sha for sha in (result.attestation_sha256, result.pep740_sha256) if sha}
         recorded = await outlasting_restarts(
-            functools.partial(self.seconds.record_verdict, result, after, builder, self._blob_stored)
+            functools.partial(self.seconds.record_verdict, result, sorted(after), builder, self._blob_stored)
         )
         await self._drop_unnamed(
             sorted(set(before if recorded else after) - set(after if recorded else before))

@@ -20,6 +20,7 @@ import structlog
 from psycopg.types.json import Jsonb
 
 from builder.jobs import BuildJob, BuildKey, BuildRecord, TargetOffer
+from proxy.builds.judge import verdict_json
 from proxy.cluster.queue import (
     BUILDS_CHANNEL,
     CLAIM_WINDOW,
@@ -178,11 +179,13 @@ class SecondBuilds:
             return len(targets)
 
     async def record_verdict(
-        self, judged: BuildRecord, artifacts: list[str], builder: str, stored: BlobCheck
+        self, judged: BuildRecord, signed: list[str], builder: str, stored: BlobCheck
     ) -> bool:
-        """Replace the record with ``judged`` (the verdict, the statement signed again) if ``builder`` still
-        holds the second build and the record still serves the wheel it was compared with; the second
-        build's row goes either way. False: nothing recorded (the caller drops the blobs it stored)."""
+        """Write ``judged``'s verdict and new signature (the blobs ``signed``) into the record, as it is then
+        (judge.VERDICT_FIELDS only: an orphan mark made meanwhile stays), if ``builder`` still holds the
+        second build and the record still serves the wheel it was compared with; the second build's row
+        goes either way. False: nothing recorded (the caller drops the blobs it stored)."""
+        artifacts = signed
         key = judged.key
         async with self.pool.connection() as conn, conn.transaction():
             for sha in sorted(artifacts):  # the lock forget() takes before it deletes a blob
@@ -197,13 +200,21 @@ class SecondBuilds:
             for sha in artifacts:
                 if not await stored(sha):
                     return False
+            # The old signature's blobs leave the row's artifacts (SET reads the row as it was), the new ones
+            # join them.
             cursor = await conn.execute(
                 """
-                UPDATE builds SET record = %s, artifacts = %s
+                UPDATE builds SET
+                    record = record || %s,
+                    artifacts = array(
+                        SELECT DISTINCT sha FROM unnest(
+                            array_remove(array_remove(artifacts, record->>'attestation_sha256'),
+                                         record->>'pep740_sha256') || %s::text[]
+                        ) AS sha ORDER BY sha)
                 WHERE sdist_sha256 = %s AND target = %s AND state = 'done' AND record->>'wheel_sha256' = %s
                 """,
                 (
-                    Jsonb(orjson.loads(judged.to_json())), artifacts,
+                    Jsonb(verdict_json(judged)), artifacts,
                     key.sdist_sha256, key.target, judged.wheel_sha256,
                 ),
             )  # fmt: skip
