@@ -9,6 +9,7 @@ here; a key retired on one host (``wheelfarm keys rotate``) is marked so when th
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -21,9 +22,13 @@ from proxy.provenance.keys import FarmKeys, KnownKey
 log = structlog.get_logger(__name__)
 
 
+CACHE_SECONDS = 10.0  # keys.json is public: read from the database at most this often per process
+
+
 class ClusterKeyring:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
+        self._cached: tuple[float, dict[str, Any]] | None = None
 
     async def publish(self, keys: FarmKeys) -> None:
         """Add this process's public keys; a key retired here stays retired (the earliest retirement)."""
@@ -43,6 +48,9 @@ class ClusterKeyring:
     async def published(self, keys: FarmKeys) -> dict[str, Any]:
         """keys.json for the whole cluster: this process's current key id, and every key any process
         published (with this process's own, should the database have lost them)."""
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < CACHE_SECONDS:
+            return self._cached[1]
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 "SELECT key, created_at, retired_at FROM signing_keys ORDER BY created_at, keyid"
@@ -58,4 +66,6 @@ class ClusterKeyring:
             found[known.key.keyid] = known
         for known in keys.known:
             found.setdefault(known.key.keyid, known)
-        return {"current": keys.keyid, "keys": [known.to_json() for known in found.values()]}
+        published = {"current": keys.keyid, "keys": [known.to_json() for known in found.values()]}
+        self._cached = (now, published)
+        return published
