@@ -267,7 +267,14 @@ def test_a_remote_builders_word_on_the_sdist_is_not_what_the_farm_signs(
     fake_upstream: FakeUpstreamServer, build_index: FakeIndex, database: str, tmp_path: Path
 ) -> None:
     """A token holder's report says the sdist came from a URL of its choosing (one that verify --rebuild
-    would fetch from the verifier's machine): the farm signs the job's sdist, not the builder's word."""
+    would fetch from the verifier's machine): the farm signs the job's sdist, not the builder's word. And the
+    job it was given names the sdist without the upstream's credentials."""
+    # The upstream lists the sdist at a URL with credentials (RFC 3986 userinfo): no builder sees them.
+    found = build_index.find("tinypure-3.0.tar.gz")
+    assert found is not None
+    listed = fake_upstream.file_url("tinypure-3.0.tar.gz").replace("http://", "http://reader:s3cret@")
+    found[1].listed_url = listed
+    build_index.touch("tinypure")
     env = {"WHEELFARM_CLUSTER_DATABASE": database}
     port = free_port()
     args = cluster_args(port, tmp_path / "farm", tmp_path / "shared", fake_upstream, builds=False)
@@ -284,6 +291,8 @@ def test_a_remote_builders_word_on_the_sdist_is_not_what_the_farm_signs(
             claimed = claiming.result(timeout=60)
             assert claimed.status_code == 200, claimed.text
             job = claimed.json()["job"]
+            assert "s3cret" not in claimed.text
+            assert job["sdist_url"] == fake_upstream.file_url("tinypure-3.0.tar.gz")
             wheel = make_wheel(tmp_path / "wheel", "tinypure", "3.0", {"tinypure.py": b"VALUE = 1\n"})
             lie = {"url": "http://127.0.0.1:9/admin/api/delete-everything", "filename": "x.tar.gz",
                    "sha256": "0" * 64}  # fmt: skip

@@ -29,7 +29,7 @@ import aiofiles
 import orjson
 from aiohttp import BodyPartReader, web
 
-from builder.jobs import BuildKey, InvalidBuildKey, TargetOffer
+from builder.jobs import BuildKey, InvalidBuildKey, TargetOffer, public_url
 from builder.protocol import WorkerReport
 from proxy.cluster.remotebuilders import BuilderFlagged, NotHeld, RemoteBuilders, UploadRefused
 
@@ -111,7 +111,9 @@ async def claim(request: web.Request) -> web.StreamResponse:
         return web.Response(status=204, headers={"Cache-Control": "no-store"})
     sdist_url = f"/files/{job.project}/{job.sdist_sha256}/{job.sdist_filename}"
     body = {
-        "job": orjson.loads(job.to_json()),
+        # Without the upstream's credentials, should its URL carry them (RFC 3986 userinfo): the builder
+        # takes the sdist from the farm (sdist_url below), and the farm signs the job's sdist, not its word.
+        "job": orjson.loads(dataclasses.replace(job, sdist_url=public_url(job.sdist_url)).to_json()),
         "sdist_url": sdist_url,
         "lease_seconds": cluster.lease_seconds,
         # The limits the farm inspects uploads against: the builder builds within the same ones.
