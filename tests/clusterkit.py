@@ -6,7 +6,10 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
+import orjson
 from fake_upstream import FakeUpstreamServer
 from serve import WHEELFARM, RunningServer, server_env
 
@@ -46,3 +49,15 @@ def add_token(database: str, name: str, home: Path) -> str:
     token = run.stdout.strip()
     assert token.startswith("wfb_")
     return token
+
+
+def upload_result(
+    farm_url: str, auth: dict[str, str], job: dict[str, Any], report: dict[str, Any], wheel: Path
+) -> httpx.Response:
+    """What a remote builder sends when its build of ``job`` (a claim's answer) ended: report and wheel."""
+    return httpx.post(
+        f"{farm_url}/cluster/api/jobs/{job['sdist_sha256']}/{job['target']}/result",
+        headers=auth,
+        files={"report": ("report.json", orjson.dumps(report)), "wheel": (wheel.name, wheel.read_bytes())},
+        timeout=60,
+    )

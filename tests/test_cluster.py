@@ -22,7 +22,7 @@ import psycopg
 from buildkit import ADMIN_TOKEN, TARGET, absolute, files, page, pending_links
 from clientenv import Client, clean_env, install_command, make_venv, venv_python
 from clients import install
-from clusterkit import add_token, cluster_args, learns_of_builders, wheelfarm
+from clusterkit import add_token, cluster_args, learns_of_builders, upload_result, wheelfarm
 from dists import in_tree_backend_sdist
 from fake_upstream import FakeFile, FakeIndex, FakeUpstreamServer
 from fakes import free_port
@@ -370,15 +370,7 @@ def test_remote_builders_pull_jobs_with_a_token_and_a_bad_upload_is_refused_and_
             assert refused.status_code == 400
             assert "wrong type" in refused.text
             report = {"ok": True, "wheel_filename": wheel.name, "build_seconds": 1.0}
-            upload = httpx.post(
-                f"{farm.url}/cluster/api/jobs/{job['sdist_sha256']}/{job['target']}/result",
-                headers=auth,
-                files={
-                    "report": ("report.json", orjson.dumps(report)),
-                    "wheel": (wheel.name, wheel.read_bytes()),
-                },
-                timeout=60,
-            )
+            upload = upload_result(farm.url, auth, job, report, wheel)
             assert upload.status_code == 422, upload.text
             assert "the wheel is for project 'evil'" in upload.text
             flagged = httpx.post(farm.url + "/cluster/api/claim", json=offer, headers=auth, timeout=60)

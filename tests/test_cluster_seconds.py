@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
 import psycopg
 from buildkit import TARGET, absolute, page, pending_links
 from clientenv import Client
 from clients import install
-from clusterkit import add_token, cluster_args, learns_of_builders
+from clusterkit import add_token, cluster_args, learns_of_builders, upload_result
 from dists import make_wheel
 from fake_upstream import FakeIndex, FakeUpstreamServer
 from fakes import free_port
@@ -297,15 +296,7 @@ def test_a_remote_builders_word_on_the_sdist_is_not_what_the_farm_signs(
             lie = {"url": "http://127.0.0.1:9/admin/api/delete-everything", "filename": "x.tar.gz",
                    "sha256": "0" * 64}  # fmt: skip
             report = {"ok": True, "wheel_filename": wheel.name, "provenance": {"sdist": lie}}
-            upload = httpx.post(
-                f"{farm.url}/cluster/api/jobs/{job['sdist_sha256']}/{job['target']}/result",
-                headers=auth,
-                files={
-                    "report": ("report.json", orjson.dumps(report)),
-                    "wheel": (wheel.name, wheel.read_bytes()),
-                },
-                timeout=60,
-            )
+            upload = upload_result(farm.url, auth, job, report, wheel)
             assert upload.status_code == 200, upload.text
             assert building.result(timeout=120).status_code == 200
         record = _record(database, "tinypure")
