@@ -5,12 +5,17 @@ per release, whether the wheel is pure or native, reproduced byte for byte or no
     .venv/bin/python bench/reproducibility.py [--target cp311-manylinux_2_36_x86_64] [--out FILE.md] [REQ...]
 
 Each REQ is name==version. Nothing is installed: the script follows each page's build-pending link as pip
-would (retrying while it answers 503), then waits for every verdict through the admin API.
+would (retrying while it answers 503), then waits for every verdict through the admin API. Then, as a user
+would, it downloads every built wheel and runs ``wheelfarm verify --farm URL --rebuild`` on them: a third
+build, by another process in another work folder with a fresh uv cache, pinned to the build requirements
+each signed statement lists.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +40,8 @@ NATIVE = [
     "MarkupSafe==1.1.1", "wrapt==1.12.1", "crcmod==1.7", "pyrsistent==0.16.0",
 ]  # fmt: skip
 TOKEN = "bench-admin-token"
+# A verify line: OK or FAIL, the wheel, and from the rebuild's part on ("rebuilt: ...", "rebuild failed ...").
+_REBUILT = re.compile(r"(OK|FAIL) +(\S+): .*?((?:rebuilt|rebuild failed|cannot rebuild).*)$")
 
 
 def main() -> None:
@@ -57,7 +64,10 @@ def main() -> None:
             }
             records = verdicts(proxy, sum(1 for outcome in outcomes.values() if outcome == "built"))
             seconds = time.monotonic() - started
-    table = report(args.requirements, outcomes, records, seconds)
+            started = time.monotonic()
+            rebuilt = verify_rebuild(proxy, records, Path(scratch) / "wheels")
+            rebuild_seconds = time.monotonic() - started
+    table = report(args.requirements, outcomes, records, seconds, rebuilt, rebuild_seconds)
     args.out.write_text(table)
     print(table)
 
@@ -95,8 +105,36 @@ def verdicts(proxy: ProxyServer, built: int, patience: float = 1800.0) -> list[d
         time.sleep(2)
 
 
+def verify_rebuild(proxy: ProxyServer, records: list[dict[str, Any]], folder: Path) -> dict[str, str]:
+    """Each built wheel's line of ``wheelfarm verify --rebuild``, after its "rebuilt: " (by wheel name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wheels = []
+    for record in records:
+        if record["state"] == "done":
+            wheel = folder / record["wheel"]
+            wheel.write_bytes(httpx.get(proxy.url + record["url"], timeout=120).content)
+            wheels.append(str(wheel))
+    ran = subprocess.run(
+        [sys.executable, "-m", "proxy", "verify", "--farm", proxy.url, "--rebuild", *wheels],
+        capture_output=True, text=True, timeout=3600, check=False,
+    )  # fmt: skip
+    lines = {}
+    for line in ran.stdout.splitlines():
+        found = re.match(
+            r"(OK|FAIL) +(\S+): .*?((?:rebuilt|rebuild failed|cannot rebuild)[^;]*(?:;.*)?)$", line
+        )
+        if found:
+            lines[found[2]] = found[3]
+    return lines
+
+
 def report(
-    requirements: list[str], outcomes: dict[str, str], records: list[dict[str, Any]], seconds: float
+    requirements: list[str],
+    outcomes: dict[str, str],
+    records: list[dict[str, Any]],
+    seconds: float,
+    rebuilt: dict[str, str],
+    rebuild_seconds: float,
 ) -> str:
     by_project = {canonicalize_name(r["project"]): r for r in records if r["state"] == "done"}
     lines = [
@@ -105,16 +143,19 @@ def report(
         "`bench/reproducibility.py`: a fresh wheelfarm (2 build slots, `[builder] reproduce = true`) builds "
         "each release from the live index for cp311-manylinux_2_36_x86_64 on this 2-core Debian 12 machine, "
         f"then builds it again at a quiet moment and compares. {len(requirements)} releases, "
-        f"{seconds:.0f} s.",
+        f"{seconds:.0f} s. Then `wheelfarm verify --farm URL --rebuild` on every built wheel (another "
+        f"process and work folder, a fresh uv cache, the signed build requirements pinned): "
+        f"{rebuild_seconds:.0f} s.",
         "",
-        "| release | wheel | verdict | what differed |",
-        "| --- | --- | --- | --- |",
+        "| release | wheel | farm's second build | what differed | verify --rebuild |",
+        "| --- | --- | --- | --- | --- |",
     ]
     tally: dict[str, list[bool]] = {"pure": [], "native": []}
+    identical: list[bool] = []
     for requirement in requirements:
         record = by_project.get(canonicalize_name(requirement.split("==")[0]))
         if record is None:
-            lines.append(f"| {requirement} | - | not built: {outcomes[requirement]} | |")
+            lines.append(f"| {requirement} | - | not built: {outcomes[requirement]} | | |")
             continue
         kind = "pure" if record["wheel"].endswith("-none-any.whl") else "native"
         reproduced = record.get("reproduced")
@@ -123,8 +164,14 @@ def report(
         verdict = {True: "reproduced", False: "not reproduced", None: "unchecked"}[reproduced]
         differing = ", ".join(f"`{name}`" for name in record.get("differing", [])[:6])
         note = record.get("reproduction_note", "")
+        again = rebuilt.get(record["wheel"], "no line")
+        if again.startswith("rebuilt: identical"):
+            identical.append(True)
+        elif again != "no line":
+            identical.append(False)
         lines.append(
-            f"| {requirement} | {kind} | {verdict} | {differing}{'; ' if differing and note else ''}{note} |"
+            f"| {requirement} | {kind} | {verdict} | {differing}{'; ' if differing and note else ''}{note} "
+            f"| {again} |"
         )
     lines.append("")
     for kind, results in tally.items():
@@ -132,6 +179,7 @@ def report(
         lines.append(f"- {kind}: {sum(results)} of {len(results)} reproduced ({share})")
     every = tally["pure"] + tally["native"]
     lines.append(f"- all: {sum(every)} of {len(every)} reproduced")
+    lines.append(f"- verify --rebuild: {sum(identical)} of {len(identical)} identical")
     return "\n".join(lines) + "\n"
 
 
