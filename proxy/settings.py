@@ -437,7 +437,8 @@ class Settings:
         "builder", "reproduce", True,
         "Build each built wheel a second time, at a quiet moment (nothing else queued or building), in a "
         "fresh work folder, and record in its signed provenance whether the bytes came out the same (and if "
-        "not, which files of the wheel differ). Doubles the build work; the admin page shows the share.",
+        "not, which files of the wheel differ). In a cluster the second build goes to another machine's "
+        "builder when a live one builds the target. Doubles the build work; the admin page shows the share.",
         parse=_boolean,
     )  # fmt: skip
     admin_enabled: bool = setting(
