@@ -154,10 +154,14 @@ def _writestr(self, name, data, *args, **kwargs):
 _zipfile.ZipFile.writestr = _writestr
 """
     body = f"""\
-    import os, flit_core
+    import os, sys, flit_core
     results = []
     targets = [flit_core.__file__]
-    for top in ("/", "/tmp", "/build", "/env"):
+    # Every place a later build could import from (not all of /: walking /usr/share and the like took the
+    # hook past its time limit on a loaded machine).
+    tops = set(["/tmp", "/build", "/env", "/usr/lib", "/usr/local", sys.prefix, sys.base_prefix])
+    tops.update(path for path in sys.path if path and os.path.isdir(path))
+    for top in sorted(tops):
         for folder, dirs, names in os.walk(top):
             if folder.startswith(("/proc", "/sys", "/dev")):
                 dirs[:] = []
