@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import fnmatch
+import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -55,6 +57,12 @@ def public_url(url: str) -> str:
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _TARGET_ID = re.compile(r"[a-z0-9]+-[a-z0-9_]+")  # <interpreter>-<platform>, as Target.id spells it
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in chunks (hex, as wheelfarm names things)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def is_sha256(text: str) -> bool:

@@ -4,7 +4,6 @@ steps), in a build folder of its own that is removed when the caller is done wit
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from packaging.utils import parse_sdist_filename
 
-from builder.jobs import Limits
+from builder.jobs import Limits, file_sha256
 from builder.protocol import WorkerOrder, WorkerReport
 from builder.runner import run_build
 from builder.tags import Target
@@ -52,7 +51,7 @@ def build_here(
     folder under ``work_root``, requirements from ``index_url`` within ``constraints``. The folder is
     removed on leaving the block, so copy out what should outlive it."""
     name, version = parse_sdist_filename(sdist.name)
-    digest = _sha256(sdist)
+    digest = file_sha256(sdist)
     folder = new_build_folder(work_root, digest, target.id)
     order = WorkerOrder(
         project=str(name),
@@ -73,11 +72,3 @@ def build_here(
         yield LocalBuild(run_build(order), folder)
     finally:
         remove_build_folder(work_root, folder.path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

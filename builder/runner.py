@@ -34,7 +34,7 @@ from typing import Any
 
 from builder import extract, frontend, importcheck
 from builder.bundled import bundled_libraries
-from builder.jobs import Limits, Phase
+from builder.jobs import Limits, Phase, file_sha256
 from builder.protocol import WorkerOrder, WorkerReport
 from builder.requirements import RequirementError, ResolvedWheel, check_requirements, download, resolve
 from builder.sandbox import (
@@ -167,7 +167,7 @@ class _Build:
             shutil.copyfile(request.sdist_path, target)
         except OSError as exc:
             raise BuildFailed(Phase.FETCH, f"cannot read the cached sdist: {exc.strerror}") from None
-        digest = _sha256(target)
+        digest = file_sha256(target)
         if digest != request.sdist_sha256:
             raise BuildFailed(Phase.FETCH, f"sdist sha256 is {digest}, expected {request.sdist_sha256}")
 
@@ -677,14 +677,6 @@ def _uv() -> str:
     from uv import find_uv_bin
 
     return os.path.realpath(find_uv_bin())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _interpreter_version(interpreter: str) -> str:
