@@ -3,14 +3,15 @@ differ (a reproducibility verdict, part of a built wheel's provenance)."""
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.jobs import file_sha256
+from builder.wheelcheck import BadWheel, inflated_digest
+
 MAX_NAMED = 50  # differing files named in a verdict; past it, a count
 MAX_INFLATED_BYTES = 8 << 30  # all members of one wheel, inflated (twice the largest wheel a build may leave)
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Verdict:
 def compare_wheels(first: Path, second: Path, max_inflated: int = MAX_INFLATED_BYTES) -> Verdict:
     """Both wheels may be hostile (a build's output, a remote builder's upload, a wheel a farm served):
     members are hashed as they inflate, never held whole, and at most ``max_inflated`` bytes of each."""
-    if _sha256(first) == _sha256(second):
+    if file_sha256(first) == file_sha256(second):
         return Verdict(True)
     try:
         one, other = _members(first, max_inflated), _members(second, max_inflated)
@@ -55,20 +56,10 @@ def _members(path: Path, max_inflated: int) -> dict[str, tuple[str, tuple[int, .
     inflated = 0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
-            digest = hashlib.sha256()
-            with archive.open(info) as member:
-                while chunk := member.read(_CHUNK):
-                    inflated += len(chunk)
-                    if inflated > max_inflated:
-                        raise TooLarge(f"{path.name} inflates past {max_inflated} bytes")
-                    digest.update(chunk)
-            members[info.filename] = (digest.hexdigest(), info.date_time, info.external_attr)
+            try:
+                digest, length = inflated_digest(archive, info, max_inflated - inflated)
+            except BadWheel:
+                raise TooLarge(f"{path.name} inflates past {max_inflated} bytes") from None
+            inflated += length
+            members[info.filename] = (digest, info.date_time, info.external_attr)
     return members
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

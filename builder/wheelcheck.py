@@ -125,7 +125,7 @@ def _inspect_members(
         if info.is_dir():
             continue
         cap = read_whole.get(info.filename, limits.output_bytes)
-        data_hash, length = _inflate(archive, info, min(cap, limits.output_bytes - inflated))
+        data_hash, length = inflated_digest(archive, info, min(cap, limits.output_bytes - inflated))
         inflated += length
         digests[info.filename] = (data_hash, length)
         if info.filename == f"{dist_info}/METADATA":
@@ -222,8 +222,9 @@ def _other_version(text: str, version: Version) -> bool:
         return True
 
 
-def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> tuple[str, int]:
-    """sha256 and length of a member, counted while inflating (the header's file_size is not trusted)."""
+def inflated_digest(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> tuple[str, int]:
+    """sha256 (as RECORD spells it) and length of a member, counted while inflating (the header's file_size
+    is not trusted); BadWheel past ``cap`` bytes. Nothing of the member is held whole."""
     digest = hashlib.sha256()
     length = 0
     with archive.open(info) as member:
