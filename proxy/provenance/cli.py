@@ -127,13 +127,8 @@ def _verify(
                 verdict = Verdict(Wheel(dist.name, "", str(dist.site)), False, f"cannot check it: {exc}")
             if verdict is None:
                 continue  # the farm did not build it
-            if rebuild:
-                verdict = rebuilt_verdict(verdict, farm)
-            if require_reproduced:
-                verdict = _reproduced_or_failed(verdict)
             checked += 1
-            failed += not verdict.ok
-            print(f"{'OK  ' if verdict.ok else 'FAIL'} {verdict.wheel.filename}: {verdict.message}")
+            failed += not _concluded(verdict, farm if rebuild else None, require_reproduced)
     for wheel in wheels:
         if wheel.local is None and not (farm.serves(wheel.url) if farm else "/built/" in wheel.url):
             continue  # a lock's wheel from elsewhere: not the farm's to vouch for
@@ -144,15 +139,21 @@ def _verify(
                 verdict = check(wheel, envelope_for(wheel, farm), keys, farm)
             except (OSError, urllib.error.URLError) as exc:
                 verdict = Verdict(wheel, False, f"cannot ask the farm: {exc}")
-            if rebuild and farm is not None:
-                verdict = rebuilt_verdict(verdict, farm)
-            if require_reproduced:
-                verdict = _reproduced_or_failed(verdict)
         checked += 1
-        failed += not verdict.ok
-        print(f"{'OK  ' if verdict.ok else 'FAIL'} {wheel.filename}: {verdict.message}")
+        failed += not _concluded(verdict, farm if rebuild else None, require_reproduced)
     print(f"{checked} farm-built wheel(s) checked, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _concluded(verdict: Verdict, rebuild_with: Farm | None, require_reproduced: bool) -> bool:
+    """Add what --rebuild (with the farm's index) and --require-reproduced ask to a wheel's verdict, print
+    its line, and say whether it passed. A verdict that failed already stays as it is."""
+    if rebuild_with is not None:
+        verdict = rebuilt_verdict(verdict, rebuild_with)
+    if require_reproduced:
+        verdict = _reproduced_or_failed(verdict)
+    print(f"{'OK  ' if verdict.ok else 'FAIL'} {verdict.wheel.filename}: {verdict.message}")
+    return verdict.ok
 
 
 def _reproduced_or_failed(verdict: Verdict) -> Verdict:
