@@ -49,9 +49,8 @@ class ClusterJobSource:
         new_job = self._notices.new_job()  # before the look: a job queued meanwhile still wakes us
         try:
             job = await self._queue.claim(offer, self.builder, self._lease, time.time())
-            if job is None and self._records.reproduce:  # a quiet moment: a wheel's second build
-                others = await self._queue.live_offers(self._lease)
-                job = await self._records.seconds.claim(offer, self.builder, self._lease, others)
+            if job is None:  # a quiet moment: a wheel's second build
+                job = await self._records.claim_second(offer, self.builder, self._lease)
                 if job is not None:
                     self._seconds[job.key] = job
         except psycopg.Error as exc:

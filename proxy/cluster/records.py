@@ -16,7 +16,7 @@ from typing import TypeVar
 import psycopg
 import structlog
 
-from builder.jobs import BuildKey, BuildRecord
+from builder.jobs import BuildJob, BuildKey, BuildRecord, TargetOffer
 from builder.protocol import WorkerReport
 from proxy.builds.finished import announce
 from proxy.builds.judge import awaits_verdict, judged, judges, verdict_on
@@ -77,6 +77,14 @@ class ClusterRecords:
                 return None
         raise RuntimeError("the build's artifacts kept disappearing from the shared store")
 
+    async def claim_second(self, offer: TargetOffer, builder: str, lease: float) -> BuildJob | None:
+        """At a builder's quiet moment (no first build for it), a wheel's second build it may take (the
+        live builders decide whether it is the only machine for the target); None with second builds off."""
+        if not self.reproduce:
+            return None
+        others = await self.queue.live_offers(lease)
+        return await self.seconds.claim(offer, builder, lease, others)
+
     async def judge(
         self, key: BuildKey, builder: str, report: WorkerReport, wheel: Path | None, *, remote: bool
     ) -> BuildRecord | None:
@@ -102,11 +110,10 @@ class ClusterRecords:
         recorded = await outlasting_restarts(
             functools.partial(self.seconds.record_verdict, result, sorted(after), builder, self._blob_stored)
         )
-        await self._drop_unnamed(
-            sorted(set(before if recorded else after) - set(after if recorded else before))
-        )
         if not recorded:
+            await self._drop_unnamed(sorted(after - before))  # the new signature's blobs
             return None
+        await self._drop_unnamed(sorted(before - after))  # the old signature's
         self._notices.build_changed(state.project)
         return result
 

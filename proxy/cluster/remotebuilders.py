@@ -84,9 +84,8 @@ class RemoteBuilders:
             job = None
             if await self._queue.held_by(builder) < MAX_HELD_BY_A_BUILDER:  # one token cannot take the queue
                 job = await self._queue.claim(offer, builder, self.lease_seconds, time.time())
-            if job is None and self._records.reproduce:  # a quiet moment for it: a wheel's second build
-                others = await self._queue.live_offers(self.lease_seconds)
-                job = await self._records.seconds.claim(offer, builder, self.lease_seconds, others)
+            if job is None:  # a quiet moment for it: a wheel's second build
+                job = await self._records.claim_second(offer, builder, self.lease_seconds)
             remaining = deadline - time.monotonic()
             if job is not None or remaining <= 0:
                 return job

@@ -16,7 +16,9 @@ from __future__ import annotations
 import time
 
 import orjson
+import psycopg
 import structlog
+from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from builder.jobs import BuildJob, BuildKey, BuildRecord, TargetOffer
@@ -66,10 +68,7 @@ class SecondBuilds:
                 _QUEUE_UNJUDGED,
                 {"now": now, "sha": key and key.sdist_sha256, "target": key and key.target},
             )
-            targets = {str(row[0]) for row in await cursor.fetchall()}
-            for target in sorted(targets):
-                await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, target))
-            return len(targets)
+            return await _wake_builders(conn, cursor)
 
     async def claim(
         self, offer: TargetOffer, builder: str, lease: float, others: list[tuple[str, TargetOffer]]
@@ -173,10 +172,7 @@ class SecondBuilds:
                 " WHERE lease_until < now()"
                 " RETURNING target"
             )
-            targets = {str(row[0]) for row in await cursor.fetchall()}
-            for target in sorted(targets):
-                await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, target))
-            return len(targets)
+            return await _wake_builders(conn, cursor)
 
     async def record_verdict(
         self, judged: BuildRecord, signed: list[str], builder: str, stored: BlobCheck
@@ -229,3 +225,14 @@ class SecondBuilds:
         async with self.pool.connection() as conn:
             row = await (await conn.execute("SELECT count(*) FROM second_builds")).fetchone()
             return int(row[0]) if row else 0
+
+
+async def _wake_builders(
+    conn: psycopg.AsyncConnection[TupleRow], queued: psycopg.AsyncCursor[TupleRow]
+) -> int:
+    """Tell idle builders that second builds for the targets ``queued`` returned are waiting (one notice
+    per target, as new first builds do); how many rows it returned."""
+    rows = await queued.fetchall()
+    for target in sorted({str(row[0]) for row in rows}):
+        await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, target))
+    return len(rows)
