@@ -157,15 +157,25 @@ _zipfile.ZipFile.writestr = _writestr
     import os, sys, flit_core
     results = []
     targets = [flit_core.__file__]
-    # Every place a later build could import from (not all of /: walking /usr/share and the like took the
-    # hook past its time limit on a loaded machine).
-    tops = set(["/tmp", "/build", "/env", "/usr/lib", "/usr/local", sys.prefix, sys.base_prefix])
-    tops.update(path for path in sys.path if path and os.path.isdir(path))
-    for top in sorted(tops):
+    # The copy each import path of this interpreter holds (what a later build imports), and every copy on
+    # every mount this build can write to, wherever it is: each read-write mount is walked on its own and
+    # no walk enters another mount. Walking all of / (read-only /usr and a global site-packages of 90,000
+    # files) took the hook past its time limit on a loaded machine, and a read-only file cannot be changed.
+    for path in sys.path:
+        if path and os.path.isfile(os.path.join(path, "flit_core", "__init__.py")):
+            targets.append(os.path.join(path, "flit_core", "__init__.py"))
+    mounts, writable = set(), set()
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split()
+            point = fields[4].replace("\\040", " ")
+            mounts.add(point)
+            if "rw" in fields[5].split(",") and not point.startswith(("/proc", "/sys", "/dev")):
+                writable.add(point)
+    print("WRITABLE", sorted(writable), flush=True)
+    for top in sorted(writable):
         for folder, dirs, names in os.walk(top):
-            if folder.startswith(("/proc", "/sys", "/dev")):
-                dirs[:] = []
-                continue
+            dirs[:] = [d for d in dirs if os.path.join(folder, d) not in mounts]
             if folder.endswith("/flit_core") and "__init__.py" in names:
                 targets.append(os.path.join(folder, "__init__.py"))
     for path in sorted(set(targets)):
